@@ -1,0 +1,47 @@
+"""Build: pure Python always; the native extension moniqua_kernels._C when it can be.
+
+- MONIQUA_SKIP_EXT=1: pure Python, no compiler needed.
+- torch built with CUDA and CUDA_HOME set: CUDAExtension (CPU + CUDA kernels);
+  TORCH_CUDA_ARCH_LIST, if the user set it, is respected and never overridden.
+- otherwise: CppExtension with OpenMP (CPU kernels).
+The extension is skipped cleanly while csrc/ holds no sources.
+"""
+import glob
+import os
+
+from setuptools import setup
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def native_extensions():
+    if os.environ.get("MONIQUA_SKIP_EXT", "0") == "1":
+        return [], {}
+    cpu_sources = sorted(glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
+    if not cpu_sources:
+        return [], {}
+    import torch
+    from torch.utils import cpp_extension
+
+    sources = cpu_sources + sorted(glob.glob(os.path.join("csrc", "*.cpp")))
+    include_dirs = [os.path.join(ROOT, "csrc", "include")]
+    cxx_flags = ["-O3", "-std=c++17", "-fopenmp", "-ffp-contract=off"]
+    use_cuda = bool(torch.version.cuda) and cpp_extension.CUDA_HOME is not None \
+        and os.environ.get("MONIQUA_NO_CUDA", "0") != "1"
+    if use_cuda:
+        sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
+        ext = cpp_extension.CUDAExtension(
+            "moniqua_kernels._C", sources, include_dirs=include_dirs,
+            define_macros=[("MONIQUA_WITH_CUDA", "1")],
+            extra_compile_args={"cxx": cxx_flags,
+                                "nvcc": ["-O3", "-std=c++17", "--fmad=false"]},
+            extra_link_args=["-fopenmp"])
+    else:
+        ext = cpp_extension.CppExtension(
+            "moniqua_kernels._C", sources, include_dirs=include_dirs,
+            extra_compile_args={"cxx": cxx_flags}, extra_link_args=["-fopenmp"])
+    return [ext], {"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)}
+
+
+ext_modules, cmdclass = native_extensions()
+setup(ext_modules=ext_modules, cmdclass=cmdclass)
