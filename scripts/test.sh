@@ -4,6 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python -m pip install -q torch==2.13.0 2>/dev/null || python -m pip install -q "torch>=2.4"
+python -m pip install -q setuptools wheel ninja
 python -m pip install -q --no-build-isolation -e ".[test,demo]"
 if [ -f CMakeLists.txt ] && [ -f scripts/ctest.sh ]; then bash scripts/ctest.sh; fi
 set +e
