@@ -1,0 +1,166 @@
+"""Every refused input of DESIGN.md section 7 raises a clear exception before any kernel
+runs, and writes nothing."""
+import math
+
+import pytest
+import torch
+
+import moniqua_kernels as mk
+
+
+def x_():
+    return torch.randn(100)
+
+
+def codes_for(x, bits=1):
+    return mk.moniqua_encode(x, 1.0, bits, "nearest")
+
+
+@pytest.mark.parametrize("bits", [0, 3, 5, 16, -1, 2.0, True])
+def test_bad_bits_lists_allowed(bits):
+    with pytest.raises(ValueError, match="allowed values are 1, 2, 4, 8"):
+        mk.moniqua_encode(x_(), 1.0, bits)
+    with pytest.raises(ValueError, match="allowed values are 2, 4, 8"):
+        mk.qsgd_encode(x_(), bits=bits if bits != 2.0 else 1)
+
+
+@pytest.mark.parametrize("modulus", [0.0, -1.0, math.inf, math.nan, 1e-60, 1e300])
+def test_bad_modulus(modulus):
+    with pytest.raises(ValueError, match="modulus B must be finite and > 0"):
+        mk.moniqua_encode(x_(), modulus)
+    with pytest.raises(ValueError, match="modulus"):
+        mk.moniqua_decode(codes_for(x_()), x_(), modulus)
+
+
+def test_stochastic_one_bit_suggests_alternatives():
+    with pytest.raises(ValueError, match="use rounding='nearest' or rounding='dither'"):
+        mk.moniqua_encode(x_(), 1.0, 1, "stochastic")
+    with pytest.raises(ValueError, match="needs bits >= 2"):
+        mk.moniqua_modulus(1.0, 1, "stochastic")
+
+
+def test_unknown_rounding():
+    with pytest.raises(ValueError, match="stochastic, nearest, dither"):
+        mk.moniqua_encode(x_(), 1.0, 2, "round")
+
+
+@pytest.mark.parametrize("dtype", [torch.int32, torch.uint8, torch.bool, torch.float64,
+                                   torch.complex64])
+def test_non_float_or_unsupported_dtype(dtype):
+    x = torch.zeros(10, dtype=dtype)
+    with pytest.raises(TypeError, match="float32, float16 or bfloat16"):
+        mk.moniqua_encode(x, 1.0)
+    with pytest.raises(TypeError, match="float32, float16 or bfloat16"):
+        mk.qsgd_encode(x)
+    with pytest.raises(TypeError, match="float32, float16 or bfloat16"):
+        mk.sign_encode(x)
+
+
+@pytest.mark.parametrize("offset", [1, 2, 3, 6, -4])
+def test_bad_offset(offset):
+    err = "multiple of 4" if offset > 0 else ">= 0"
+    with pytest.raises(ValueError, match=err):
+        mk.moniqua_encode(x_(), 1.0, 1, "dither", seed=0, offset=offset)
+    with pytest.raises(ValueError, match=err):
+        mk.philox_uniform(4, 0, offset)
+
+
+def test_bad_seed():
+    with pytest.raises(ValueError, match="64 bits"):
+        mk.moniqua_encode(x_(), 1.0, seed=2 ** 64)
+    with pytest.raises(TypeError, match="seed must be an int"):
+        mk.moniqua_encode(x_(), 1.0, seed=1.5)
+
+
+def test_payload_length_mismatch_says_both():
+    x = torch.randn(100)
+    payload = codes_for(x, 2)  # 25 bytes
+    with pytest.raises(ValueError, match=r"has 25 bytes but 100 elements at 1 bits need 13"):
+        mk.moniqua_decode(payload, x, 1.0, 1, "nearest")
+    with pytest.raises(TypeError, match="uint8"):
+        mk.moniqua_decode(payload.to(torch.int32), x, 1.0, 2, "nearest")
+    with pytest.raises(ValueError, match="scales has 1 entries"):
+        mk.qsgd_decode(torch.ones(1), torch.zeros(50, dtype=torch.uint8), 100, 4, 50)
+
+
+def test_reference_must_be_float_and_same_device():
+    x = torch.randn(100)
+    payload = codes_for(x)
+    with pytest.raises(TypeError, match="reference must be float32"):
+        mk.moniqua_decode(payload, x.to(torch.int64), 1.0, 1, "nearest")
+    meta_ref = torch.empty(100, device="meta")
+    with pytest.raises(ValueError, match="is on cpu but the call's tensors are on meta"):
+        mk.moniqua_decode(payload, meta_ref, 1.0, 1, "nearest")
+
+
+def test_non_finite_counts_elements_and_opt_out():
+    x = torch.randn(1000)
+    x[[3, 10, 500]] = torch.tensor([math.nan, math.inf, -math.inf])
+    with pytest.raises(ValueError, match="3 non-finite element"):
+        mk.moniqua_encode(x, 1.0)
+    with pytest.raises(ValueError, match="3 non-finite"):
+        mk.qsgd_encode(x)
+    with pytest.raises(ValueError, match="check_finite=False"):
+        mk.sign_encode(x)
+    # The explicit opt-out runs, and gives code 0 where x is not finite.
+    payload = mk.moniqua_encode(x, 1.0, 8, "nearest", check_finite=False)
+    assert payload[[3, 10, 500]].tolist() == [0, 0, 0]
+
+
+def test_refused_mix_writes_nothing():
+    x = torch.randn(100)
+    before = x.clone()
+    good = codes_for(x)
+    cases = [
+        dict(payloads=[good], weights=[0.5, 0.5]),                       # count mismatch
+        dict(payloads=[good[:5]], weights=[0.5]),                        # short payload
+        dict(payloads=[good], weights=[0.5], seeds=[0]),                 # seeds length
+        dict(payloads=[good], weights=[0.5], offsets=[0, 3]),            # offset % 4
+        dict(payloads=[good], weights=[math.nan]),                       # weight
+    ]
+    for kwargs in cases:
+        with pytest.raises(ValueError):
+            mk.moniqua_mix_(x, own_payload=good, modulus=1.0, bits=1, rounding="nearest",
+                            **kwargs)
+        assert torch.equal(x, before)
+    x[7] = math.nan
+    with pytest.raises(ValueError, match="non-finite"):
+        mk.moniqua_mix_(x, [good], [0.5], good, 1.0, 1, "nearest")
+    assert torch.isnan(x[7]) and torch.equal(x[:7], before[:7])
+
+
+def test_sparse_and_sign_refusals():
+    x = torch.randn(100)
+    for ratio in (0.0, -0.1, 1.5, math.nan):
+        with pytest.raises(ValueError, match=r"ratio must be in \(0, 1\]"):
+            mk.randomk_encode(x, ratio)
+        with pytest.raises(ValueError, match=r"ratio must be in \(0, 1\]"):
+            mk.topk_encode(x, ratio)
+    values = mk.randomk_encode(x, 0.3, seed=1)
+    with pytest.raises(ValueError, match="use the sender's seed"):
+        mk.randomk_decode(values, 100, 0.3, seed=2)
+    with pytest.raises(ValueError, match=r"indices must lie in \[0, 10\)"):
+        mk.topk_decode(torch.tensor([0, 10], dtype=torch.int32), torch.ones(2), 10)
+    with pytest.raises(ValueError, match="must pair up"):
+        mk.topk_decode(torch.tensor([0], dtype=torch.int32), torch.ones(2), 10)
+    with pytest.raises(TypeError, match="one element"):
+        mk.sign_decode(torch.ones(2), torch.zeros(13, dtype=torch.uint8), 100)
+    with pytest.raises(ValueError, match="norm='l3'"):
+        mk.qsgd_encode(x, norm="l3")
+    with pytest.raises(ValueError, match="bucket_size must be >= 1"):
+        mk.qsgd_encode(x, bucket_size=0)
+
+
+def test_pack_bits_refusals():
+    with pytest.raises(ValueError, match=r"codes must lie in \[0, 4\)"):
+        mk.pack_bits(torch.tensor([0, 4]), 2)
+    with pytest.raises(TypeError, match="integer dtype"):
+        mk.pack_bits(torch.tensor([0.0, 1.0]), 2)
+    with pytest.raises(ValueError, match="has 1 bytes but 9 elements"):
+        mk.unpack_bits(torch.zeros(1, dtype=torch.uint8), 1, 9)
+
+
+def test_bad_theta():
+    for theta in (0.0, -1.0, math.inf):
+        with pytest.raises(ValueError, match="theta must be finite and > 0"):
+            mk.moniqua_modulus(theta, 2, "nearest")
