@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import os
+import threading
 import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Optional
@@ -35,6 +36,9 @@ ENV_VAR = "MONIQUA_BACKEND"
 # table in _AUTO_CUDA_ORDER when the native-kernels work has filled it in.
 _AUTO_ORDER = {"cpu": ("cpu", "reference"), "cuda": ("triton", "cuda", "reference")}
 _AUTO_CUDA_ORDER: dict[str, tuple[str, ...]] = {}
+
+
+_LOAD_LOCK = threading.Lock()
 
 
 class BackendUnavailableError(RuntimeError):
@@ -52,11 +56,15 @@ class _Backend:
 
     def ops(self) -> Optional[dict]:
         if not self._loaded:
-            self._loaded = True
-            try:
-                self._ops = importlib.import_module(self.module).OPS
-            except Exception as exc:  # ImportError, a broken .so, an old Triton
-                self._load_error = f"{type(exc).__name__}: {exc}"
+            # Threads (the simulator's workers) may race to the first call: one loads,
+            # the others wait, and nobody sees a half-loaded backend.
+            with _LOAD_LOCK:
+                if not self._loaded:
+                    try:
+                        self._ops = importlib.import_module(self.module).OPS
+                    except Exception as exc:  # ImportError, a broken .so, an old Triton
+                        self._load_error = f"{type(exc).__name__}: {exc}"
+                    self._loaded = True
         return self._ops
 
     def reason_unavailable(self, op: str, device: torch.device, explicit: bool) -> Optional[str]:
