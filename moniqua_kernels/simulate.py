@@ -341,78 +341,96 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _process_main(rank, spec, port, queue, exit_rank, exit_at):
+def _process_main(rank, specs, port, queue, exit_rank, exit_at):
     import datetime
     import torch.distributed as dist
     torch.set_num_threads(1)
+    k = 0
     try:
+        n, timeout = specs[0].n_workers, specs[0].timeout
         dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
-                                world_size=spec.n_workers,
-                                timeout=datetime.timedelta(seconds=spec.timeout))
-        ds = data_mod.load(spec.dataset, spec.seed)
-        shard = data_mod.shard(ds.x_train.shape[0], spec.n_workers, spec.seed)[rank]
-        transport = gossip.DistTransport(timeout=spec.timeout)
-        out = _train(spec, rank, transport, ds, shard,
-                     exit_at=exit_at if rank == exit_rank else None)
-        out["params"] = out["params"].numpy()
-        queue.put((rank, "ok", out))
+                                world_size=n, timeout=datetime.timedelta(seconds=timeout))
+        transport = gossip.DistTransport(timeout=timeout)
+        for k, spec in enumerate(specs):
+            ds = data_mod.load(spec.dataset, spec.seed)
+            shard = data_mod.shard(ds.x_train.shape[0], n, spec.seed)[rank]
+            out = _train(spec, rank, transport, ds, shard,
+                         exit_at=exit_at if rank == exit_rank else None)
+            out["params"] = out["params"].numpy()
+            queue.put((rank, k, "ok", out))
         dist.barrier()
         dist.destroy_process_group()
     except BaseException as exc:  # noqa: BLE001 - reported to the parent
-        queue.put((rank, "error", f"{type(exc).__name__}: {exc}"))
+        queue.put((rank, k, "error", f"{type(exc).__name__}: {exc}"))
 
 
-def run_processes(algorithm: str = "moniqua-1bit", *, config: Optional[AlgorithmConfig] = None,
+def run_processes(algorithm="moniqua-1bit", *, config: Optional[AlgorithmConfig] = None,
                   n_workers: int = 4, topology: str = "ring", dataset: str = "synthetic",
                   model: str = "mlp", steps: int = 20, lr: float = 0.1, batch_size: int = 16,
                   seed: int = 0, hidden: int = 64, network: Optional[NetworkModel] = None,
                   timeout: float = 60.0, _exit_rank: Optional[int] = None,
-                  _exit_at: Optional[int] = None) -> Result:
+                  _exit_at: Optional[int] = None):
     """The same run as ``run`` with real processes: gloo over TCP on 127.0.0.1.
 
-    Raises RuntimeError listing each rank's error if any rank fails (``_exit_rank`` and
-    ``_exit_at`` make that rank exit abruptly at that step, for tests).
+    algorithm may be a list of config names: they run one after another in the same
+    processes (one process group), and a list of Results is returned.  Call it under
+    ``if __name__ == "__main__":`` (processes are spawned).  Raises RuntimeError listing
+    each rank's error if any rank fails (``_exit_rank`` and ``_exit_at`` make that rank
+    exit abruptly at that step, for tests).
     """
     import multiprocessing as mp
     import queue as queue_mod
-    name, spec = _spec(algorithm, config, n_workers=n_workers, topology=topology,
-                       dataset=dataset, model=model, steps=steps, lr=lr,
-                       batch_size=batch_size, seed=seed, hidden=hidden, timeout=timeout)
+    names = algorithm if isinstance(algorithm, (list, tuple)) else [algorithm]
+    common = dict(n_workers=n_workers, topology=topology, dataset=dataset, model=model,
+                  steps=steps, lr=lr, batch_size=batch_size, seed=seed, hidden=hidden,
+                  timeout=timeout)
+    named = [_spec(a, config, **common) for a in names]
+    specs = [s for _, s in named]
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
     port = _free_port()
-    procs = [ctx.Process(target=_process_main, args=(r, spec, port, q, _exit_rank, _exit_at),
+    procs = [ctx.Process(target=_process_main, args=(r, specs, port, q, _exit_rank, _exit_at),
                          daemon=True) for r in range(n_workers)]
     for p in procs:
         p.start()
-    results: dict[int, tuple] = {}
-    deadline = time.monotonic() + timeout * 3 + 60 + spec.steps * 0.5
+    results: dict[tuple[int, int], tuple] = {}
+    failed: dict[int, str] = {}
+    want = n_workers * len(specs)
+    deadline = time.monotonic() + timeout * 3 + 60 + len(specs) * steps * 0.5
     try:
-        while len(results) < n_workers:
+        while len(results) + sum(len(specs) for _ in failed) < want:
             try:
-                rank, status, out = q.get(timeout=1.0)
-                results[rank] = (status, out)
+                rank, k, status, out = q.get(timeout=1.0)
+                if status == "ok":
+                    results[(rank, k)] = out
+                else:
+                    failed[rank] = out
             except queue_mod.Empty:
-                dead = [r for r, p in enumerate(procs) if not p.is_alive() and r not in results]
-                for r in dead:  # exited without reporting (crashed)
-                    results[r] = ("error", f"exited with code {procs[r].exitcode}")
+                for r, p in enumerate(procs):
+                    done = all((r, k) in results for k in range(len(specs)))
+                    if not p.is_alive() and not done and r not in failed:
+                        failed[r] = f"exited with code {p.exitcode}"  # crashed, no report
                 if time.monotonic() > deadline:
-                    raise TimeoutError(f"ranks {sorted(set(range(n_workers)) - set(results))} "
-                                       "did not report in time")
+                    raise TimeoutError("ranks did not report in time: "
+                                       f"{sorted(set(range(n_workers)) - set(failed))}")
+            if failed and all(not p.is_alive() or r in failed for r, p in enumerate(procs)):
+                break
     finally:
         for p in procs:
             p.join(timeout=10)
             if p.is_alive():
                 p.kill()
-    errors = {r: out for r, (status, out) in sorted(results.items()) if status != "ok"}
-    if errors:
-        err = RuntimeError("; ".join(f"rank {r}: {m}" for r, m in errors.items()))
-        err.rank_errors = errors
+    if failed:
+        err = RuntimeError("; ".join(f"rank {r}: {m}" for r, m in sorted(failed.items())))
+        err.rank_errors = dict(sorted(failed.items()))
         raise err
-    ds = data_mod.load(dataset, seed)
-    outs = []
-    for r in range(n_workers):
-        out = results[r][1]
-        out["params"] = torch.from_numpy(out["params"])
-        outs.append(out)
-    return _result(spec, name, ds, outs, network or NetworkModel())
+    out = []
+    for k, (name, spec) in enumerate(named):
+        ds = data_mod.load(spec.dataset, spec.seed)
+        outs = []
+        for r in range(n_workers):
+            o = results[(r, k)]
+            o["params"] = torch.from_numpy(o["params"])
+            outs.append(o)
+        out.append(_result(spec, name, ds, outs, network or NetworkModel()))
+    return out if isinstance(algorithm, (list, tuple)) else out[0]
