@@ -20,13 +20,11 @@ Variants (``variant=``):
 """
 from __future__ import annotations
 
-import warnings
-
 import torch
 
 from .. import ops
 from . import topology as topology_mod
-from .base import PURPOSE_MONITOR, GossipAlgorithm
+from .base import GossipAlgorithm
 from .theta import ThetaMonitor, as_schedule
 
 __all__ = ["Moniqua"]
@@ -69,11 +67,14 @@ class Moniqua(GossipAlgorithm):
         if variant == "d2":
             if self.topology.time_varying:
                 raise topology_mod.TopologyError("Moniqua D2 needs a static topology")
-            lam = self.topology.min_eigenvalue()
-            if lam <= -1.0 / 3 + 1e-12:
-                warnings.warn(f"D2 needs W's smallest eigenvalue > -1/3, {self.topology.name} "
-                              f"has {lam:.4f}; D2 may diverge (add self weight)",
-                              RuntimeWarning, stacklevel=2)
+            # D2 needs the mixing matrix it applies, I + gamma (W - I), to have its
+            # smallest eigenvalue above -1/3 (Tang et al. 2018), else it diverges.
+            lam = 1.0 - self.gamma * (1.0 - self.topology.min_eigenvalue())
+            if lam <= -1.0 / 3 + 1e-9:
+                raise topology_mod.TopologyError(
+                    f"D2 needs the smallest eigenvalue of I + gamma (W - I) above -1/3; with "
+                    f"{self.topology.name} and gamma={self.gamma:g} it is {lam:.4f}: lower "
+                    "gamma (e.g. 0.5) or add self weight to W")
             self._d = [torch.zeros_like(b.tensor) for b in self.buckets]
 
     def _make_topology(self, topology):
