@@ -12,10 +12,6 @@ payload, the traffic of a ring all-gather.
 Error feedback (Karimireddy et al. 2019; optional): the rank adds the residual of its
 previous compression, g + e, before quantizing and keeps e = (g + e) - Q(g + e).
 """
-from __future__ import annotations
-
-from typing import Optional
-
 import torch
 import torch.distributed as dist
 
@@ -40,7 +36,7 @@ class QSGDHookState:
         self.bytes_sent = 0
         self.last_bytes_sent = 0
         self._step_bytes = 0
-        self.residuals: dict[int, torch.Tensor] = {}
+        self.residuals = {}  # bucket index -> residual tensor
 
     def __setstate__(self, state):  # DDP may pickle the state; groups do not pickle
         self.__dict__.update(state)
@@ -49,7 +45,10 @@ class QSGDHookState:
         return {k: v for k, v in self.__dict__.items() if k != "process_group"}
 
 
-def qsgd_hook(state: QSGDHookState, bucket: "dist.GradBucket") -> torch.futures.Future:
+# No "from __future__ import annotations" here: DDP checks that the hook's annotations
+# are the real dist.GradBucket / Future[Tensor] objects, not strings.
+def qsgd_hook(state: QSGDHookState, bucket: dist.GradBucket
+              ) -> torch.futures.Future[torch.Tensor]:
     group = state.process_group
     n = dist.get_world_size(group)
     rank = dist.get_rank(group)
