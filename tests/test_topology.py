@@ -64,6 +64,7 @@ def test_random_matching_is_a_matching_on_the_base_edges():
                 assert base.weights()[i, j] > 0 and wij == 0.5
     assert not np.array_equal(top.weights(0), top.weights(1)) or not np.array_equal(
         top.weights(1), top.weights(2))
+    assert 0 < top.spectral_gap() < base.spectral_gap()
 
 
 def test_metropolis_hastings_from_adjacency():

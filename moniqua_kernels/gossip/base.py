@@ -143,7 +143,7 @@ class GossipAlgorithm:
         must call it), for diagnostics; its bytes are not counted."""
         x = self.flat.flat().double()
         mean = self.transport.all_reduce_(x.clone(), "sum") / self.world_size
-        d = torch.tensor([float((x - mean).square().sum())], dtype=torch.float64)
+        d = (x - mean).square().sum().reshape(1)  # on x's device: NCCL reduces GPU tensors
         return float(self.transport.all_reduce_(d, "sum")) / self.world_size
 
     def bits_per_element(self) -> float:

@@ -164,9 +164,12 @@ class Topology:
 
     def spectral_gap(self) -> float:
         """1 - |second largest eigenvalue| of W (static), or of the product of one period
-        of W_t for time-varying graphs (then rho is per period, not per step)."""
+        of W_t for periodic graphs (then rho is per period, not per step), or of the mean
+        of 64 steps' W_t for random matchings."""
         if self._w is not None:
             m = self._w
+        elif self.period == 0:  # never repeats (random matchings): the expected W
+            m = sum(self.weights(t) for t in range(64)) / 64
         else:
             m = np.eye(self.n)
             for t in range(self.period):
