@@ -3,7 +3,9 @@
 Both runs start from the same model and see the same data; at 8 bits (127 levels per
 sign, max-norm buckets of 512) the QSGD gradient error per element is at most
 max|g| / 127 per bucket, and after 30 SGD steps the models stay within the stated
-tolerance of each other: final loss within 2% and parameters within 2e-2 (absolute).
+tolerance of each other: parameters within 3e-3 (absolute; weights are up to ~0.27)
+and the test loss within 0.2%.  Measured: 6.3e-4 / 5.3e-4 (without / with error
+feedback) and 0.004% / 0.002%.
 """
 import datetime
 import multiprocessing as mp
@@ -80,8 +82,8 @@ def test_qsgd_hook_matches_uncompressed_ddp(ddp_runs, mode):
         plain, plain_loss, _, _ = ddp_runs[r]["plain"]
         got, loss, nbytes, steps = ddp_runs[r][mode]
         diff = float(abs(torch.from_numpy(got) - torch.from_numpy(plain)).max())
-        assert diff < 2e-2, diff
-        assert abs(loss - plain_loss) < 0.02 * plain_loss
+        assert diff < 3e-3, diff
+        assert abs(loss - plain_loss) < 2e-3 * plain_loss
         assert steps == STEPS
         # both ranks decode the same payloads in the same order: identical models
         assert (ddp_runs[0][mode][0] == ddp_runs[1][mode][0]).all()
