@@ -303,3 +303,24 @@ def test_stream_seed_is_deterministic_and_distinct():
             for p in range(3)}
     assert len(seen) == 3 * 4 * 50 * 3
     assert all(-(2 ** 63) <= v < 2 ** 63 for v in seen)
+
+
+def test_time_varying_one_peer_exponential_averages_exactly():
+    """Directed, time-varying graph: sends and receives go to different peers; for n = 8
+    three steps of D-PSGD reach the exact average (up to float32 rounding)."""
+    n = 8
+    xs = start_values(n, 6)
+
+    def fn(r, tr):
+        p = param(xs[r])
+        g = gossip.DPSGD([p], "exp-onepeer", transport=tr, sync_params=False)
+        sent = []
+        for _ in range(3):
+            g.step()
+            sent.append(g.last_bytes_sent)
+        return p.detach().clone(), sent
+    res = run_workers(n, fn)
+    mean = torch.stack(xs).mean(0)
+    for got, sent in res:
+        torch.testing.assert_close(got, mean, atol=1e-6, rtol=0)
+        assert sent == [N_ELEM * 4] * 3  # one peer per step
