@@ -24,7 +24,6 @@ worker, so the estimate of a step is the max over workers, summed over the steps
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import socket
 import threading
@@ -204,8 +203,10 @@ def _train(spec: RunSpec, rank: int, transport, ds: data_mod.Dataset, shard: tor
     overlap = spec.config.overlap
     t0 = time.perf_counter()
     for t in range(spec.steps):
-        if exit_at is not None and t == exit_at:
-            os._exit(3)  # a crashing peer, for the failure tests
+        if exit_at is not None and t == exit_at[0]:
+            if exit_at[1] == "exit":
+                os._exit(3)  # a crashing peer, for the failure tests
+            time.sleep(10 * spec.timeout)  # a stalled peer: alive, silent
         idx = shard[torch.randint(shard.numel(), (spec.batch_size,), generator=gen)]
         x, y = ds.x_train[idx], ds.y_train[idx]
         if overlap:
@@ -343,7 +344,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _process_main(rank, specs, port, queue, exit_rank, exit_at):
+def _process_main(rank, specs, port, queue, fault_rank, fault):
     import datetime
     import torch.distributed as dist
     torch.set_num_threads(1)
@@ -357,7 +358,7 @@ def _process_main(rank, specs, port, queue, exit_rank, exit_at):
             ds = data_mod.load(spec.dataset, spec.seed)
             shard = data_mod.shard(ds.x_train.shape[0], n, spec.seed)[rank]
             out = _train(spec, rank, transport, ds, shard,
-                         exit_at=exit_at if rank == exit_rank else None)
+                         exit_at=fault if rank == fault_rank else None)
             out["params"] = out["params"].numpy()
             queue.put((rank, k, "ok", out))
         dist.barrier()
@@ -370,15 +371,16 @@ def run_processes(algorithm="moniqua-1bit", *, config: Optional[AlgorithmConfig]
                   n_workers: int = 4, topology: str = "ring", dataset: str = "synthetic",
                   model: str = "mlp", steps: int = 20, lr: float = 0.1, batch_size: int = 16,
                   seed: int = 0, hidden: int = 64, network: Optional[NetworkModel] = None,
-                  timeout: float = 60.0, _exit_rank: Optional[int] = None,
-                  _exit_at: Optional[int] = None):
+                  timeout: float = 60.0, _fault_rank: Optional[int] = None,
+                  _fault: Optional[tuple] = None):
     """The same run as ``run`` with real processes: gloo over TCP on 127.0.0.1.
 
     algorithm may be a list of config names: they run one after another in the same
     processes (one process group), and a list of Results is returned.  Call it under
     ``if __name__ == "__main__":`` (processes are spawned).  Raises RuntimeError listing
-    each rank's error if any rank fails (``_exit_rank`` and ``_exit_at`` make that rank
-    exit abruptly at that step, for tests).
+    each rank's error if any rank fails; once one has failed, the others get ``timeout``
+    + 15 s to report, then are killed.  For tests, ``_fault=(step, "exit" | "stall")``
+    makes rank ``_fault_rank`` exit abruptly or hang at that step.
     """
     import multiprocessing as mp
     import queue as queue_mod
@@ -391,7 +393,7 @@ def run_processes(algorithm="moniqua-1bit", *, config: Optional[AlgorithmConfig]
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
     port = _free_port()
-    procs = [ctx.Process(target=_process_main, args=(r, specs, port, q, _exit_rank, _exit_at),
+    procs = [ctx.Process(target=_process_main, args=(r, specs, port, q, _fault_rank, _fault),
                          daemon=True) for r in range(n_workers)]
     for p in procs:
         p.start()
@@ -399,6 +401,7 @@ def run_processes(algorithm="moniqua-1bit", *, config: Optional[AlgorithmConfig]
     failed: dict[int, str] = {}
     want = n_workers * len(specs)
     deadline = time.monotonic() + timeout * 3 + 60 + len(specs) * steps * 0.5
+    first_failure = None
     try:
         while len(results) + sum(len(specs) for _ in failed) < want:
             try:
@@ -415,8 +418,15 @@ def run_processes(algorithm="moniqua-1bit", *, config: Optional[AlgorithmConfig]
                 if time.monotonic() > deadline:
                     raise TimeoutError("ranks did not report in time: "
                                        f"{sorted(set(range(n_workers)) - set(failed))}")
-            if failed and all(not p.is_alive() or r in failed for r, p in enumerate(procs)):
-                break
+            if failed:
+                first_failure = first_failure or time.monotonic()
+                if all(not p.is_alive() or r in failed for r, p in enumerate(procs)):
+                    break
+                if time.monotonic() > first_failure + timeout + 15:
+                    for r, p in enumerate(procs):
+                        if p.is_alive() and r not in failed:
+                            failed[r] = "no report after the other ranks failed (killed)"
+                    break
     finally:
         for p in procs:
             p.join(timeout=10)

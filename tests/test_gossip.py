@@ -2,7 +2,6 @@
 exact byte counts, consensus, theta monitor, refusals and peer errors."""
 import math
 import threading
-import warnings
 
 import numpy as np
 import pytest

@@ -11,7 +11,7 @@ the stream spans of the buckets before it, so no two buckets share random number
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Optional
+from typing import Optional
 
 import torch
 
