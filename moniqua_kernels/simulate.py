@@ -379,7 +379,7 @@ def run_processes(algorithm="moniqua-1bit", *, config: Optional[AlgorithmConfig]
     processes (one process group), and a list of Results is returned.  Call it under
     ``if __name__ == "__main__":`` (processes are spawned).  Raises RuntimeError listing
     each rank's error if any rank fails; once one has failed, the others get ``timeout``
-    + 15 s to report, then are killed.  For tests, ``_fault=(step, "exit" | "stall")``
+    + 5 s to report, then are killed.  For tests, ``_fault=(step, "exit" | "stall")``
     makes rank ``_fault_rank`` exit abruptly or hang at that step.
     """
     import multiprocessing as mp
@@ -422,10 +422,11 @@ def run_processes(algorithm="moniqua-1bit", *, config: Optional[AlgorithmConfig]
                 first_failure = first_failure or time.monotonic()
                 if all(not p.is_alive() or r in failed for r, p in enumerate(procs)):
                     break
-                if time.monotonic() > first_failure + timeout + 15:
+                if time.monotonic() > first_failure + timeout + 5:
                     for r, p in enumerate(procs):
                         if p.is_alive() and r not in failed:
                             failed[r] = "no report after the other ranks failed (killed)"
+                            p.kill()
                     break
     finally:
         for p in procs:
