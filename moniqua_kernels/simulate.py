@@ -38,7 +38,8 @@ from . import data as data_mod
 from . import gossip
 from .gossip.theta import ThetaMonitor
 
-__all__ = ["run", "run_processes", "Result", "AlgorithmConfig", "CONFIGS", "list_configs",
+__all__ = ["run", "run_processes", "Result", "AlgorithmConfig", "CONFIGS", "ALIASES",
+           "list_configs",
            "NetworkModel", "RunSpec"]
 
 
@@ -100,6 +101,8 @@ CONFIGS: dict[str, AlgorithmConfig] = {
         description="SQuARM-SGD: Nesterov 0.9, H=2, top-10% + QSGD 4 bits, trigger"),
 }
 CONFIGS["qsgd-4bit"] = CONFIGS["choco-qsgd4"]
+# Bare algorithm names run their default config.
+ALIASES = {"moniqua": "moniqua-1bit", "choco": "choco-sign"}
 
 
 def list_configs() -> dict[str, str]:
@@ -265,17 +268,20 @@ def _result(spec: RunSpec, name: str, ds, outs: list[dict], network: NetworkMode
                   max(o["wall"] for o in outs), comm, params)
 
 
-def _spec(algorithm, config, **kw) -> tuple[str, RunSpec]:
+def _spec(algorithm, config, overrides=None, **kw) -> tuple[str, RunSpec]:
     if config is None:
         if isinstance(algorithm, AlgorithmConfig):
             name, config = algorithm.algorithm, algorithm
-        elif algorithm in CONFIGS:
-            name, config = algorithm, CONFIGS[algorithm]
+        elif algorithm in CONFIGS or algorithm in ALIASES:
+            name, config = algorithm, CONFIGS[ALIASES.get(algorithm, algorithm)]
         else:
             raise ValueError(f"unknown algorithm config {algorithm!r}; use one of "
-                             f"{', '.join(CONFIGS)} or pass config=AlgorithmConfig(...)")
+                             f"{', '.join(list(CONFIGS) + list(ALIASES))} or pass "
+                             "config=AlgorithmConfig(...)")
     else:
         name = algorithm if isinstance(algorithm, str) else config.algorithm
+    if overrides:
+        config = dataclasses.replace(config, kwargs={**config.kwargs, **overrides})
     if kw.get("dataset") not in data_mod.DATASETS:
         raise ValueError(f"unknown dataset {kw.get('dataset')!r}; use one of "
                          f"{', '.join(data_mod.DATASETS)}")
@@ -294,13 +300,18 @@ def run(algorithm: str = "moniqua-1bit", *, config: Optional[AlgorithmConfig] = 
         model: str = "mlp", steps: int = 500, lr: float = 0.1, batch_size: int = 16,
         seed: int = 0, hidden: int = 64, network: Optional[NetworkModel] = None,
         progress: Optional[Callable[[int, int, float], None]] = None,
-        timeout: float = 60.0) -> Result:
+        timeout: float = 60.0, compressor=None, **overrides) -> Result:
     """Simulate n_workers in this process; returns a Result.
 
-    algorithm: a name in CONFIGS (or pass config=AlgorithmConfig(...) to define one).
+    algorithm: a name in CONFIGS ('moniqua' and 'choco' mean their 1-bit/sign configs),
+    or pass config=AlgorithmConfig(...) to define one.  compressor= and any other
+    keyword (gamma=, theta=, bits=, H=, ...) override the config's algorithm arguments,
+    e.g. run("choco", compressor="qsgd:8", gamma=0.5); ('lr*', c) means c * lr.
     progress(step, steps, loss) is called from worker 0's thread after each step.
     """
-    name, spec = _spec(algorithm, config, n_workers=n_workers, topology=topology,
+    if compressor is not None:
+        overrides["compressor"] = compressor
+    name, spec = _spec(algorithm, config, overrides, n_workers=n_workers, topology=topology,
                        dataset=dataset, model=model, steps=steps, lr=lr,
                        batch_size=batch_size, seed=seed, hidden=hidden, timeout=timeout)
     ds = data_mod.load(dataset, seed)

@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from moniqua_kernels import data, simulate
+from moniqua_kernels.compressors import QSGD
 
 SMALL = dict(n_workers=4, dataset="synthetic", model="logistic", steps=30, lr=0.1,
              batch_size=8, seed=1)
@@ -45,6 +46,10 @@ def test_custom_config_and_refusals():
     cfg = simulate.AlgorithmConfig("moniqua", {"bits": 4, "theta": 1.0, "gamma": 0.5})
     r = simulate.run("mine", config=cfg, **SMALL)
     assert r.config == "mine" and r.algorithm == "moniqua"
+    r = simulate.run("choco", compressor="qsgd:8", gamma=0.9, **SMALL)
+    assert r.bytes_sent[0] == 30 * 2 * QSGD(8).nbytes(r.n_params)
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        simulate.run("choco", not_an_argument=1, **SMALL)
     with pytest.raises(ValueError, match="unknown algorithm config"):
         simulate.run("moniqua-3bit", **SMALL)
     with pytest.raises(ValueError, match="unknown dataset"):
