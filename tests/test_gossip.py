@@ -323,3 +323,24 @@ def test_time_varying_one_peer_exponential_averages_exactly():
     for got, sent in res:
         torch.testing.assert_close(got, mean, atol=1e-6, rtol=0)
         assert sent == [N_ELEM * 4] * 3  # one peer per step
+
+
+def test_buckets_use_consecutive_stream_offsets():
+    """Three 100-element buckets draw the same dither stream positions as one bucket of
+    300, so the results are bit-identical (bucket sizes are multiples of 4)."""
+    n = 4
+    xs = start_values(n, 7)
+
+    def fn(bucket_numel):
+        def f(r, tr):
+            ps = [param(c) for c in xs[r].split(100)]
+            g = gossip.Moniqua(ps, "ring", transport=tr, theta=10.0, bits=1, gamma=0.5,
+                               bucket_numel=bucket_numel, sync_params=False, seed=9)
+            for _ in range(3):
+                g.step()
+            return torch.cat([p.detach() for p in ps]), len(g.buckets), g.bytes_sent
+        return f
+    one, three = run_workers(n, fn(None)), run_workers(n, fn(100))
+    for (a, na, ba), (b, nb, bb) in zip(one, three):
+        assert (na, nb) == (1, 3) and torch.equal(a, b)
+        assert ba == 3 * 2 * packed_nbytes(300, 1) and bb == 3 * 2 * 3 * packed_nbytes(100, 1)
