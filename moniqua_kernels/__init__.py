@@ -5,6 +5,7 @@ ops with a pure-torch reference, plus compressor objects.  Import is light: back
 (native extension, Triton) load on first use.
 """
 from . import compressors
+from . import gossip  # mk.gossip.<Algorithm>; cheap, torch already loads distributed
 from .backends import (BackendUnavailableError, available, get_backend, set_backend,
                        use_backend)
 from .ops import (moniqua_decode, moniqua_delta, moniqua_encode, moniqua_mix_,

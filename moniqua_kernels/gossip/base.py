@@ -1,0 +1,178 @@
+"""What every gossip algorithm shares: flat buffers, transport, seeds, byte counts.
+
+Use (any algorithm):
+
+    g = mk.gossip.Moniqua(model, topology="ring", theta=0.05, bits=1)
+    for x, y in loader:
+        loss_fn(model(x), y).backward()
+        opt.step(); opt.zero_grad()
+        g.step()                          # communicate and mix, after the local step
+
+or overlap the communication with the backward pass (the mix then uses the model the
+gradient was taken at, as D-PSGD's analysis has it):
+
+        g.begin()                         # encode the current model, post sends/recvs
+        loss_fn(model(x), y).backward()
+        g.end()                           # wait, decode, mix in place
+        opt.step(); opt.zero_grad()
+
+Seeds are never sent: ``stream_seed(run_seed, sender, step, purpose)`` derives every
+random stream from what both ends know, and every bucket gets its own stream offset.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+
+from . import topology as topology_mod
+from .flat import FlatParams
+from .transport import DEFAULT_TIMEOUT, DistTransport, Transport
+
+__all__ = ["GossipAlgorithm", "stream_seed", "ring_allreduce_bytes"]
+
+_MASK64 = (1 << 64) - 1
+
+# Purposes keep the streams of one (sender, step) apart.
+PURPOSE_PAYLOAD, PURPOSE_MONITOR, PURPOSE_MATCHING = 0, 1, 2
+
+
+def _splitmix64(z: int) -> int:
+    z = (z + 0x9E3779B97F4A7C15) & _MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return z ^ (z >> 31)
+
+
+def stream_seed(run_seed: int, sender: int, step: int, purpose: int = 0) -> int:
+    """The Philox seed of sender's payload at step: splitmix64 folded over
+    (run_seed, sender, step, purpose), as a signed int64.  Receivers call this with the
+    sender's rank to regenerate dither, random-k masks and buffer sizes."""
+    h = _splitmix64(int(run_seed) & _MASK64)
+    for v in (sender, step, purpose):
+        h = _splitmix64(h ^ (int(v) & _MASK64))
+    return h - (1 << 64) if h >= 1 << 63 else h
+
+
+def ring_allreduce_bytes(nbytes: int, n: int) -> int:
+    """Bytes one worker sends in a bandwidth-optimal ring all-reduce of nbytes:
+    2 (n - 1) / n * nbytes, rounded up (the backend may pick another algorithm)."""
+    return 0 if n <= 1 else math.ceil(2 * (n - 1) * nbytes / n)
+
+
+class GossipAlgorithm:
+    """Base class.  Subclasses implement ``_begin`` (encode, post sends) and ``_end``
+    (wait, decode, update) and call ``self._exchange`` so bytes are counted.
+
+    Arguments shared by all algorithms:
+      model_or_params  an nn.Module, an iterable of parameters, or param groups
+      topology         a name ('ring', 'torus', 'exponential', 'exp-onepeer',
+                       'complete', 'star'), a Topology, or a weight matrix
+      process_group    the torch.distributed group (default: the world)
+      transport        an explicit transport (the simulator passes an in-memory one);
+                       when given, process_group is ignored
+      seed             run seed for every random stream (same on all workers)
+      bucket_numel     cut the flat buffers into buckets of about this many elements
+      timeout          seconds any wait may take before PeerError names the peer
+      sync_params      broadcast rank 0's parameters at construction (consensus start)
+    """
+
+    name = "gossip"
+    time_varying_ok = True
+
+    def __init__(self, model_or_params, topology="ring", process_group=None, *,
+                 transport: Optional[Transport] = None, seed: int = 0,
+                 bucket_numel: Optional[int] = None, timeout: float = DEFAULT_TIMEOUT,
+                 sync_params: bool = True):
+        self.transport = transport if transport is not None else DistTransport(process_group,
+                                                                               timeout)
+        self.rank, self.world_size = self.transport.rank, self.transport.world_size
+        self.topology = self._make_topology(topology)
+        if self.topology.time_varying and not self.time_varying_ok:
+            raise topology_mod.TopologyError(
+                f"{type(self).__name__} keeps per-neighbour state and needs a static topology, "
+                f"got {self.topology.name}")
+        self.seed = int(seed)
+        self.flat = FlatParams(model_or_params, bucket_numel)
+        self.step_count = 0
+        self.bytes_sent = 0        # cumulative, this worker
+        self.last_bytes_sent = 0   # in the last completed step
+        self.last_rounds = 0       # sequential communication rounds in the last step
+        self._step_bytes = 0
+        self._step_rounds = 0
+        self._in_step = False
+        if sync_params and self.world_size > 1:
+            with torch.no_grad():
+                for buf in self.flat.buffers:
+                    self.transport.broadcast_(buf, 0)
+
+    def _make_topology(self, topology):
+        return topology_mod.make(topology, self.world_size)
+
+    # ----------------------------------------------------------------- public API
+    @property
+    def buckets(self):
+        return self.flat.buckets
+
+    def step(self) -> None:
+        """begin() then end(): one communication round after the local step."""
+        self.begin()
+        self.end()
+
+    def begin(self) -> None:
+        if self._in_step:
+            raise RuntimeError(f"{type(self).__name__}.begin() called twice without end()")
+        self._in_step = True
+        self._step_bytes, self._step_rounds = 0, 0
+        with torch.no_grad():
+            self._begin()
+
+    def end(self) -> None:
+        if not self._in_step:
+            raise RuntimeError(f"{type(self).__name__}.end() called without begin()")
+        with torch.no_grad():
+            self._end()
+        self._in_step = False
+        self.last_bytes_sent, self.last_rounds = self._step_bytes, self._step_rounds
+        self.bytes_sent += self._step_bytes
+        self.step_count += 1
+
+    def consensus_distance(self) -> float:
+        """(1/n) sum_i ||x_i - x_bar||^2 over all workers: a collective (every worker
+        must call it), for diagnostics; its bytes are not counted."""
+        x = self.flat.flat().double()
+        mean = self.transport.all_reduce_(x.clone(), "sum") / self.world_size
+        d = (x - mean).square().sum().reshape(1)  # on x's device: NCCL reduces GPU tensors
+        return float(self.transport.all_reduce_(d, "sum")) / self.world_size
+
+    def bits_per_element(self) -> float:
+        """Average bits sent per model element per step so far."""
+        steps = max(self.step_count, 1)
+        return 8.0 * self.bytes_sent / (steps * max(self.flat.numel, 1))
+
+    # ----------------------------------------------------------------- for subclasses
+    def _begin(self) -> None:
+        raise NotImplementedError
+
+    def _end(self) -> None:
+        raise NotImplementedError
+
+    def _exchange(self, sends, recvs, tag: int = 0):
+        """Post one round; count its exact send bytes."""
+        self._step_bytes += sum(int(buf.numel()) * buf.element_size() for _, buf in sends)
+        self._step_rounds += 1
+        return self.transport.exchange(sends, recvs, tag)
+
+    def _count_collective(self, nbytes: int) -> None:
+        self._step_bytes += ring_allreduce_bytes(nbytes, self.world_size)
+        self._step_rounds += 2 * (self.world_size - 1)
+
+    def _seed(self, sender: int, step: Optional[int] = None, purpose: int = PURPOSE_PAYLOAD):
+        return stream_seed(self.seed, sender, self.step_count if step is None else step,
+                           purpose)
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(rank={self.rank}/{self.world_size}, "
+                f"topology={self.topology.name}, buckets={len(self.buckets)}, "
+                f"numel={self.flat.numel})")

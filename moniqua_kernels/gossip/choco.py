@@ -1,0 +1,160 @@
+"""CHOCO-SGD (Koloskova et al. 2019) and SQuARM-SGD (Singh et al. 2020).
+
+CHOCO-SGD, after the local step x_i^{t+1/2}:
+    q_i = C(x_i^{t+1/2} - xhat_i)                 sent to every neighbour
+    xhat_j += q_j  for j in N(i) and i             (replicas, kept in sync by all)
+    x_i = x_i^{t+1/2} + gamma sum_j W_ij (xhat_j - xhat_i)
+Instead of deg + 1 replicas a worker keeps xhat_i and s_i = sum_j W_ij xhat_j (self
+included), updated with the same q's: two model-sized buffers whatever the degree.
+That needs W fixed, so time-varying topologies are refused.
+
+SQuARM-SGD: the local optimizer is SGD with Nesterov momentum (the caller's
+``torch.optim.SGD(..., momentum=beta, nesterov=True)``); step() is called after every
+local step but communicates only every H-th ("sync") step, and then only if the
+event trigger ||x_i - xhat_i||^2 > threshold * lr^2 fires.  Receivers learn who fired
+from a 1-byte flag per neighbour (round 1, counted in bytes_sent); the compressed
+payloads follow (round 2).  The consensus update runs at every sync step.  The
+compressor is typically Compose(sparsifier, quantizer), e.g. "topk:0.1+qsgd:4".
+"""
+from __future__ import annotations
+
+import torch
+
+from .. import compressors as comp
+from .base import GossipAlgorithm
+
+__all__ = ["Choco", "SQuARM"]
+
+_FLAG_TAG = 1 << 21
+
+
+def _compressor(spec) -> comp.Compressor:
+    c = comp.from_spec(spec) if isinstance(spec, str) else spec
+    if not isinstance(c, comp.Compressor):
+        raise TypeError(f"compressor must be a Compressor or a spec string, got {type(c)}")
+    if c.needs_reference:
+        raise ValueError(f"{c.name} decodes against the receiver's own model; CHOCO/SQuARM "
+                         "send differences x - xhat, so use qsgd, sign, randomk, topk, "
+                         "identity or a composition (for Moniqua use gossip.Moniqua)")
+    return c
+
+
+class Choco(GossipAlgorithm):
+    """CHOCO-SGD gossip with any compressor.
+
+      compressor  a Compressor or a spec ('sign', 'qsgd:4', 'topk:0.1', ...)
+      gamma       consensus step size (CHOCO's gamma; smaller for coarser compressors)
+    """
+
+    name = "choco"
+    time_varying_ok = False
+
+    def __init__(self, model_or_params, topology="ring", process_group=None, *,
+                 compressor="sign", gamma: float = 0.5, **kw):
+        self.compressor = _compressor(compressor)
+        self.gamma = float(gamma)
+        super().__init__(model_or_params, topology, process_group, **kw)
+        self.flat.assign_stream_offsets(self.compressor.stream_span)
+        self._xhat = [torch.zeros_like(b.tensor) for b in self.buckets]
+        self._s = [torch.zeros_like(b.tensor) for b in self.buckets]
+        self._peers = self.topology.in_peers(self.rank)
+        self._out = self.topology.out_peers(self.rank)
+        self._w_self = self.topology.self_weight(self.rank)
+
+    # Choco always sends; SQuARM decides per sync step.
+    def _begin(self):
+        self._post(send=True, senders=[j for j, _ in self._peers])
+
+    def _end(self):
+        self._apply()
+
+    def _post(self, send: bool, senders: list[int]) -> None:
+        self._sending, self._senders = send, senders
+        self._own_seed = self._seed(self.rank)
+        self._own, self._pending = [], []
+        c = self.compressor
+        for b, xhat in zip(self.buckets, self._xhat):
+            sends = []
+            if send:
+                p = c.encode(b.tensor - xhat, seed=self._own_seed, offset=b.stream_offset)
+                self._own.append(p)
+                wire = p.to_wire()
+                sends = [(k, wire) for k in self._out]
+            recvs = [(j, c.nbytes(b.numel, b.tensor.dtype, self._seed(j), b.stream_offset))
+                     for j in senders]
+            self._pending.append(self._exchange(sends, recvs, tag=b.index) if sends or recvs
+                                 else None)
+
+    def _apply(self) -> None:
+        c, weight = self.compressor, dict(self._peers)
+        for i, (b, xhat, s) in enumerate(zip(self.buckets, self._xhat, self._s)):
+            got = self._pending[i].wait() if self._pending[i] is not None else {}
+            if self._sending:
+                q = c.decode(self._own[i])
+                xhat.add_(q)
+                s.add_(q, alpha=self._w_self)
+            for j in self._senders:
+                p = c.from_wire(got[j], b.tensor.shape, b.tensor.dtype, seed=self._seed(j),
+                                offset=b.stream_offset)
+                s.add_(c.decode(p), alpha=weight[j])
+            b.tensor.add_(s - xhat, alpha=self.gamma)
+        self._own = self._pending = None
+
+
+class SQuARM(Choco):
+    """SQuARM-SGD gossip (use with SGD(momentum=beta, nesterov=True)).
+
+      compressor  default 'topk:0.1+qsgd:4' (sparsify, then quantize the kept values)
+      gamma       consensus step size
+      H           local steps between synchronisations (communicate at every H-th step)
+      threshold   c in the trigger ||x_i - xhat_i||^2 > c * lr^2 (0: send unless equal)
+      lr          float, callable step -> lr, or the optimizer (its current lr is read)
+    """
+
+    name = "squarm"
+
+    def __init__(self, model_or_params, topology="ring", process_group=None, *,
+                 compressor="topk:0.1+qsgd:4", gamma: float = 0.5, H: int = 1,
+                 threshold: float = 0.0, lr=None, **kw):
+        if int(H) < 1:
+            raise ValueError(f"H (local steps per sync) must be >= 1, got {H}")
+        if threshold < 0:
+            raise ValueError(f"threshold must be >= 0, got {threshold}")
+        self.H, self.threshold, self._lr = int(H), float(threshold), lr
+        if self.threshold > 0 and lr is None:
+            raise ValueError("a threshold > 0 is scaled by lr^2: pass lr= (float, callable "
+                             "or the optimizer)")
+        self.triggers = 0       # sync steps at which this worker sent
+        self.sync_steps = 0
+        super().__init__(model_or_params, topology, process_group, compressor=compressor,
+                         gamma=gamma, **kw)
+
+    def lr(self) -> float:
+        if self._lr is None:
+            return 1.0
+        if hasattr(self._lr, "param_groups"):
+            return float(self._lr.param_groups[0]["lr"])
+        return float(self._lr(self.step_count)) if callable(self._lr) else float(self._lr)
+
+    def is_sync_step(self, step: int | None = None) -> bool:
+        step = self.step_count if step is None else step
+        return (step + 1) % self.H == 0
+
+    def _begin(self):
+        self._sync = self.is_sync_step()
+        if not self._sync:
+            return
+        self.sync_steps += 1
+        sq = sum(float((b.tensor - xhat).double().square().sum())
+                 for b, xhat in zip(self.buckets, self._xhat))
+        send = sq > self.threshold * self.lr() ** 2
+        self.triggers += int(send)
+        flag = torch.tensor([int(send)], dtype=torch.uint8, device=self.buckets[0].tensor.device)
+        flags = self._exchange([(k, flag) for k in self._out],
+                               [(j, 1) for j, _ in self._peers], tag=_FLAG_TAG).wait()
+        senders = [j for j, _ in self._peers if int(flags[j][0])]
+        self._post(send, senders)
+
+    def _end(self):
+        if self._sync:
+            self._apply()

@@ -1,0 +1,276 @@
+"""Moving uint8 payloads between workers: torch.distributed or in memory.
+
+Both transports have one interface:
+
+    pending = t.exchange(sends=[(peer, buf), ...], recvs=[(peer, nbytes), ...], tag=)
+    ...                                   # overlap: compute while the bytes move
+    got = pending.wait()                  # {peer: uint8 tensor of nbytes}
+    t.all_reduce_(tensor, op="sum"|"max") # small collectives (theta monitor, all-reduce)
+    t.all_gather(tensor) -> [tensor per rank]
+    t.broadcast_(tensor, src)
+
+``DistTransport`` runs over a ``torch.distributed`` process group with
+``batch_isend_irecv`` (gloo on CPU, NCCL on GPU).  Every wait has a deadline; a peer
+that died or stalled raises ``PeerError`` naming it instead of hanging.
+``InMemoryTransport`` serves n workers of one process (the simulator runs each in a
+thread); its waits have the same deadline and error.
+
+Send buffers are not copied by the dist transport: the caller must not modify them
+until ``wait()`` returns (the algorithms keep them alive in their own state).
+"""
+from __future__ import annotations
+
+import datetime
+import threading
+import time
+from collections import deque
+from typing import Optional, Sequence
+
+import torch
+import torch.distributed as dist
+
+__all__ = ["PeerError", "Transport", "DistTransport", "InMemoryNetwork", "InMemoryTransport"]
+
+DEFAULT_TIMEOUT = 60.0
+
+
+class PeerError(RuntimeError):
+    """Communication with a peer failed or timed out."""
+
+    def __init__(self, rank: int, peers: Sequence[int], what: str, cause: str = ""):
+        self.rank, self.peers = rank, list(peers)
+        msg = f"rank {rank}: {what} with peer(s) {self.peers} failed"
+        super().__init__(msg + (f": {cause}" if cause else ""))
+
+
+class Transport:
+    rank: int
+    world_size: int
+    timeout: float
+
+    def exchange(self, sends, recvs, tag: int = 0):
+        raise NotImplementedError
+
+    def all_reduce_(self, tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
+        raise NotImplementedError
+
+    def all_gather(self, tensor: torch.Tensor) -> list[torch.Tensor]:
+        raise NotImplementedError
+
+    def broadcast_(self, tensor: torch.Tensor, src: int = 0) -> torch.Tensor:
+        raise NotImplementedError
+
+
+# --------------------------------------------------------------------------- torch.distributed
+
+class _DistPending:
+    def __init__(self, transport, works, ops, recv_bufs, what):
+        self._t, self._works, self._ops, self._recv, self._what = (
+            transport, works, ops, recv_bufs, what)
+
+    def wait(self) -> dict[int, torch.Tensor]:
+        t = self._t
+        deadline = time.monotonic() + t.timeout
+        # gloo returns one work per op; NCCL may coalesce them into one, in which case
+        # the failure can only be narrowed to the whole batch of peers.
+        per_op = len(self._works) == len(self._ops)
+        for k, work in enumerate(self._works):
+            peers = [self._ops[k][1]] if per_op else sorted({p for _, p in self._ops})
+            left = max(deadline - time.monotonic(), 0.001)
+            try:
+                ok = work.wait(datetime.timedelta(seconds=left))
+            except Exception as exc:  # gloo: connection closed / timed out; NCCL: watchdog
+                raise PeerError(t.rank, peers, self._what, f"{type(exc).__name__}: {exc}") from exc
+            if ok is False:
+                raise PeerError(t.rank, peers, self._what, f"no completion within {t.timeout:g} s")
+        return self._recv
+
+
+class DistTransport(Transport):
+    """Point-to-point exchange over a torch.distributed process group.
+
+    Ranks in every call are ranks *within* ``group``; they are translated to global
+    ranks for the P2P calls.  timeout (seconds) bounds every wait; for gloo, pass the
+    same or a larger timeout to ``init_process_group`` so its own deadline does not
+    fire first with a less specific message.
+    """
+
+    def __init__(self, group=None, timeout: float = DEFAULT_TIMEOUT):
+        if not dist.is_available() or not dist.is_initialized():
+            raise RuntimeError("torch.distributed is not initialized: call "
+                               "dist.init_process_group(...) first, or use the simulator")
+        self.group = group
+        self.rank = dist.get_rank(group)
+        self.world_size = dist.get_world_size(group)
+        self.timeout = float(timeout)
+        self._global = None if group is None or group == dist.GroupMember.WORLD else [
+            dist.get_global_rank(group, r) for r in range(self.world_size)]
+
+    def _g(self, r: int) -> int:
+        return r if self._global is None else self._global[r]
+
+    def exchange(self, sends, recvs, tag: int = 0):
+        ops, meta, out = [], [], {}
+        for peer, buf in sends:
+            ops.append(dist.P2POp(dist.isend, buf, self._g(peer), self.group, tag))
+            meta.append(("send", peer))
+        for peer, nbytes in recvs:
+            buf = torch.empty(int(nbytes), dtype=torch.uint8, device=self._device(sends))
+            out[peer] = buf
+            ops.append(dist.P2POp(dist.irecv, buf, self._g(peer), self.group, tag))
+            meta.append(("recv", peer))
+        if not ops:
+            return _DistPending(self, [], [], out, "exchange")
+        try:
+            works = dist.batch_isend_irecv(ops)
+        except Exception as exc:
+            raise PeerError(self.rank, sorted({p for _, p in meta}), "posting an exchange",
+                            f"{type(exc).__name__}: {exc}") from exc
+        return _DistPending(self, works, meta, out, "exchange")
+
+    def _device(self, sends):
+        if sends:
+            return sends[0][1].device
+        backend = dist.get_backend(self.group)
+        return torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else "cpu"
+
+    def _collective(self, what, fn):
+        try:
+            work = fn()
+            ok = work.wait(datetime.timedelta(seconds=self.timeout))
+        except Exception as exc:
+            raise PeerError(self.rank, [r for r in range(self.world_size) if r != self.rank],
+                            what, f"{type(exc).__name__}: {exc}") from exc
+        if ok is False:
+            raise PeerError(self.rank, [r for r in range(self.world_size) if r != self.rank],
+                            what, f"no completion within {self.timeout:g} s")
+
+    def all_reduce_(self, tensor, op="sum"):
+        rop = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX}[op]
+        self._collective(f"all_reduce({op})",
+                         lambda: dist.all_reduce(tensor, rop, group=self.group, async_op=True))
+        return tensor
+
+    def all_gather(self, tensor):
+        out = [torch.empty_like(tensor) for _ in range(self.world_size)]
+        self._collective("all_gather",
+                         lambda: dist.all_gather(out, tensor, group=self.group, async_op=True))
+        return out
+
+    def broadcast_(self, tensor, src=0):
+        self._collective("broadcast", lambda: dist.broadcast(tensor, self._g(src),
+                                                             group=self.group, async_op=True))
+        return tensor
+
+
+# --------------------------------------------------------------------------- in memory
+
+class InMemoryNetwork:
+    """Mailboxes between n in-process workers.  ``fail(reason)`` wakes every waiter
+    with an error (a worker thread that raised must not leave the others waiting)."""
+
+    def __init__(self, n: int, timeout: float = DEFAULT_TIMEOUT):
+        self.n, self.timeout = n, float(timeout)
+        self._boxes: dict[tuple[int, int, int], deque] = {}
+        self._cond = threading.Condition()
+        self.failed: Optional[str] = None
+        self.messages = 0
+
+    def transport(self, rank: int) -> "InMemoryTransport":
+        return InMemoryTransport(self, rank)
+
+    def fail(self, reason: str) -> None:
+        with self._cond:
+            if self.failed is None:
+                self.failed = reason
+            self._cond.notify_all()
+
+    def _put(self, src, dst, tag, buf):
+        with self._cond:
+            self._boxes.setdefault((src, dst, tag), deque()).append(buf)
+            self.messages += 1
+            self._cond.notify_all()
+
+    def _get(self, src, dst, tag, deadline, what):
+        with self._cond:
+            while True:
+                box = self._boxes.get((src, dst, tag))
+                if box:
+                    return box.popleft()
+                if self.failed is not None:
+                    raise PeerError(dst, [src], what, f"network failed: {self.failed}")
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise PeerError(dst, [src], what, f"no message within {self.timeout:g} s")
+                self._cond.wait(left)
+
+
+class _MemPending:
+    def __init__(self, transport, recvs, tag, what):
+        self._t, self._recvs, self._tag, self._what = transport, list(recvs), tag, what
+
+    def wait(self) -> dict[int, torch.Tensor]:
+        t = self._t
+        deadline = time.monotonic() + t.timeout
+        out = {}
+        for peer, nbytes in self._recvs:
+            buf = t.network._get(peer, t.rank, self._tag, deadline, self._what)
+            if buf.numel() != int(nbytes):
+                raise PeerError(t.rank, [peer], self._what,
+                                f"expected {int(nbytes)} bytes, got {buf.numel()}")
+            out[peer] = buf
+        return out
+
+
+# Tags for the in-memory collectives, apart from the algorithms' exchange tags.
+_TAG_GATHER, _TAG_BCAST = -1, -2
+
+
+class InMemoryTransport(Transport):
+    """One worker's end of an InMemoryNetwork (same interface as DistTransport).
+
+    Payloads are copied when sent, as if they had left the process.  Collectives sum
+    in rank order, so they are deterministic."""
+
+    def __init__(self, network: InMemoryNetwork, rank: int):
+        if not 0 <= rank < network.n:
+            raise ValueError(f"rank {rank} outside [0, {network.n})")
+        self.network, self.rank, self.world_size = network, rank, network.n
+        self.timeout = network.timeout
+
+    def exchange(self, sends, recvs, tag: int = 0):
+        for peer, buf in sends:
+            self.network._put(self.rank, peer, tag, buf.detach().clone())
+        return _MemPending(self, recvs, tag, "exchange")
+
+    def all_gather(self, tensor):
+        peers = [r for r in range(self.world_size) if r != self.rank]
+        for r in peers:
+            self.network._put(self.rank, r, _TAG_GATHER, tensor.detach().clone())
+        deadline = time.monotonic() + self.timeout
+        out = []
+        for r in range(self.world_size):
+            out.append(tensor.detach().clone() if r == self.rank else
+                       self.network._get(r, self.rank, _TAG_GATHER, deadline, "all_gather"))
+        return out
+
+    def all_reduce_(self, tensor, op="sum"):
+        parts = self.all_gather(tensor)
+        acc = parts[0].clone()
+        for p in parts[1:]:
+            if op == "sum":
+                acc += p
+            else:
+                torch.maximum(acc, p, out=acc)
+        tensor.copy_(acc)
+        return tensor
+
+    def broadcast_(self, tensor, src=0):
+        if self.rank == src:
+            for r in range(self.world_size):
+                if r != src:
+                    self.network._put(src, r, _TAG_BCAST, tensor.detach().clone())
+        else:
+            tensor.copy_(self.network._get(src, self.rank, _TAG_BCAST,
+                                           time.monotonic() + self.timeout, "broadcast"))
+        return tensor

@@ -1,0 +1,346 @@
+"""Gossip algorithms through the in-memory transport (threads): the update rules,
+exact byte counts, consensus, theta monitor, refusals and peer errors."""
+import math
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+import moniqua_kernels as mk
+from moniqua_kernels import gossip
+from moniqua_kernels.compressors import QSGD, Compose, ScaledSign, TopK
+from moniqua_kernels.gossip import topology as T
+from moniqua_kernels.reference.packing import packed_nbytes
+
+N_ELEM = 300
+
+
+def run_workers(n, fn, timeout=20.0):
+    """fn(rank, transport) in n threads over one InMemoryNetwork; returns the results."""
+    mk.available("moniqua_encode", "cpu")  # load backends before threads use them
+    net = gossip.InMemoryNetwork(n, timeout)
+    out, errs = [None] * n, [None] * n
+
+    def work(r):
+        try:
+            out[r] = fn(r, net.transport(r))
+        except BaseException as exc:  # noqa: BLE001
+            errs[r] = exc
+            net.fail(str(exc))
+    ths = [threading.Thread(target=work, args=(r,)) for r in range(n)]
+    for t in ths:
+        t.start()
+    for t in ths:
+        t.join()
+    for e in errs:
+        if e is not None and not isinstance(e, gossip.PeerError):
+            raise e
+    for e in errs:
+        if e is not None:
+            raise e
+    return out
+
+
+def start_values(n, seed=0, scale=1.0):
+    g = torch.Generator().manual_seed(seed)
+    return [scale * torch.randn(N_ELEM, generator=g) for _ in range(n)]
+
+
+def param(x):
+    return torch.nn.Parameter(x.clone())
+
+
+def test_dpsgd_one_step_is_w_times_x():
+    n, top = 5, T.ring(5)
+    xs = start_values(n)
+
+    def fn(r, tr):
+        p = param(xs[r])
+        g = gossip.DPSGD([p], top, transport=tr, sync_params=False)
+        g.step()
+        return p.detach().clone(), g.last_bytes_sent
+    res = run_workers(n, fn)
+    x = torch.stack(xs).double()
+    expect = torch.tensor(top.weights()) @ x
+    for r, (got, nbytes) in enumerate(res):
+        torch.testing.assert_close(got.double(), expect[r], atol=1e-6, rtol=0)
+        assert nbytes == 2 * N_ELEM * 4  # two out-peers, raw float32
+    assert torch.stack([g for g, _ in res]).mean(0).allclose(x.mean(0).float(), atol=1e-6)
+
+
+@pytest.mark.parametrize("bits", [1, 2, 4, 8])
+def test_moniqua_step_within_error_bound_of_exact_mixing(bits):
+    n, top, theta, gamma = 4, T.ring(4), 0.5, 0.7
+    base = torch.randn(N_ELEM, generator=torch.Generator().manual_seed(1))
+    g = torch.Generator().manual_seed(2)
+    xs = [base + theta * (torch.rand(N_ELEM, generator=g) - 0.5) for _ in range(n)]
+    assert max(float((a - b).abs().max()) for a in xs for b in xs) <= theta
+
+    def fn(r, tr):
+        p = param(xs[r])
+        g = gossip.Moniqua([p], top, transport=tr, theta=theta, bits=bits, gamma=gamma,
+                           sync_params=False, seed=5)
+        g.step()
+        return p.detach().clone(), g.last_bytes_sent
+    res = run_workers(n, fn)
+    w = torch.tensor(top.weights(), dtype=torch.float64)
+    x = torch.stack(xs).double()
+    exact = x + gamma * (w @ x - x)
+    err = mk.moniqua_modulus(theta, bits, "dither") * mk.moniqua_delta(bits, "dither")
+    for r, (got, nbytes) in enumerate(res):
+        # each of the (deg) differences dec(q_j) - dec(q_i) is off by at most 2 err
+        bound = gamma * (1 - w[r, r]) * 2 * err + 1e-5
+        assert float((got.double() - exact[r]).abs().max()) <= bound
+        assert nbytes == 2 * packed_nbytes(N_ELEM, bits)
+
+
+def _pure_gossip(make, n=6, steps=30, top="ring", scale=1.0):
+    xs = start_values(n, 3, scale)
+
+    def fn(r, tr):
+        p = param(xs[r])
+        g = make([p], T.make(top, n), tr)
+        d0 = g.consensus_distance()
+        sent = []
+        for _ in range(steps):
+            g.step()
+            sent.append(g.last_bytes_sent)
+        return d0, g.consensus_distance(), p.detach().clone(), sent, g
+    return xs, run_workers(n, fn)
+
+
+@pytest.mark.parametrize("name,make", [
+    ("dpsgd", lambda ps, top, tr: gossip.DPSGD(ps, top, transport=tr, sync_params=False)),
+    ("allreduce", lambda ps, top, tr: gossip.AllReduce(ps, transport=tr, sync_params=False)),
+    ("moniqua", lambda ps, top, tr: gossip.Moniqua(ps, top, transport=tr, theta=8.0, bits=8,
+                                                   gamma=0.5, sync_params=False)),
+    ("moniqua-d2", lambda ps, top, tr: gossip.Moniqua(
+        ps, T.from_weights(0.5 * np.eye(top.n) + 0.5 * top.weights()), transport=tr,
+        theta=8.0, bits=8, gamma=0.5, variant="d2", sync_params=False)),
+    ("moniqua-adpsgd", lambda ps, top, tr: gossip.Moniqua(
+        ps, top, transport=tr, theta=8.0, bits=8, variant="adpsgd", sync_params=False)),
+    ("choco", lambda ps, top, tr: gossip.Choco(ps, top, transport=tr, compressor="qsgd:4",
+                                               gamma=0.5, sync_params=False)),
+    ("squarm", lambda ps, top, tr: gossip.SQuARM(ps, top, transport=tr, gamma=0.5, H=2,
+                                                 compressor="topk:0.3+qsgd:8",
+                                                 sync_params=False)),
+])
+def test_consensus_distance_falls(name, make):
+    xs, res = _pure_gossip(make, steps=60 if name == "moniqua-adpsgd" else 30)
+    before, after = res[0][0], res[0][1]
+    assert before > 1.0
+    assert after < 0.05 * before, (name, before, after)
+    # without gradients, gossip keeps the average (up to the compression error)
+    mean0 = torch.stack(xs).mean(0)
+    mean1 = torch.stack([r[2] for r in res]).mean(0)
+    tol = 1e-4 if name in ("dpsgd", "allreduce") else 0.1
+    assert float((mean1 - mean0).abs().max()) < tol
+
+
+def test_bytes_match_the_formulas():
+    n = 4
+    sign, q4 = ScaledSign(), QSGD(4)
+    # CHOCO: every step sends C(x - xhat) to both ring neighbours
+    _, res = _pure_gossip(lambda ps, top, tr: gossip.Choco(ps, top, transport=tr,
+                                                             compressor="sign",
+                                                             sync_params=False), n=n, steps=3)
+    assert res[0][3] == [2 * (4 + math.ceil(N_ELEM / 8))] * 3
+    assert sign.nbytes(N_ELEM) == 4 + math.ceil(N_ELEM / 8)
+    _, res = _pure_gossip(lambda ps, top, tr: gossip.Choco(ps, top, transport=tr,
+                                                             compressor=q4,
+                                                             sync_params=False), n=n, steps=2)
+    assert res[0][3] == [2 * (4 * math.ceil(N_ELEM / 512) + math.ceil(N_ELEM * 4 / 8))] * 2
+    # SQuARM, H=2, threshold 0: sync steps send a 1-byte flag + the payload to 2 peers
+    comp = Compose(TopK(0.1), QSGD(4))
+    _, res = _pure_gossip(lambda ps, top, tr: gossip.SQuARM(ps, top, transport=tr,
+                                                              compressor=comp, H=2,
+                                                              sync_params=False), n=n, steps=4)
+    k = math.ceil(0.1 * N_ELEM)
+    payload = 4 * k + 4 + math.ceil(k * 4 / 8)  # int32 indices, one scale, 4-bit codes
+    assert comp.nbytes(N_ELEM) == payload
+    assert res[0][3] == [0, 2 * (1 + payload), 0, 2 * (1 + payload)]
+    # all-reduce: ring formula
+    _, res = _pure_gossip(lambda ps, top, tr: gossip.AllReduce(ps, transport=tr,
+                                                                 sync_params=False),
+                          n=n, steps=1)
+    assert res[0][3] == [math.ceil(2 * (n - 1) * N_ELEM * 4 / n)]
+
+
+def test_squarm_event_trigger_skips_small_changes():
+    n = 4
+
+    def fn(r, tr):
+        p = param(torch.ones(N_ELEM))
+        g = gossip.SQuARM([p], "ring", transport=tr, threshold=1.0, lr=0.1, H=1,
+                          compressor="qsgd:8")
+        g.step()                         # xhat = 0, ||x||^2 = 300 > 0.01: sends
+        first = g.last_bytes_sent
+        with torch.no_grad():
+            p.add_(1e-4)                 # ||x - xhat||^2 tiny: no payload, only flags
+        g.step()
+        return first, g.last_bytes_sent, g.triggers
+    for first, second, triggers in run_workers(n, fn):
+        assert first == 2 * (1 + QSGD(8).nbytes(N_ELEM))
+        assert second == 2 * 1 and triggers == 1
+
+
+def test_choco_replicas_stay_consistent():
+    """xhat_j kept by j's neighbours equals j's own xhat: s_i = sum_j W_ij xhat_j."""
+    n, top = 5, T.ring(5)
+    xs = start_values(n, 4)
+
+    def fn(r, tr):
+        p = param(xs[r])
+        g = gossip.Choco([p], top, transport=tr, compressor="topk:0.2", gamma=0.3,
+                         sync_params=False)
+        for _ in range(5):
+            with torch.no_grad():
+                p.add_(0.01 * r)          # a local "optimizer step"
+            g.step()
+        return g._xhat[0].clone(), g._s[0].clone()
+    res = run_workers(n, fn)
+    xhat = torch.stack([x for x, _ in res]).double()
+    s = torch.tensor(top.weights()) @ xhat
+    for r, (_, s_r) in enumerate(res):
+        torch.testing.assert_close(s_r.double(), s[r], atol=1e-5, rtol=0)
+
+
+def test_begin_end_equals_step_and_flat_views_follow_the_optimizer():
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 2))
+    net = gossip.InMemoryNetwork(1)
+    g = gossip.DPSGD(model, "ring", transport=net.transport(0), bucket_numel=12)
+    # 12 + 3 > 12 starts a new bucket at the bias
+    assert [b.numel for b in g.buckets] == [12, 3 + 6 + 2]
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    model(torch.ones(1, 4)).sum().backward()
+    opt.step()
+    # the optimizer wrote through the views into the flat buffer
+    assert torch.equal(g.flat.flat()[:12], model[0].weight.detach().reshape(-1))
+    with pytest.raises(RuntimeError, match="without begin"):
+        g.end()
+    g.begin()
+    with pytest.raises(RuntimeError, match="twice"):
+        g.begin()
+    g.end()
+    assert g.step_count == 1
+
+
+def test_theta_monitor_warns_on_violation():
+    n = 4
+    xs = start_values(n, 5, scale=3.0)   # spread ~ 10 >> theta
+
+    def fn(r, tr):
+        p = param(xs[r])
+        mon = gossip.ThetaMonitor(every=1, sample=None)
+        g = gossip.Moniqua([p], "ring", transport=tr, theta=0.1, bits=2, monitor=mon,
+                           sync_params=False)
+        g.step()
+        return mon.history[0], mon.violations
+    # pytest.warns swaps the process-wide warning hook, so it sees the worker threads'
+    with pytest.warns(gossip.ThetaViolation, match="violated") as record:
+        res = run_workers(n, fn)
+    assert sum(issubclass(w.category, gossip.ThetaViolation) for w in record) == 1  # rank 0
+    true_max = max(float((xs[i] - xs[j]).abs().max()) for i in range(n) for j in
+                   ((i + 1) % n, (i - 1) % n))
+    for (step, measured, theta), violations in res:
+        assert measured == pytest.approx(true_max) and theta == 0.1 and violations == 1
+
+
+def test_theta_monitor_quiet_when_bound_holds_and_lr_schedule():
+    n = 4
+    xs = [torch.full((N_ELEM,), 0.01 * r) for r in range(n)]
+    opt_lr = {"lr": 0.5}
+    sched = gossip.LRProportional(2.0, lambda step: opt_lr["lr"])
+
+    def fn(r, tr):
+        p = param(xs[r])
+        mon = gossip.ThetaMonitor(every=2, sample=16)
+        g = gossip.Moniqua([p], "ring", transport=tr, theta=sched, bits=8, monitor=mon,
+                           sync_params=False)
+        for _ in range(3):
+            g.step()
+        return mon.history, mon.violations, g.theta
+    for history, violations, theta in run_workers(n, fn):
+        assert [h[0] for h in history] == [0, 2] and violations == 0 and theta == 1.0
+        assert history[0][1] == pytest.approx(0.03, abs=1e-6)  # ranks 0 and 3 are neighbours
+
+
+def test_refusals():
+    net = gossip.InMemoryNetwork(4)
+    p = [param(torch.zeros(8))]
+    with pytest.raises(T.TopologyError, match="static topology"):
+        gossip.Choco(p, "exp-onepeer", transport=net.transport(0), sync_params=False)
+    with pytest.raises(ValueError, match="receiver's own model"):
+        gossip.Choco(p, "ring", transport=net.transport(0), compressor="moniqua:2",
+                     sync_params=False)
+    with pytest.raises(ValueError, match="variant"):
+        gossip.Moniqua(p, "ring", transport=net.transport(0), variant="d3", sync_params=False)
+    with pytest.raises(ValueError, match="stochastic"):
+        gossip.Moniqua(p, "ring", transport=net.transport(0), bits=1, rounding="stochastic",
+                       sync_params=False)
+    with pytest.raises(ValueError, match="lr"):
+        gossip.SQuARM(p, "ring", transport=net.transport(0), threshold=1.0, sync_params=False)
+    with pytest.raises(T.TopologyError, match="has 8 workers"):
+        gossip.DPSGD(p, T.ring(8), transport=net.transport(0), sync_params=False)
+    with pytest.raises(T.TopologyError, match="not doubly stochastic|not row"):
+        gossip.DPSGD(p, np.full((4, 4), 0.3), transport=net.transport(0), sync_params=False)
+
+
+def test_missing_peer_raises_peer_error_naming_it():
+    net = gossip.InMemoryNetwork(3, timeout=0.5)
+    g = gossip.DPSGD([param(torch.zeros(8))], "ring", transport=net.transport(0),
+                     sync_params=False)
+    with pytest.raises(gossip.PeerError, match=r"rank 0: exchange with peer\(s\) \[1\]"):
+        g.step()   # workers 1 and 2 never run
+
+
+def test_stream_seed_is_deterministic_and_distinct():
+    s = gossip.stream_seed
+    assert s(0, 1, 2) == s(0, 1, 2)
+    seen = {s(seed, r, t, p) for seed in range(3) for r in range(4) for t in range(50)
+            for p in range(3)}
+    assert len(seen) == 3 * 4 * 50 * 3
+    assert all(-(2 ** 63) <= v < 2 ** 63 for v in seen)
+
+
+def test_time_varying_one_peer_exponential_averages_exactly():
+    """Directed, time-varying graph: sends and receives go to different peers; for n = 8
+    three steps of D-PSGD reach the exact average (up to float32 rounding)."""
+    n = 8
+    xs = start_values(n, 6)
+
+    def fn(r, tr):
+        p = param(xs[r])
+        g = gossip.DPSGD([p], "exp-onepeer", transport=tr, sync_params=False)
+        sent = []
+        for _ in range(3):
+            g.step()
+            sent.append(g.last_bytes_sent)
+        return p.detach().clone(), sent
+    res = run_workers(n, fn)
+    mean = torch.stack(xs).mean(0)
+    for got, sent in res:
+        torch.testing.assert_close(got, mean, atol=1e-6, rtol=0)
+        assert sent == [N_ELEM * 4] * 3  # one peer per step
+
+
+def test_buckets_use_consecutive_stream_offsets():
+    """Three 100-element buckets draw the same dither stream positions as one bucket of
+    300, so the results are bit-identical (bucket sizes are multiples of 4)."""
+    n = 4
+    xs = start_values(n, 7)
+
+    def fn(bucket_numel):
+        def f(r, tr):
+            ps = [param(c) for c in xs[r].split(100)]
+            g = gossip.Moniqua(ps, "ring", transport=tr, theta=10.0, bits=1, gamma=0.5,
+                               bucket_numel=bucket_numel, sync_params=False, seed=9)
+            for _ in range(3):
+                g.step()
+            return torch.cat([p.detach() for p in ps]), len(g.buckets), g.bytes_sent
+        return f
+    one, three = run_workers(n, fn(None)), run_workers(n, fn(100))
+    for (a, na, ba), (b, nb, bb) in zip(one, three):
+        assert (na, nb) == (1, 3) and torch.equal(a, b)
+        assert ba == 3 * 2 * packed_nbytes(300, 1) and bb == 3 * 2 * 3 * packed_nbytes(100, 1)
