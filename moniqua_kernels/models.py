@@ -1,29 +1,11 @@
-"""Models for the train command: a small MLP up to ResNet-20 (He et al. 2016, the
-CIFAR variant: 3 stages of 3 basic blocks, 16/32/64 channels, 0.27M parameters)."""
+"""ResNet-20 for the train command (He et al. 2016, the CIFAR variant: 3 stages of 3
+basic blocks, 16/32/64 channels, 0.27M parameters).  The small MLP and logistic
+regression live in data.py."""
 from __future__ import annotations
 
 import torch
 from torch import nn
 import torch.nn.functional as F
-
-
-class MLP(nn.Module):
-    def __init__(self, in_features: int, classes: int, hidden: int = 64):
-        super().__init__()
-        self.net = nn.Sequential(nn.Flatten(), nn.Linear(in_features, hidden), nn.ReLU(),
-                                 nn.Linear(hidden, classes))
-
-    def forward(self, x):
-        return self.net(x)
-
-
-class LogisticRegression(nn.Module):
-    def __init__(self, in_features: int, classes: int):
-        super().__init__()
-        self.linear = nn.Linear(in_features, classes)
-
-    def forward(self, x):
-        return self.linear(x.flatten(1))
 
 
 class _BasicBlock(nn.Module):
@@ -59,22 +41,3 @@ class ResNet20(nn.Module):
     def forward(self, x):
         out = self.layers(F.relu(self.bn(self.conv(x))))
         return self.fc(F.adaptive_avg_pool2d(out, 1).flatten(1))
-
-
-MODELS = ("mlp", "logreg", "resnet20")
-
-
-def build(name: str, input_shape, classes: int) -> nn.Module:
-    in_features = 1
-    for d in input_shape:
-        in_features *= d
-    if name == "mlp":
-        return MLP(in_features, classes)
-    if name == "logreg":
-        return LogisticRegression(in_features, classes)
-    if name == "resnet20":
-        if len(input_shape) != 3:
-            raise ValueError(f"resnet20 needs image inputs (C, H, W), got shape "
-                             f"{tuple(input_shape)}; use --model mlp for this dataset")
-        return ResNet20(classes, input_shape[0])
-    raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")

@@ -1,0 +1,146 @@
+"""The command line: demo end to end, train under 2-process gloo with resume, the
+CIFAR-10 loader on generated files, and bad flags (exit code 2 with a message)."""
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from moniqua_kernels import cifar10
+from moniqua_kernels.cli import DEMO_ALGORITHMS, main
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _env():
+    env = dict(os.environ)
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    env["OMP_NUM_THREADS"] = "1"
+    return env
+
+
+def test_demo_quick_json_has_every_algorithm(tmp_path):
+    out, plot = tmp_path / "demo.json", tmp_path / "demo.png"
+    rc = main(["demo", "--quick", "--json", str(out), "--plot", str(plot), "--no-progress"])
+    assert rc == 0
+    rows = json.loads(out.read_text())["results"]
+    assert [r["algorithm"] for r in rows] == list(DEMO_ALGORITHMS)
+    by_name = {r["algorithm"]: r for r in rows}
+    for r in rows:
+        assert 0.5 < r["test_accuracy"] <= 1.0, r  # 10 classes: chance is 0.1
+        assert r["bytes_per_worker_step"] > 0 and r["wall_time_s"] > 0
+    assert by_name["moniqua-1bit"]["bits"] < 1.1  # 1 bit per parameter on the wire
+    assert by_name["dpsgd"]["bits"] == pytest.approx(64.0)  # 32 bits to each of 2 peers
+    assert by_name["moniqua-1bit"]["bytes_per_worker_step"] * 20 < \
+        by_name["dpsgd"]["bytes_per_worker_step"]
+    assert plot.stat().st_size > 10_000  # a real PNG was drawn
+
+
+def test_demo_list_and_bad_flags(capsys):
+    assert main(["demo", "--list"]) == 0
+    assert "moniqua-1bit" in capsys.readouterr().out
+    for argv, needle in [(["demo", "--workers", "0"], "positive integer"),
+                         (["demo", "--dataset", "imagenet"], "invalid choice"),
+                         (["demo", "--algorithms", "gzip"], "unknown configuration"),
+                         (["frobnicate"], "invalid choice")]:
+        with pytest.raises(SystemExit) as info:
+            main(argv)
+        assert info.value.code == 2
+        assert needle in capsys.readouterr().err
+
+
+def test_train_bad_flags_exit_2():
+    cases = [(["--steps", "0"], "--steps must be >= 1"),
+             (["--dataset", "cifar10"], "needs --data-dir"),
+             (["--algorithm", "dpsgd", "--bits", "1"], "applies to --algorithm moniqua"),
+             (["--resume"], "--resume needs --checkpoint-dir"),
+             ([], "under torchrun")]
+    for argv, needle in cases:
+        env = {k: v for k, v in _env().items() if k not in ("RANK", "WORLD_SIZE")}
+        proc = subprocess.run([sys.executable, "-m", "moniqua_kernels", "train", *argv],
+                              capture_output=True, text=True, env=env, timeout=120)
+        assert proc.returncode == 2, (argv, proc.stderr)
+        assert needle in proc.stderr, (argv, proc.stderr)
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _torchrun(args, tmp_path, timeout=300):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
+           "-m", "moniqua_kernels", "train", "--no-progress", *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=timeout,
+                          cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+def test_train_two_process_gloo_and_resume(tmp_path):
+    common = ["--algorithm", "moniqua", "--bits", "2", "--theta-lr-scale", "2.0",
+              "--dataset", "digits", "--batch-size", "16", "--lr", "0.1", "--seed", "3",
+              "--log-every", "5"]
+    ckpt = tmp_path / "ckpt"
+    # One run of 40 steps straight through ...
+    _torchrun(common + ["--steps", "40", "--json", str(tmp_path / "full.json")], tmp_path)
+    # ... equals 20 steps, a stop, and 20 more resumed from the checkpoint.
+    _torchrun(common + ["--steps", "20", "--checkpoint-dir", str(ckpt),
+                        "--checkpoint-every", "10"], tmp_path)
+    assert (ckpt / "rank0.pt").exists() and (ckpt / "rank1.pt").exists()
+    _torchrun(common + ["--steps", "40", "--checkpoint-dir", str(ckpt), "--resume",
+                        "--json", str(tmp_path / "resumed.json"),
+                        "--log", str(tmp_path / "log.jsonl")], tmp_path)
+    full = json.loads((tmp_path / "full.json").read_text())
+    resumed = json.loads((tmp_path / "resumed.json").read_text())
+    assert resumed["summary"]["resumed_from"] == 20
+    assert resumed["summary"]["test_accuracy_averaged_model"] == \
+        full["summary"]["test_accuracy_averaged_model"]
+    assert resumed["history"] == full["history"]  # every logged step identical
+    assert full["summary"]["test_accuracy_averaged_model"] > 0.5
+    lines = (tmp_path / "log.jsonl").read_text().splitlines()
+    assert json.loads(lines[-1])["step"] == 40
+
+
+def _write_fake_cifar(folder, n_train=20, n_test=10, seed=0):
+    rng = np.random.default_rng(seed)
+    os.makedirs(folder, exist_ok=True)
+    for name, n in [("data_batch_1", n_train), ("test_batch", n_test)]:
+        images = rng.integers(0, 256, (n, 3, 32, 32), dtype=np.uint8)
+        labels = rng.integers(0, 10, n)
+        cifar10.write_batch(os.path.join(folder, name), images, labels, name)
+    return images, labels
+
+
+def test_cifar10_loader_reads_standard_format(tmp_path):
+    folder = tmp_path / "cifar-10-batches-py"
+    images, labels = _write_fake_cifar(str(folder))
+    x, y = cifar10.load(str(tmp_path), train=False)
+    assert x.shape == (10, 3, 32, 32) and x.dtype == torch.float32
+    assert y.tolist() == [int(v) for v in labels]
+    # Channel planes in order: red plane first; normalisation as documented.
+    red = torch.from_numpy(images[:, 0].astype(np.float32)) / 255
+    assert torch.allclose(x[:, 0], (red - cifar10.MEAN[0]) / cifar10.STD[0], atol=1e-6)
+    xt, yt = cifar10.load(str(folder), train=True)  # the batches folder itself works too
+    assert xt.shape == (20, 3, 32, 32) and yt.shape == (20,)
+    with pytest.raises(FileNotFoundError, match="no CIFAR-10 batches"):
+        cifar10.load(str(tmp_path / "nowhere"))
+    (folder / "test_batch").write_bytes(b"not a pickle")
+    with pytest.raises(ValueError, match="not a CIFAR-10 python batch"):
+        cifar10.load(str(folder), train=False)
+
+
+def test_train_resnet20_on_generated_cifar(tmp_path):
+    _write_fake_cifar(str(tmp_path / "cifar-10-batches-py"), n_train=32, n_test=8)
+    proc = _torchrun(["--algorithm", "choco", "--compressor", "sign", "--dataset", "cifar10",
+                      "--data-dir", str(tmp_path), "--model", "resnet20", "--steps", "2",
+                      "--batch-size", "4", "--json", str(tmp_path / "r.json")], tmp_path)
+    summary = json.loads((tmp_path / "r.json").read_text())["summary"]
+    assert summary["model"] == "resnet20" and summary["n_params"] > 250_000
+    assert summary["bytes_sent_rank0"] > 0
