@@ -18,11 +18,22 @@ if not hasattr(_tl, "randint4x") or not hasattr(_tl, "join"):
 from .moniqua import (moniqua_decode_triton, moniqua_encode_triton,  # noqa: E402
                       moniqua_mix_triton)
 from .packing import pack_bits_triton, philox_uniform_triton, unpack_bits_triton  # noqa: E402
+from .qsgd import qsgd_decode_triton, qsgd_encode_triton  # noqa: E402
+from .sign import sign_decode_triton, sign_encode_triton  # noqa: E402
+from .sparse import (randomk_count_triton, randomk_decode_triton,  # noqa: E402
+                     randomk_encode_triton)
 
 OPS = {
     "moniqua_encode": moniqua_encode_triton,
     "moniqua_decode": moniqua_decode_triton,
     "moniqua_mix_": moniqua_mix_triton,
+    "qsgd_encode": qsgd_encode_triton,
+    "qsgd_decode": qsgd_decode_triton,
+    "sign_encode": sign_encode_triton,
+    "sign_decode": sign_decode_triton,
+    "randomk_encode": randomk_encode_triton,
+    "randomk_decode": randomk_decode_triton,
+    "randomk_count": randomk_count_triton,
     "philox_uniform": philox_uniform_triton,
     "pack_bits": pack_bits_triton,
     "unpack_bits": unpack_bits_triton,

@@ -41,14 +41,14 @@ def f32(value: float) -> float:
 
 
 @triton.jit
-def block_index(BLOCK: tl.constexpr):
-    """int64 element indices of this program: n > 2^31 must not overflow."""
-    return tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+def block_start(BLOCK: tl.constexpr):
+    """int64 index of this program's first element: n > 2^31 must not overflow."""
+    return tl.program_id(0).to(tl.int64) * BLOCK
 
 
 @triton.jit
-def philox_block(seed, offset, BLOCK: tl.constexpr):
-    """uint32 Philox words for positions offset + [block start, block start + BLOCK).
+def philox_block(seed, offset, start, BLOCK: tl.constexpr):
+    """uint32 Philox words for positions offset + start + [0, BLOCK); start % 4 == 0.
 
     One Philox call per 4 positions: counter c = p >> 2 (int64, so randint4x splits it
     into c0 = low, c1 = high 32 bits), the four words interleaved back into position
@@ -56,8 +56,7 @@ def philox_block(seed, offset, BLOCK: tl.constexpr):
     seed is cast to int64 (value preserving) so that randint4x's uint64 view of it is
     the seed's 64 bits: key k0 = low, k1 = high half.
     """
-    start = tl.program_id(0).to(tl.int64) * (BLOCK // 4)
-    counter = (tl.cast(offset, tl.int64) >> 2) + start + tl.arange(0, BLOCK // 4)
+    counter = (tl.cast(offset, tl.int64) >> 2) + (start >> 2) + tl.arange(0, BLOCK // 4)
     r0, r1, r2, r3 = tl.randint4x(tl.cast(seed, tl.int64), counter)
     # join(join(r0, r2), join(r1, r3))[c, m, k] = r_{2m+k}: row-major is r0 r1 r2 r3.
     return tl.reshape(tl.join(tl.join(r0, r2), tl.join(r1, r3)), (BLOCK,))
@@ -82,10 +81,11 @@ def pack_codes(codes, BITS: tl.constexpr, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def load_codes(payload_ptr, nbytes, BITS: tl.constexpr, BLOCK: tl.constexpr):
-    """The BLOCK int32 codes of this program's bytes (each byte read once)."""
+def load_codes(payload_ptr, start, nbytes, BITS: tl.constexpr, BLOCK: tl.constexpr):
+    """The BLOCK int32 codes of elements start + [0, BLOCK), start % 8 == 0; each byte is
+    read once and spread over its elements."""
     PER_BYTE: tl.constexpr = 8 // BITS
-    byte_idx = tl.program_id(0).to(tl.int64) * (BLOCK // PER_BYTE) + tl.arange(0, BLOCK // PER_BYTE)
+    byte_idx = start // PER_BYTE + tl.arange(0, BLOCK // PER_BYTE)
     byte = tl.load(payload_ptr + byte_idx, mask=byte_idx < nbytes, other=0).to(tl.int32)
     spread = tl.reshape(tl.broadcast_to(byte[:, None], (BLOCK // PER_BYTE, PER_BYTE)), (BLOCK,))
     shift = (tl.arange(0, BLOCK) % PER_BYTE) * BITS
@@ -93,9 +93,10 @@ def load_codes(payload_ptr, nbytes, BITS: tl.constexpr, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def store_bytes(out_ptr, packed, nbytes, BITS: tl.constexpr, BLOCK: tl.constexpr):
+def store_bytes(out_ptr, packed, start, nbytes, BITS: tl.constexpr, BLOCK: tl.constexpr):
+    """Store the bytes of elements start + [0, BLOCK) (start % 8 == 0: whole bytes)."""
     PER_BYTE: tl.constexpr = 8 // BITS
-    byte_idx = tl.program_id(0).to(tl.int64) * (BLOCK // PER_BYTE) + tl.arange(0, BLOCK // PER_BYTE)
+    byte_idx = start // PER_BYTE + tl.arange(0, BLOCK // PER_BYTE)
     tl.store(out_ptr + byte_idx, packed.to(tl.uint8), mask=byte_idx < nbytes)
 
 

@@ -14,9 +14,9 @@ import triton.language as tl
 
 from ..reference.moniqua import modulus_constants
 from ..reference.packing import packed_nbytes
-from ._common import (BLOCK, DITHER, LAUNCH, NEAREST, ROUNDING_IDS, block_index, f32,
-                      grid_for, load_codes, pack_codes, philox_block, round_to, store_bytes,
-                      uniform_from_words)
+from ._common import (BLOCK, DITHER, LAUNCH, NEAREST, ROUNDING_IDS, block_start, f32,
+                      grid_for, load_codes, pack_codes, philox_block, round_to,
+                      store_bytes, uniform_from_words)
 
 
 def _constants(modulus: float) -> tuple[float, float]:
@@ -27,7 +27,8 @@ def _constants(modulus: float) -> tuple[float, float]:
 @triton.jit
 def _moniqua_encode_kernel(x_ptr, out_ptr, n, nbytes, inv_b, seed, offset,
                            BITS: tl.constexpr, ROUNDING: tl.constexpr, BLOCK: tl.constexpr):
-    i = block_index(BLOCK)
+    start = block_start(BLOCK)
+    i = start + tl.arange(0, BLOCK)
     x = tl.load(x_ptr + i, mask=i < n, other=0.0).to(tl.float32)
     t = x * inv_b
     # z = t - floor(t) is exact; non-finite t gives z = 0 (|t| < inf is false for NaN).
@@ -35,12 +36,12 @@ def _moniqua_encode_kernel(x_ptr, out_ptr, n, nbytes, inv_b, seed, offset,
     if ROUNDING == NEAREST:
         u = 0.5
     else:
-        u = uniform_from_words(philox_block(seed, offset, BLOCK))
+        u = uniform_from_words(philox_block(seed, offset, start, BLOCK))
     w = z * (1 << BITS) + u  # z * 2^b is exact: the sum is the only rounding
     # w lies in [0, 2^b + 1): floor then mod 2^b (z rounding up to 1.0 wraps to 0).
     codes = tl.floor(w).to(tl.int32) & ((1 << BITS) - 1)
     codes = tl.where(i < n, codes, 0)  # the unused high bits of the last byte are zero
-    store_bytes(out_ptr, pack_codes(codes, BITS, BLOCK), nbytes, BITS, BLOCK)
+    store_bytes(out_ptr, pack_codes(codes, BITS, BLOCK), start, nbytes, BITS, BLOCK)
 
 
 def moniqua_encode_triton(x: torch.Tensor, modulus: float, bits: int, rounding: str,
@@ -57,14 +58,14 @@ def moniqua_encode_triton(x: torch.Tensor, modulus: float, bits: int, rounding: 
 
 
 @triton.jit
-def _decode_block(payload_ptr, y, nbytes, b32, inv_b, seed, offset, BITS: tl.constexpr,
+def _decode_block(payload_ptr, y, start, nbytes, b32, inv_b, seed, offset, BITS: tl.constexpr,
                   ROUNDING: tl.constexpr, BLOCK: tl.constexpr):
     """Decoded float32 values of this program's elements against float32 reference y,
     in the reference's order: zh = (k + c) * 2^-b; a = zh*B - y;
     xh = y + (a - B * floor(a * invB + 0.5))."""
-    k = load_codes(payload_ptr, nbytes, BITS, BLOCK).to(tl.float32)
+    k = load_codes(payload_ptr, start, nbytes, BITS, BLOCK).to(tl.float32)
     if ROUNDING == DITHER:
-        k = k + (0.5 - uniform_from_words(philox_block(seed, offset, BLOCK)))  # c exact
+        k = k + (0.5 - uniform_from_words(philox_block(seed, offset, start, BLOCK)))  # c exact
     zh = k * (1.0 / (1 << BITS))  # exact: a power of two
     a = zh * b32 - y
     return y + (a - b32 * tl.floor(a * inv_b + 0.5))
@@ -73,9 +74,10 @@ def _decode_block(payload_ptr, y, nbytes, b32, inv_b, seed, offset, BITS: tl.con
 @triton.jit
 def _moniqua_decode_kernel(payload_ptr, y_ptr, out_ptr, n, nbytes, b32, inv_b, seed, offset,
                            BITS: tl.constexpr, ROUNDING: tl.constexpr, BLOCK: tl.constexpr):
-    i = block_index(BLOCK)
+    start = block_start(BLOCK)
+    i = start + tl.arange(0, BLOCK)
     y_raw = tl.load(y_ptr + i, mask=i < n, other=0.0)
-    xh = _decode_block(payload_ptr, y_raw.to(tl.float32), nbytes, b32, inv_b, seed, offset,
+    xh = _decode_block(payload_ptr, y_raw.to(tl.float32), start, nbytes, b32, inv_b, seed, offset,
                        BITS, ROUNDING, BLOCK)
     tl.store(out_ptr + i, round_to(xh, y_raw.dtype), mask=i < n)
 
@@ -99,15 +101,16 @@ def _moniqua_mix_kernel(x_ptr, payloads, weights, own_ptr, n, nbytes, b32, inv_b
     """x <- x + gamma * sum_j w_j (d_j - d_self); payloads, weights, seeds, offsets are
     tuples (one kernel specialisation per neighbour count), the own stream last in
     seeds/offsets.  x is read once and written once; each payload byte is read once."""
-    i = block_index(BLOCK)
+    start = block_start(BLOCK)
+    i = start + tl.arange(0, BLOCK)
     x_raw = tl.load(x_ptr + i, mask=i < n, other=0.0)
     x = x_raw.to(tl.float32)
     NSELF: tl.constexpr = len(payloads)
-    d_self = _decode_block(own_ptr, x, nbytes, b32, inv_b, seeds[NSELF], offsets[NSELF],
+    d_self = _decode_block(own_ptr, x, start, nbytes, b32, inv_b, seeds[NSELF], offsets[NSELF],
                            BITS, ROUNDING, BLOCK)
     acc = tl.zeros((BLOCK,), dtype=tl.float32)
     for j in tl.static_range(len(payloads)):  # left to right from 0, as the reference
-        d_j = _decode_block(payloads[j], x, nbytes, b32, inv_b, seeds[j], offsets[j],
+        d_j = _decode_block(payloads[j], x, start, nbytes, b32, inv_b, seeds[j], offsets[j],
                             BITS, ROUNDING, BLOCK)
         acc = acc + weights[j] * (d_j - d_self)
     tl.store(x_ptr + i, round_to(x + gamma * acc, x_raw.dtype), mask=i < n)
