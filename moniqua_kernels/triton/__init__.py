@@ -23,7 +23,9 @@ from .sign import sign_decode_triton, sign_encode_triton  # noqa: E402
 from .sparse import (randomk_count_triton, randomk_decode_triton,  # noqa: E402
                      randomk_encode_triton)
 
-OPS = {
+from ._common import on_tensor_device  # noqa: E402
+
+_LAUNCHERS = {
     "moniqua_encode": moniqua_encode_triton,
     "moniqua_decode": moniqua_decode_triton,
     "moniqua_mix_": moniqua_mix_triton,
@@ -38,3 +40,6 @@ OPS = {
     "pack_bits": pack_bits_triton,
     "unpack_bits": unpack_bits_triton,
 }
+
+# Each launcher runs with its tensors' CUDA device current (see on_tensor_device).
+OPS = {name: on_tensor_device(fn) for name, fn in _LAUNCHERS.items()}

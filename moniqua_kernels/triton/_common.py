@@ -12,6 +12,8 @@ large block also keeps the CPU tests fast.
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -28,6 +30,22 @@ ROUNDING_IDS = {"stochastic": 0, "nearest": 1, "dither": 2}
 STOCHASTIC: tl.constexpr = tl.constexpr(0)
 NEAREST: tl.constexpr = tl.constexpr(1)
 DITHER: tl.constexpr = tl.constexpr(2)
+
+
+def on_tensor_device(launcher):
+    """Run a launcher with the CUDA device of its tensors current: Triton launches on the
+    current device, which is not necessarily the one the tensors live on."""
+    @functools.wraps(launcher)
+    def wrapped(*args, **kwargs):
+        for a in args:
+            device = a.device if isinstance(a, torch.Tensor) else a
+            if isinstance(device, torch.device):
+                if device.type == "cuda":
+                    with torch.cuda.device(device):
+                        return launcher(*args, **kwargs)
+                break
+        return launcher(*args, **kwargs)
+    return wrapped
 
 
 def grid_for(n: int, block: int = BLOCK) -> tuple[int]:

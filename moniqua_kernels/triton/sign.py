@@ -1,8 +1,8 @@
 """Scaled sign (DESIGN.md section 6) in Triton: bits and |x| partial sums in one pass.
 
-Each program writes its block's sum of |x| (float32); the launcher adds the partial
-sums and divides by n with torch ops queued on the same stream (no host
-synchronisation).  The bits are exact; the scale agrees with the reference within
+Each program writes its block's sum of |x| (float32); a one-program kernel adds the
+partial sums and divides by float32(n) with IEEE division, on the same stream (no host
+synchronisation, no host-to-device copy).  The bits are exact; the scale agrees with the reference within
 float32 summation-order rounding, as DESIGN.md allows.
 """
 from __future__ import annotations
@@ -12,7 +12,7 @@ import triton
 import triton.language as tl
 
 from ..reference.packing import packed_nbytes
-from ._common import (BLOCK, LAUNCH, block_start, grid_for, load_codes, pack_codes,
+from ._common import (BLOCK, LAUNCH, block_start, f32, grid_for, load_codes, pack_codes,
                       store_bytes)
 
 
@@ -26,6 +26,15 @@ def _sign_encode_kernel(x_ptr, out_ptr, partial_ptr, n, nbytes, BLOCK: tl.conste
     tl.store(partial_ptr + tl.program_id(0), tl.sum(tl.abs(v), axis=0))
 
 
+@triton.jit
+def _sign_scale_kernel(partial_ptr, scale_ptr, nparts, n_f32, CHUNK: tl.constexpr):
+    total = tl.zeros((), dtype=tl.float32)
+    for c in range(0, nparts, CHUNK):
+        idx = c + tl.arange(0, CHUNK)
+        total = total + tl.sum(tl.load(partial_ptr + idx, mask=idx < nparts, other=0.0), axis=0)
+    tl.store(scale_ptr, tl.div_rn(total, tl.full((), n_f32, tl.float32)))
+
+
 def sign_encode_triton(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     n = x.numel()
     nbytes = packed_nbytes(n, 1)
@@ -35,7 +44,8 @@ def sign_encode_triton(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     grid = grid_for(n)
     partial = torch.empty(grid[0], dtype=torch.float32, device=x.device)
     _sign_encode_kernel[grid](x, out, partial, n, nbytes, BLOCK=BLOCK, **LAUNCH)
-    scale = partial.sum() / torch.tensor(float(n), dtype=torch.float32, device=x.device)
+    scale = torch.empty((), dtype=torch.float32, device=x.device)
+    _sign_scale_kernel[(1,)](partial, scale, grid[0], f32(float(n)), CHUNK=1024, **LAUNCH)
     return scale, out
 
 
