@@ -26,8 +26,7 @@ NUM_WARPS = 8
 # option per launch; it defaults to fusing when not given.
 LAUNCH = {"num_warps": NUM_WARPS, "enable_fp_fusion": False}
 
-ROUNDING_IDS = {"stochastic": 0, "nearest": 1, "dither": 2}
-STOCHASTIC: tl.constexpr = tl.constexpr(0)
+ROUNDING_IDS = {"stochastic": 0, "nearest": 1, "dither": 2}  # stochastic: the default path
 NEAREST: tl.constexpr = tl.constexpr(1)
 DITHER: tl.constexpr = tl.constexpr(2)
 

@@ -32,7 +32,7 @@ def _sign_scale_kernel(partial_ptr, scale_ptr, nparts, n_f32, CHUNK: tl.constexp
     for c in range(0, nparts, CHUNK):
         idx = c + tl.arange(0, CHUNK)
         total = total + tl.sum(tl.load(partial_ptr + idx, mask=idx < nparts, other=0.0), axis=0)
-    tl.store(scale_ptr, tl.div_rn(total, tl.full((), n_f32, tl.float32)))
+    tl.store(scale_ptr, tl.div_rn(total, n_f32))
 
 
 def sign_encode_triton(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
