@@ -231,7 +231,7 @@ def environment(device: str) -> dict:
         name = _cpu_name()
     return {
         "device": device, "device_name": name, "versions": versions,
-        "git_commit": git("rev-parse", "HEAD"), "git_dirty": bool(git("status", "--porcelain")),
+        "git_commit": git("rev-parse", "HEAD"), "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
         "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
         "timer": "triton.testing.do_bench median" if device == "cuda"
                  else "torch.utils.benchmark blocked_autorange median",
