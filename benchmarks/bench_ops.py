@@ -233,6 +233,8 @@ def environment(device: str) -> dict:
         "device": device, "device_name": name, "versions": versions,
         "git_commit": git("rev-parse", "HEAD"), "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
         "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+        # other processes share the machine: the load at the start qualifies the numbers
+        "load_avg_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
         "timer": "triton.testing.do_bench median" if device == "cuda"
                  else "torch.utils.benchmark blocked_autorange median",
         "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -263,8 +265,9 @@ def add_ratios(results: list[dict]) -> None:
                 continue
             r["copy_gbps"] = rows["copy"]["gbps"] if copy else None
             r["frac_of_copy"] = r["gbps"] / rows["copy"]["gbps"] if copy else None
-            r["x_eager"] = eager / r["seconds"] if eager else None
-            r["x_compile"] = comp / r["seconds"] if comp else None
+            baseline = r["provider"] == "copy"  # a speed-up of a copy over an op means nothing
+            r["x_eager"] = eager / r["seconds"] if eager and not baseline else None
+            r["x_compile"] = comp / r["seconds"] if comp and not baseline else None
 
 
 def _fmt(v, spec):
@@ -277,7 +280,8 @@ def markdown(env: dict, results: list[dict]) -> str:
              f"{env['date_utc']}",
              f"- versions: " + ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v),
              f"- timer: {env['timer']}; torch threads: {env['threads']} "
-             f"(cpu_count {env['cpu_count']})",
+             f"(cpu_count {env['cpu_count']}, 1-minute load average at start "
+             f"{_fmt(env['load_avg_1m'], '.1f')})",
              "- GB/s = (bytes the op must read + write) / median time; % copy = against "
              "`y.copy_(x)` of the op's input in the same run", "",
              "| op | bits | dtype | n | provider | median us | GB/s | % copy | x eager | "
