@@ -64,6 +64,30 @@ def block_start(BLOCK: tl.constexpr):
 
 
 @triton.jit
+def load_tail(ptr, start, n, BLOCK: tl.constexpr):
+    """ptr[start : start + BLOCK], zeros past n.  Only the last, partial block is masked:
+    a mask that is not constant over 16 bytes stops 128-bit loads unless n happens to be
+    a multiple of 16, and tensor sizes in training are arbitrary.  (Checked in the PTX
+    by tests/test_triton_compile.py.)"""
+    i = start + tl.arange(0, BLOCK)
+    if start + BLOCK <= n:
+        value = tl.load(ptr + i)
+    else:
+        value = tl.load(ptr + i, mask=i < n, other=0)
+    return value
+
+
+@triton.jit
+def store_tail(ptr, value, start, n, BLOCK: tl.constexpr):
+    """ptr[start : start + BLOCK] = value, clipped at n; masked only in the last block."""
+    i = start + tl.arange(0, BLOCK)
+    if start + BLOCK <= n:
+        tl.store(ptr + i, value)
+    else:
+        tl.store(ptr + i, value, mask=i < n)
+
+
+@triton.jit
 def philox_block(seed, offset, start, BLOCK: tl.constexpr):
     """uint32 Philox words for positions offset + start + [0, BLOCK); start % 4 == 0.
 
@@ -102,8 +126,7 @@ def load_codes(payload_ptr, start, nbytes, BITS: tl.constexpr, BLOCK: tl.constex
     """The BLOCK int32 codes of elements start + [0, BLOCK), start % 8 == 0; each byte is
     read once and spread over its elements."""
     PER_BYTE: tl.constexpr = 8 // BITS
-    byte_idx = start // PER_BYTE + tl.arange(0, BLOCK // PER_BYTE)
-    byte = tl.load(payload_ptr + byte_idx, mask=byte_idx < nbytes, other=0).to(tl.int32)
+    byte = load_tail(payload_ptr, start // PER_BYTE, nbytes, BLOCK // PER_BYTE).to(tl.int32)
     spread = tl.reshape(tl.broadcast_to(byte[:, None], (BLOCK // PER_BYTE, PER_BYTE)), (BLOCK,))
     shift = (tl.arange(0, BLOCK) % PER_BYTE) * BITS
     return (spread >> shift) & ((1 << BITS) - 1)
@@ -113,8 +136,7 @@ def load_codes(payload_ptr, start, nbytes, BITS: tl.constexpr, BLOCK: tl.constex
 def store_bytes(out_ptr, packed, start, nbytes, BITS: tl.constexpr, BLOCK: tl.constexpr):
     """Store the bytes of elements start + [0, BLOCK) (start % 8 == 0: whole bytes)."""
     PER_BYTE: tl.constexpr = 8 // BITS
-    byte_idx = start // PER_BYTE + tl.arange(0, BLOCK // PER_BYTE)
-    tl.store(out_ptr + byte_idx, packed.to(tl.uint8), mask=byte_idx < nbytes)
+    store_tail(out_ptr, packed.to(tl.uint8), start // PER_BYTE, nbytes, BLOCK // PER_BYTE)
 
 
 @triton.jit

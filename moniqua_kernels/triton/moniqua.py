@@ -15,8 +15,8 @@ import triton.language as tl
 from ..reference.moniqua import modulus_constants
 from ..reference.packing import packed_nbytes
 from ._common import (BLOCK, DITHER, LAUNCH, NEAREST, ROUNDING_IDS, block_start, f32,
-                      grid_for, load_codes, pack_codes, philox_block, round_to,
-                      store_bytes, uniform_from_words)
+                      grid_for, load_codes, load_tail, pack_codes, philox_block, round_to,
+                      store_bytes, store_tail, uniform_from_words)
 
 
 def _constants(modulus: float) -> tuple[float, float]:
@@ -29,7 +29,7 @@ def _moniqua_encode_kernel(x_ptr, out_ptr, n, nbytes, inv_b, seed, offset,
                            BITS: tl.constexpr, ROUNDING: tl.constexpr, BLOCK: tl.constexpr):
     start = block_start(BLOCK)
     i = start + tl.arange(0, BLOCK)
-    x = tl.load(x_ptr + i, mask=i < n, other=0.0).to(tl.float32)
+    x = load_tail(x_ptr, start, n, BLOCK).to(tl.float32)
     t = x * inv_b
     # z = t - floor(t) is exact; non-finite t gives z = 0 (|t| < inf is false for NaN).
     z = tl.where(tl.abs(t) < float("inf"), t - tl.floor(t), 0.0)
@@ -75,11 +75,10 @@ def _decode_block(payload_ptr, y, start, nbytes, b32, inv_b, seed, offset, BITS:
 def _moniqua_decode_kernel(payload_ptr, y_ptr, out_ptr, n, nbytes, b32, inv_b, seed, offset,
                            BITS: tl.constexpr, ROUNDING: tl.constexpr, BLOCK: tl.constexpr):
     start = block_start(BLOCK)
-    i = start + tl.arange(0, BLOCK)
-    y_raw = tl.load(y_ptr + i, mask=i < n, other=0.0)
+    y_raw = load_tail(y_ptr, start, n, BLOCK)
     xh = _decode_block(payload_ptr, y_raw.to(tl.float32), start, nbytes, b32, inv_b, seed, offset,
                        BITS, ROUNDING, BLOCK)
-    tl.store(out_ptr + i, round_to(xh, y_raw.dtype), mask=i < n)
+    store_tail(out_ptr, round_to(xh, y_raw.dtype), start, n, BLOCK)
 
 
 def moniqua_decode_triton(payload: torch.Tensor, reference: torch.Tensor, modulus: float,
@@ -102,8 +101,7 @@ def _moniqua_mix_kernel(x_ptr, payloads, weights, own_ptr, n, nbytes, b32, inv_b
     tuples (one kernel specialisation per neighbour count), the own stream last in
     seeds/offsets.  x is read once and written once; each payload byte is read once."""
     start = block_start(BLOCK)
-    i = start + tl.arange(0, BLOCK)
-    x_raw = tl.load(x_ptr + i, mask=i < n, other=0.0)
+    x_raw = load_tail(x_ptr, start, n, BLOCK)
     x = x_raw.to(tl.float32)
     NSELF: tl.constexpr = len(payloads)
     d_self = _decode_block(own_ptr, x, start, nbytes, b32, inv_b, seeds[NSELF], offsets[NSELF],
@@ -113,7 +111,7 @@ def _moniqua_mix_kernel(x_ptr, payloads, weights, own_ptr, n, nbytes, b32, inv_b
         d_j = _decode_block(payloads[j], x, start, nbytes, b32, inv_b, seeds[j], offsets[j],
                             BITS, ROUNDING, BLOCK)
         acc = acc + weights[j] * (d_j - d_self)
-    tl.store(x_ptr + i, round_to(x + gamma * acc, x_raw.dtype), mask=i < n)
+    store_tail(x_ptr, round_to(x + gamma * acc, x_raw.dtype), start, n, BLOCK)
 
 
 def moniqua_mix_triton(x: torch.Tensor, payloads: list[torch.Tensor], weights: list[float],

@@ -6,16 +6,15 @@ import triton
 import triton.language as tl
 
 from ..reference.packing import packed_nbytes
-from ._common import (BLOCK, LAUNCH, block_start, grid_for, load_codes, pack_codes,
-                      philox_block, store_bytes, uniform_from_words)
+from ._common import (BLOCK, LAUNCH, block_start, grid_for, load_codes, load_tail,
+                      pack_codes, philox_block, store_bytes, store_tail, uniform_from_words)
 
 
 @triton.jit
 def _philox_uniform_kernel(out_ptr, n, seed, offset, BLOCK: tl.constexpr):
     start = block_start(BLOCK)
-    i = start + tl.arange(0, BLOCK)
     u = uniform_from_words(philox_block(seed, offset, start, BLOCK))
-    tl.store(out_ptr + i, u, mask=i < n)
+    store_tail(out_ptr, u, start, n, BLOCK)
 
 
 def philox_uniform_triton(n: int, seed: int, offset: int, device) -> torch.Tensor:
@@ -28,8 +27,7 @@ def philox_uniform_triton(n: int, seed: int, offset: int, device) -> torch.Tenso
 @triton.jit
 def _pack_bits_kernel(codes_ptr, out_ptr, n, nbytes, BITS: tl.constexpr, BLOCK: tl.constexpr):
     start = block_start(BLOCK)
-    i = start + tl.arange(0, BLOCK)
-    codes = tl.load(codes_ptr + i, mask=i < n, other=0).to(tl.int32)
+    codes = load_tail(codes_ptr, start, n, BLOCK).to(tl.int32)
     store_bytes(out_ptr, pack_codes(codes, BITS, BLOCK), start, nbytes, BITS, BLOCK)
 
 
@@ -46,9 +44,8 @@ def pack_bits_triton(codes: torch.Tensor, bits: int) -> torch.Tensor:
 def _unpack_bits_kernel(payload_ptr, out_ptr, n, nbytes, BITS: tl.constexpr,
                         BLOCK: tl.constexpr):
     start = block_start(BLOCK)
-    i = start + tl.arange(0, BLOCK)
     codes = load_codes(payload_ptr, start, nbytes, BITS, BLOCK)
-    tl.store(out_ptr + i, codes.to(tl.uint8), mask=i < n)
+    store_tail(out_ptr, codes.to(tl.uint8), start, n, BLOCK)
 
 
 def unpack_bits_triton(payload: torch.Tensor, bits: int, n: int) -> torch.Tensor:

@@ -18,8 +18,8 @@ import triton
 import triton.language as tl
 
 from ..reference.packing import packed_nbytes
-from ._common import (BLOCK, LAUNCH, block_start, grid_for, load_codes, pack_codes,
-                      philox_block, store_bytes, uniform_from_words)
+from ._common import (BLOCK, LAUNCH, block_start, grid_for, load_codes, load_tail,
+                      pack_codes, philox_block, store_bytes, store_tail, uniform_from_words)
 
 # A bucket up to 8192 elements is one tile: 8192 fp32 over 8 warps is 32 registers per
 # thread, still below register spilling; larger buckets take the chunked path.
@@ -105,7 +105,7 @@ def _qsgd_pack_kernel(x_ptr, inv_ptr, out_ptr, n, nbytes, d, seed, offset,
     """Elementwise over whole output bytes: codes with the bucket's r gathered."""
     start = block_start(BLOCK)
     i = start + tl.arange(0, BLOCK)
-    v = tl.load(x_ptr + i, mask=i < n, other=0.0).to(tl.float32)
+    v = load_tail(x_ptr, start, n, BLOCK).to(tl.float32)
     r = tl.load(inv_ptr + i // d, mask=i < n, other=0.0)
     u = uniform_from_words(philox_block(seed, offset, start, BLOCK))
     codes = tl.where(i < n, _codes(v, r, u, BITS), 0)
@@ -146,7 +146,7 @@ def _qsgd_decode_kernel(scales_ptr, payload_ptr, out_ptr, n, nbytes, d, BITS: tl
     magnitude = tl.div_rn(scale * (codes & S).to(tl.float32),
                           tl.full((BLOCK,), S, tl.float32))
     value = tl.where((codes >> (BITS - 1)) == 1, -magnitude, magnitude)
-    tl.store(out_ptr + i, value, mask=i < n)
+    store_tail(out_ptr, value, start, n, BLOCK)
 
 
 def qsgd_decode_triton(scales: torch.Tensor, payload: torch.Tensor, n: int, bits: int,

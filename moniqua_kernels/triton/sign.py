@@ -2,8 +2,8 @@
 
 Each program writes its block's sum of |x| (float32); a one-program kernel adds the
 partial sums and divides by float32(n) with IEEE division, on the same stream (no host
-synchronisation, no host-to-device copy).  The bits are exact; the scale agrees with the reference within
-float32 summation-order rounding, as DESIGN.md allows.
+synchronisation, no host-to-device copy).  The bits are exact; the scale agrees with the
+reference within float32 summation-order rounding, as DESIGN.md allows.
 """
 from __future__ import annotations
 
@@ -12,15 +12,14 @@ import triton
 import triton.language as tl
 
 from ..reference.packing import packed_nbytes
-from ._common import (BLOCK, LAUNCH, block_start, f32, grid_for, load_codes, pack_codes,
-                      store_bytes)
+from ._common import (BLOCK, LAUNCH, block_start, f32, grid_for, load_codes, load_tail,
+                      pack_codes, store_bytes, store_tail)
 
 
 @triton.jit
 def _sign_encode_kernel(x_ptr, out_ptr, partial_ptr, n, nbytes, BLOCK: tl.constexpr):
     start = block_start(BLOCK)
-    i = start + tl.arange(0, BLOCK)
-    v = tl.load(x_ptr + i, mask=i < n, other=0.0).to(tl.float32)
+    v = load_tail(x_ptr, start, n, BLOCK).to(tl.float32)
     bit = (v < 0).to(tl.int32)  # masked tail loads 0.0: bit 0, |v| 0
     store_bytes(out_ptr, pack_codes(bit, 1, BLOCK), start, nbytes, 1, BLOCK)
     tl.store(partial_ptr + tl.program_id(0), tl.sum(tl.abs(v), axis=0))
@@ -52,9 +51,8 @@ def sign_encode_triton(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 @triton.jit
 def _sign_decode_kernel(scale_ptr, payload_ptr, out_ptr, n, nbytes, BLOCK: tl.constexpr):
     start = block_start(BLOCK)
-    i = start + tl.arange(0, BLOCK)
     bit = load_codes(payload_ptr, start, nbytes, 1, BLOCK).to(tl.float32)
-    tl.store(out_ptr + i, tl.load(scale_ptr) * (1.0 - 2.0 * bit), mask=i < n)
+    store_tail(out_ptr, tl.load(scale_ptr) * (1.0 - 2.0 * bit), start, n, BLOCK)
 
 
 def sign_decode_triton(scale: torch.Tensor, payload: torch.Tensor, n: int) -> torch.Tensor:
