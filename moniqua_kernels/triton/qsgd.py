@@ -65,19 +65,18 @@ def _qsgd_encode_kernel(x_ptr, scales_ptr, out_ptr, n, nbytes, d, seed, offset,
                         BITS: tl.constexpr, NORM: tl.constexpr, DBLOCK: tl.constexpr):
     """One program per bucket (d % 8 == 0, d <= DBLOCK): scale, quantize, pack."""
     start = tl.program_id(0).to(tl.int64) * d
-    local = tl.arange(0, DBLOCK)
-    i = start + local
-    inside = (local < d) & (i < n)
-    v = tl.load(x_ptr + i, mask=inside, other=0.0).to(tl.float32)
+    end = tl.minimum(start + d, n)  # the bucket's elements: [start, end)
+    # A power-of-two d (the usual 512) fills the tile: unmasked, 128-bit loads.
+    v = load_tail(x_ptr, start, end, DBLOCK).to(tl.float32)
     scale = _finish_scale(_scale_of(tl.abs(v), NORM), NORM)
     tl.store(scales_ptr + tl.program_id(0), scale)
     r = _inverse(scale, (1 << (BITS - 1)) - 1)
     u = uniform_from_words(philox_block(seed, offset, start, DBLOCK))
-    codes = tl.where(inside, _codes(v, r, u, BITS), 0)
+    codes = tl.where(start + tl.arange(0, DBLOCK) < end, _codes(v, r, u, BITS), 0)
     PER_BYTE: tl.constexpr = 8 // BITS
-    byte_idx = start // PER_BYTE + tl.arange(0, DBLOCK // PER_BYTE)
-    own = (tl.arange(0, DBLOCK // PER_BYTE) < d // PER_BYTE) & (byte_idx < nbytes)
-    tl.store(out_ptr + byte_idx, pack_codes(codes, BITS, DBLOCK).to(tl.uint8), mask=own)
+    # d % 8 == 0: the bucket owns whole bytes [start / PER_BYTE, ceil(end / PER_BYTE)).
+    store_tail(out_ptr, pack_codes(codes, BITS, DBLOCK).to(tl.uint8), start // PER_BYTE,
+               (end + PER_BYTE - 1) // PER_BYTE, DBLOCK // PER_BYTE)
 
 
 @triton.jit
@@ -122,9 +121,13 @@ def qsgd_encode_triton(x: torch.Tensor, bits: int, bucket_size: int, norm: str, 
     if n == 0:
         return scales, out
     if d % 8 == 0 and d <= FUSED_MAX_BUCKET:
+        dblock = max(8, triton.next_power_of_2(d))
+        # At least 8 elements per thread: 8 warps on a 512 tile leave 2 per thread and
+        # 64-bit loads in the PTX; 2 warps give two 128-bit loads per thread.
+        launch = dict(LAUNCH, num_warps=min(8, max(1, dblock // 256)))
         _qsgd_encode_kernel[(nbuckets,)](
             x, scales, out, n, nbytes, d, seed, offset, BITS=bits, NORM=NORM_IDS[norm],
-            DBLOCK=max(8, triton.next_power_of_2(d)), **LAUNCH)
+            DBLOCK=dblock, **launch)
     else:
         inv = torch.empty(nbuckets, dtype=torch.float32, device=x.device)
         _qsgd_scale_kernel[(nbuckets,)](x, scales, inv, n, d, BITS=bits, NORM=NORM_IDS[norm],
