@@ -1,0 +1,162 @@
+"""Bucketed QSGD (DESIGN.md section 6) in Triton.
+
+Encode, two shapes of launch:
+  * bucket_size d a multiple of 8 and at most FUSED_MAX_BUCKET (the usual d = 512): one
+    program per bucket holds the whole bucket in registers, reduces its scale, quantizes
+    and packs it -- x is read once, and the bucket's bytes belong to it alone.
+  * otherwise (odd d shares bytes between buckets; a huge d does not fit a tile): one
+    program per bucket reduces the scale in chunks, then an elementwise pass over
+    whole output bytes gathers each element's r = s / N and packs.  x is read twice.
+r = float32(s) / N is IEEE division (tl.div_rn; Triton's "/" is approximate on GPU) and
+||v||_2 uses the correctly rounded square root, so "max" scales and codes are exact and
+"l2" scales differ from the reference only by summation order.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ..reference.packing import packed_nbytes
+from ._common import (BLOCK, LAUNCH, block_start, grid_for, load_codes, load_tail,
+                      pack_codes, philox_block, store_bytes, store_tail, uniform_from_words)
+
+# A bucket up to 8192 elements is one tile: 8192 fp32 over 8 warps is 32 registers per
+# thread, still below register spilling; larger buckets take the chunked path.
+FUSED_MAX_BUCKET = 8192
+SCALE_CHUNK = 1024
+NORM_IDS = {"max": 0, "l2": 1}
+
+
+@triton.jit
+def _scale_of(a, NORM: tl.constexpr):
+    """Partial scale statistic of |v| values a: max, or the sum of squares."""
+    if NORM == 0:
+        return tl.max(a, axis=0)
+    else:
+        return tl.sum(a * a, axis=0)
+
+
+@triton.jit
+def _finish_scale(stat, NORM: tl.constexpr):
+    if NORM == 0:
+        return stat
+    else:
+        return tl.sqrt_rn(stat)
+
+
+@triton.jit
+def _inverse(scale, S: tl.constexpr):
+    """r = float32(s) / N (correctly rounded); 0 for an all-zero bucket."""
+    safe = tl.where(scale > 0, scale, 1.0)
+    return tl.where(scale > 0, tl.div_rn(tl.full(scale.shape, S, tl.float32), safe), 0.0)
+
+
+@triton.jit
+def _codes(v, r, u, BITS: tl.constexpr):
+    """Sign bit on top, level l = min(floor(|v| * r + u), s) below it."""
+    S: tl.constexpr = (1 << (BITS - 1)) - 1
+    level = tl.minimum(tl.floor(tl.abs(v) * r + u), S).to(tl.int32)
+    return ((v < 0).to(tl.int32) << (BITS - 1)) | level
+
+
+@triton.jit
+def _qsgd_encode_kernel(x_ptr, scales_ptr, out_ptr, n, nbytes, d, seed, offset,
+                        BITS: tl.constexpr, NORM: tl.constexpr, DBLOCK: tl.constexpr):
+    """One program per bucket (d % 8 == 0, d <= DBLOCK): scale, quantize, pack."""
+    start = tl.program_id(0).to(tl.int64) * d
+    end = tl.minimum(start + d, n)  # the bucket's elements: [start, end)
+    # A power-of-two d (the usual 512) fills the tile: unmasked, 128-bit loads.
+    v = load_tail(x_ptr, start, end, DBLOCK).to(tl.float32)
+    scale = _finish_scale(_scale_of(tl.abs(v), NORM), NORM)
+    tl.store(scales_ptr + tl.program_id(0), scale)
+    r = _inverse(scale, (1 << (BITS - 1)) - 1)
+    u = uniform_from_words(philox_block(seed, offset, start, DBLOCK))
+    codes = tl.where(start + tl.arange(0, DBLOCK) < end, _codes(v, r, u, BITS), 0)
+    PER_BYTE: tl.constexpr = 8 // BITS
+    # d % 8 == 0: the bucket owns whole bytes [start / PER_BYTE, ceil(end / PER_BYTE)).
+    store_tail(out_ptr, pack_codes(codes, BITS, DBLOCK).to(tl.uint8), start // PER_BYTE,
+               (end + PER_BYTE - 1) // PER_BYTE, DBLOCK // PER_BYTE)
+
+
+@triton.jit
+def _qsgd_scale_kernel(x_ptr, scales_ptr, inv_ptr, n, d, BITS: tl.constexpr,
+                       NORM: tl.constexpr, CHUNK: tl.constexpr):
+    """One program per bucket of any size: its scale N and r = s / N, in chunks."""
+    start = tl.program_id(0).to(tl.int64) * d
+    stat = tl.zeros((), dtype=tl.float32)
+    for c in range(0, d, CHUNK):
+        local = c + tl.arange(0, CHUNK)
+        i = start + local
+        a = tl.abs(tl.load(x_ptr + i, mask=(local < d) & (i < n), other=0.0).to(tl.float32))
+        if NORM == 0:
+            stat = tl.maximum(stat, _scale_of(a, NORM))
+        else:
+            stat = stat + _scale_of(a, NORM)
+    scale = _finish_scale(stat, NORM)
+    tl.store(scales_ptr + tl.program_id(0), scale)
+    tl.store(inv_ptr + tl.program_id(0), _inverse(scale, (1 << (BITS - 1)) - 1))
+
+
+@triton.jit
+def _qsgd_pack_kernel(x_ptr, inv_ptr, out_ptr, n, nbytes, d, seed, offset,
+                      BITS: tl.constexpr, BLOCK: tl.constexpr):
+    """Elementwise over whole output bytes: codes with the bucket's r gathered."""
+    start = block_start(BLOCK)
+    i = start + tl.arange(0, BLOCK)
+    v = load_tail(x_ptr, start, n, BLOCK).to(tl.float32)
+    r = tl.load(inv_ptr + i // d, mask=i < n, other=0.0)
+    u = uniform_from_words(philox_block(seed, offset, start, BLOCK))
+    codes = tl.where(i < n, _codes(v, r, u, BITS), 0)
+    store_bytes(out_ptr, pack_codes(codes, BITS, BLOCK), start, nbytes, BITS, BLOCK)
+
+
+def qsgd_encode_triton(x: torch.Tensor, bits: int, bucket_size: int, norm: str, seed: int,
+                       offset: int) -> tuple[torch.Tensor, torch.Tensor]:
+    n, d = x.numel(), bucket_size
+    nbuckets = triton.cdiv(n, d)
+    nbytes = packed_nbytes(n, bits)
+    scales = torch.empty(nbuckets, dtype=torch.float32, device=x.device)
+    out = torch.empty(nbytes, dtype=torch.uint8, device=x.device)
+    if n == 0:
+        return scales, out
+    if d % 8 == 0 and d <= FUSED_MAX_BUCKET:
+        dblock = max(8, triton.next_power_of_2(d))
+        # At least 8 elements per thread: 8 warps on a 512 tile leave 2 per thread and
+        # 64-bit loads in the PTX; 2 warps give two 128-bit loads per thread.
+        launch = dict(LAUNCH, num_warps=min(8, max(1, dblock // 256)))
+        _qsgd_encode_kernel[(nbuckets,)](
+            x, scales, out, n, nbytes, d, seed, offset, BITS=bits, NORM=NORM_IDS[norm],
+            DBLOCK=dblock, **launch)
+    else:
+        inv = torch.empty(nbuckets, dtype=torch.float32, device=x.device)
+        _qsgd_scale_kernel[(nbuckets,)](x, scales, inv, n, d, BITS=bits, NORM=NORM_IDS[norm],
+                                        CHUNK=SCALE_CHUNK, **LAUNCH)
+        _qsgd_pack_kernel[grid_for(n)](x, inv, out, n, nbytes, d, seed, offset, BITS=bits,
+                                       BLOCK=BLOCK, **LAUNCH)
+    return scales, out
+
+
+@triton.jit
+def _qsgd_decode_kernel(scales_ptr, payload_ptr, out_ptr, n, nbytes, d, BITS: tl.constexpr,
+                        BLOCK: tl.constexpr):
+    """+-((N * l) / s) in the reference's order, the division correctly rounded."""
+    start = block_start(BLOCK)
+    i = start + tl.arange(0, BLOCK)
+    codes = load_codes(payload_ptr, start, nbytes, BITS, BLOCK)
+    S: tl.constexpr = (1 << (BITS - 1)) - 1
+    scale = tl.load(scales_ptr + i // d, mask=i < n, other=0.0)
+    magnitude = tl.div_rn(scale * (codes & S).to(tl.float32),
+                          tl.full((BLOCK,), S, tl.float32))
+    value = tl.where((codes >> (BITS - 1)) == 1, -magnitude, magnitude)
+    store_tail(out_ptr, value, start, n, BLOCK)
+
+
+def qsgd_decode_triton(scales: torch.Tensor, payload: torch.Tensor, n: int, bits: int,
+                       bucket_size: int) -> torch.Tensor:
+    out = torch.empty(n, dtype=torch.float32, device=payload.device)
+    if n:
+        _qsgd_decode_kernel[grid_for(n)](scales, payload, out, n, payload.numel(), bucket_size,
+                                         BITS=bits, BLOCK=BLOCK, **LAUNCH)
+    return out
+
