@@ -1,6 +1,5 @@
 """The benchmark harness runs end to end (quick mode, tiny size) and reports bandwidth
 beside the copy baseline, with the reason for every provider it could not time."""
-import importlib.util
 import json
 from pathlib import Path
 
@@ -10,10 +9,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _load_bench():
-    spec = importlib.util.spec_from_file_location("bench_ops", ROOT / "benchmarks" / "bench_ops.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from moniqua_kernels import bench
+    return bench
 
 
 def test_bench_quick_writes_bandwidth_and_copy(tmp_path):
