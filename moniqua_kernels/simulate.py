@@ -3,7 +3,7 @@
     from moniqua_kernels import simulate
     r = simulate.run("moniqua-1bit", n_workers=8, topology="ring", dataset="digits",
                      steps=600, lr=0.1, batch_size=16, seed=0)
-    r.test_accuracy, r.bits_per_worker_per_step, r.est_comm_time_s
+    r.test_accuracy, r.bits_per_element, r.bytes_per_worker_per_step, r.est_comm_time_s
 
 Each worker is a thread with its own model, optimizer, data shard and an
 ``InMemoryTransport``; they meet only through the transport, as processes do.  Every

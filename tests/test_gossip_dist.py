@@ -17,12 +17,18 @@ from moniqua_kernels.reference.packing import packed_nbytes
 KW = dict(n_workers=4, dataset="synthetic", model="mlp", steps=10, lr=0.1, batch_size=8,
           hidden=16, seed=3, timeout=60.0)
 EXACT_ALLREDUCE = simulate.AlgorithmConfig("allreduce", {"deterministic": True}, overlap=False)
+# Random-k: the receiver sizes its buffer from the sender's seed (nothing else says it).
+CHOCO_RANDOMK = simulate.AlgorithmConfig("choco", {"compressor": "randomk:0.3+qsgd:4",
+                                                   "gamma": 0.3}, overlap=False)
 NAMES = ["dpsgd", "allreduce", EXACT_ALLREDUCE, "moniqua-1bit", "moniqua-2bit",
-         "moniqua-d2-4bit", "moniqua-adpsgd-1bit", "choco-sign", "choco-qsgd4", "squarm"]
+         "moniqua-d2-4bit", "moniqua-adpsgd-1bit", "choco-sign", "choco-qsgd4", "squarm",
+         CHOCO_RANDOMK]
 
 
 def _key(name):
-    return name if isinstance(name, str) else "allreduce-exact"
+    if isinstance(name, str):
+        return name
+    return "allreduce-exact" if name is EXACT_ALLREDUCE else "choco-randomk"
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +46,17 @@ def test_processes_equal_simulator_bit_for_bit(runs, name):
         assert torch.equal(proc.params[r], sim.params[r]), f"{name}: worker {r} differs"
     assert proc.losses == sim.losses
     assert proc.bytes_sent == sim.bytes_sent
+
+
+def test_time_varying_directed_topology_equals_simulator():
+    """One-peer exponential graph: each step sends to one peer and receives from
+    another, over gloo as in the simulator."""
+    kw = {**KW, "topology": "exp-onepeer", "steps": 6}
+    names = ["dpsgd", "moniqua-2bit"]
+    for name, proc in zip(names, simulate.run_processes(names, **kw)):
+        sim = simulate.run(name, **kw)
+        assert all(torch.equal(a, b) for a, b in zip(proc.params, sim.params)), name
+        assert proc.bytes_sent == sim.bytes_sent
 
 
 def test_backend_allreduce_matches_simulator_to_rounding(runs):

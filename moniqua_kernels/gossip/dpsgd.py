@@ -48,7 +48,8 @@ class AllReduce(GossipAlgorithm):
     differ from the simulator's); ``deterministic=True`` all-gathers the models and
     sums them in rank order, bit-identical everywhere at (n - 1) x the bytes.
     Bytes are counted as the ring all-reduce's 2 (n - 1) / n x model bytes, or
-    (n - 1) x model bytes for the all-gather.  The topology is ignored.
+    (n - 1) x model bytes for the all-gather.  The topology is ignored.  begin() starts
+    the collective on a snapshot, end() waits: x <- average(snapshots) + (x - snapshot).
     """
 
     name = "allreduce"
@@ -59,23 +60,30 @@ class AllReduce(GossipAlgorithm):
         super().__init__(model_or_params, "complete", process_group, **kw)
 
     def _begin(self):
+        # Post the collectives now so they run during the backward pass.
         self._snap = [b.tensor.detach().clone() for b in self.buckets]
-
-    def _end(self):
         n = self.world_size
-        for b, snap in zip(self.buckets, self._snap):
+        self._pending = []
+        for snap in self._snap:
             nbytes = snap.numel() * snap.element_size()
             if self.deterministic:
-                parts = self.transport.all_gather(snap)
-                avg = parts[0].clone()
-                for p in parts[1:]:
-                    avg += p
+                self._pending.append(self.transport.all_gather_async(snap))
                 self._step_bytes += (n - 1) * nbytes
                 self._step_rounds += n - 1
             else:
-                avg = self.transport.all_reduce_(snap.clone(), "sum")
+                self._pending.append(self.transport.all_reduce_async(snap.clone(), "sum"))
                 self._count_collective(nbytes)
-            avg /= n
+
+    def _end(self):
+        for b, snap, pending in zip(self.buckets, self._snap, self._pending):
+            got = pending.wait()
+            if self.deterministic:
+                avg = got[0].clone()
+                for p in got[1:]:
+                    avg += p
+            else:
+                avg = got
+            avg /= self.world_size
             delta = b.tensor - snap  # local change since begin(): zero under step()
             b.tensor.copy_(avg).add_(delta)
-        self._snap = None
+        self._snap = self._pending = None

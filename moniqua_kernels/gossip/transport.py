@@ -5,8 +5,8 @@ Both transports have one interface:
     pending = t.exchange(sends=[(peer, buf), ...], recvs=[(peer, nbytes), ...], tag=)
     ...                                   # overlap: compute while the bytes move
     got = pending.wait()                  # {peer: uint8 tensor of nbytes}
-    t.all_reduce_(tensor, op="sum"|"max") # small collectives (theta monitor, all-reduce)
-    t.all_gather(tensor) -> [tensor per rank]
+    t.all_reduce_(tensor, op="sum"|"max") # collectives (theta monitor, all-reduce);
+    t.all_gather(tensor) -> [tensor per rank]   # *_async variants return a pending
     t.broadcast_(tensor, src)
 
 ``DistTransport`` runs over a ``torch.distributed`` process group with
@@ -64,18 +64,25 @@ class Transport:
 # --------------------------------------------------------------------------- torch.distributed
 
 class _DistPending:
-    def __init__(self, transport, works, ops, recv_bufs, what):
-        self._t, self._works, self._ops, self._recv, self._what = (
-            transport, works, ops, recv_bufs, what)
+    """Work handles of one exchange or collective; wait() applies the deadline."""
 
-    def wait(self) -> dict[int, torch.Tensor]:
+    def __init__(self, transport, works, ops, result, what, collective=False):
+        self._t, self._works, self._ops, self._recv, self._what = (
+            transport, works, ops, result, what)
+        self._collective = collective
+
+    def wait(self):
         t = self._t
         deadline = time.monotonic() + t.timeout
         # gloo returns one work per op; NCCL may coalesce them into one, in which case
-        # the failure can only be narrowed to the whole batch of peers.
-        per_op = len(self._works) == len(self._ops)
+        # the failure can only be narrowed to the whole batch of peers.  A collective
+        # cannot tell which peer stalled it: all others are named.
+        per_op = len(self._works) == len(self._ops) and not self._collective
         for k, work in enumerate(self._works):
-            peers = [self._ops[k][1]] if per_op else sorted({p for _, p in self._ops})
+            if self._collective:
+                peers = self._ops[0][1]
+            else:
+                peers = [self._ops[k][1]] if per_op else sorted({p for _, p in self._ops})
             left = max(deadline - time.monotonic(), 0.001)
             try:
                 ok = work.wait(datetime.timedelta(seconds=left))
@@ -134,28 +141,36 @@ class DistTransport(Transport):
         backend = dist.get_backend(self.group)
         return torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else "cpu"
 
-    def _collective(self, what, fn):
+    def _collective_async(self, what, fn, result):
+        others = [r for r in range(self.world_size) if r != self.rank]
         try:
             work = fn()
-            ok = work.wait(datetime.timedelta(seconds=self.timeout))
         except Exception as exc:
-            raise PeerError(self.rank, [r for r in range(self.world_size) if r != self.rank],
-                            what, f"{type(exc).__name__}: {exc}") from exc
-        if ok is False:
-            raise PeerError(self.rank, [r for r in range(self.world_size) if r != self.rank],
-                            what, f"no completion within {self.timeout:g} s")
+            raise PeerError(self.rank, others, what, f"{type(exc).__name__}: {exc}") from exc
+        return _DistPending(self, [work], [(what, others)], result, what, collective=True)
+
+    def _collective(self, what, fn):
+        self._collective_async(what, fn, None).wait()
+
+    def all_reduce_async(self, tensor, op="sum"):
+        """Start an in-place all-reduce; ``.wait()`` returns the tensor."""
+        rop = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX}[op]
+        return self._collective_async(
+            f"all_reduce({op})",
+            lambda: dist.all_reduce(tensor, rop, group=self.group, async_op=True), tensor)
 
     def all_reduce_(self, tensor, op="sum"):
-        rop = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX}[op]
-        self._collective(f"all_reduce({op})",
-                         lambda: dist.all_reduce(tensor, rop, group=self.group, async_op=True))
-        return tensor
+        return self.all_reduce_async(tensor, op).wait()
+
+    def all_gather_async(self, tensor):
+        """Start an all-gather; ``.wait()`` returns the list of tensors in rank order."""
+        out = [torch.empty_like(tensor) for _ in range(self.world_size)]
+        return self._collective_async(
+            "all_gather", lambda: dist.all_gather(out, tensor, group=self.group, async_op=True),
+            out)
 
     def all_gather(self, tensor):
-        out = [torch.empty_like(tensor) for _ in range(self.world_size)]
-        self._collective("all_gather",
-                         lambda: dist.all_gather(out, tensor, group=self.group, async_op=True))
-        return out
+        return self.all_gather_async(tensor).wait()
 
     def broadcast_(self, tensor, src=0):
         self._collective("broadcast", lambda: dist.broadcast(tensor, self._g(src),
@@ -222,6 +237,35 @@ class _MemPending:
         return out
 
 
+class _MemGather:
+    def __init__(self, transport, own):
+        self._t, self._own = transport, own
+
+    def wait(self) -> list[torch.Tensor]:
+        t = self._t
+        deadline = time.monotonic() + t.timeout
+        return [self._own if r == t.rank else
+                t.network._get(r, t.rank, _TAG_GATHER, deadline, "all_gather")
+                for r in range(t.world_size)]
+
+
+class _MemReduce:
+    """Sums (or maxes) the gathered tensors in rank order: deterministic."""
+
+    def __init__(self, gather, tensor, op):
+        self._g, self._tensor, self._op = gather, tensor, op
+
+    def wait(self) -> torch.Tensor:
+        parts = self._g.wait()
+        acc = parts[0].clone()
+        for p in parts[1:]:
+            if self._op == "sum":
+                acc += p
+            else:
+                torch.maximum(acc, p, out=acc)
+        return self._tensor.copy_(acc)
+
+
 # Tags for the in-memory collectives, apart from the algorithms' exchange tags.
 _TAG_GATHER, _TAG_BCAST = -1, -2
 
@@ -243,27 +287,20 @@ class InMemoryTransport(Transport):
             self.network._put(self.rank, peer, tag, buf.detach().clone())
         return _MemPending(self, recvs, tag, "exchange")
 
-    def all_gather(self, tensor):
-        peers = [r for r in range(self.world_size) if r != self.rank]
-        for r in peers:
-            self.network._put(self.rank, r, _TAG_GATHER, tensor.detach().clone())
-        deadline = time.monotonic() + self.timeout
-        out = []
+    def all_gather_async(self, tensor):
         for r in range(self.world_size):
-            out.append(tensor.detach().clone() if r == self.rank else
-                       self.network._get(r, self.rank, _TAG_GATHER, deadline, "all_gather"))
-        return out
+            if r != self.rank:
+                self.network._put(self.rank, r, _TAG_GATHER, tensor.detach().clone())
+        return _MemGather(self, tensor.detach().clone())
+
+    def all_gather(self, tensor):
+        return self.all_gather_async(tensor).wait()
+
+    def all_reduce_async(self, tensor, op="sum"):
+        return _MemReduce(self.all_gather_async(tensor), tensor, op)
 
     def all_reduce_(self, tensor, op="sum"):
-        parts = self.all_gather(tensor)
-        acc = parts[0].clone()
-        for p in parts[1:]:
-            if op == "sum":
-                acc += p
-            else:
-                torch.maximum(acc, p, out=acc)
-        tensor.copy_(acc)
-        return tensor
+        return self.all_reduce_async(tensor, op).wait()
 
     def broadcast_(self, tensor, src=0):
         if self.rank == src:
