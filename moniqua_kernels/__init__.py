@@ -16,7 +16,7 @@ from .ops import (moniqua_decode, moniqua_delta, moniqua_encode, moniqua_mix_,
 __version__ = "0.1.0"
 
 __all__ = [
-    "compressors", "BackendUnavailableError", "available", "get_backend", "set_backend",
+    "compressors", "gossip", "BackendUnavailableError", "available", "get_backend", "set_backend",
     "use_backend", "philox_uniform", "pack_bits", "unpack_bits", "moniqua_delta",
     "moniqua_modulus", "moniqua_encode", "moniqua_decode", "moniqua_mix_", "qsgd_encode",
     "qsgd_decode", "sign_encode", "sign_decode", "randomk_count", "randomk_encode",

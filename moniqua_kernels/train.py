@@ -9,7 +9,7 @@ and across machines with torchrun's --nnodes/--rdzv-endpoint.  gloo serves CPU t
 NCCL CUDA tensors (--device cuda, one GPU per process from LOCAL_RANK).  Every rank
 trains on its own shard; after each local SGD step the chosen algorithm communicates
 with the neighbours of --topology.  Rank 0 shows a progress bar, writes the per-step
-log (--log, JSON lines) and prints a summary (--json writes it).  With --checkpoint-dir
+log (--log-file, JSON lines) and prints a summary (--json writes it).  With --checkpoint-dir
 every rank saves its model, optimizer, algorithm state and sampler every
 --checkpoint-every steps; --resume continues from the newest checkpoint bit for bit.
 """
@@ -67,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--timeout", type=float, default=120.0,
                    help="seconds before a silent peer is reported as failed")
     o = p.add_argument_group("output")
-    o.add_argument("--log", help="per-step JSON-lines log (rank 0)")
+    o.add_argument("--log-file", help="per-step JSON-lines log (rank 0)")
     o.add_argument("--log-every", type=int, default=10)
     o.add_argument("--json", help="final summary as JSON (rank 0)")
     o.add_argument("--checkpoint-dir")
@@ -232,7 +232,7 @@ def _run(args, rank, world, device) -> dict:
                        desc=f"{args.algorithm} x{world}")
         except ImportError:
             bar = None
-    log = open(args.log, "a") if (rank == 0 and args.log) else None
+    log = open(args.log_file, "a") if (rank == 0 and args.log_file) else None
     t0 = time.perf_counter()
     try:
         for step in range(start, args.steps):

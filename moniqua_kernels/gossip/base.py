@@ -146,6 +146,36 @@ class GossipAlgorithm:
         d = (x - mean).square().sum().reshape(1)  # on x's device: NCCL reduces GPU tensors
         return float(self.transport.all_reduce_(d, "sum")) / self.world_size
 
+    # What carries an algorithm from one step to the next, for checkpoints: counters, and
+    # per-bucket tensors (CHOCO's x_hat replicas, D2's previous step).  Subclasses extend
+    # these; streams need no state, they derive from (seed, sender, step).
+    _STATE_COUNTERS: tuple = ("step_count", "bytes_sent", "last_bytes_sent", "last_rounds")
+    _STATE_TENSORS: tuple = ()
+
+    def state_dict(self) -> dict:
+        """Counters and per-bucket state tensors (the model itself is the caller's)."""
+        if self._in_step:
+            raise RuntimeError("state_dict() between begin() and end(): finish the step first")
+        tensors = {name: [t.detach().clone() for t in getattr(self, name)]
+                   for name in self._STATE_TENSORS if getattr(self, name, None) is not None}
+        return {"algorithm": type(self).__name__,
+                "counters": {name: getattr(self, name) for name in self._STATE_COUNTERS},
+                "tensors": tensors}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("algorithm") != type(self).__name__:
+            raise ValueError(f"state of {state.get('algorithm')!r} cannot be loaded into "
+                             f"{type(self).__name__}")
+        for name, value in state["counters"].items():
+            setattr(self, name, value)
+        for name, saved in state["tensors"].items():
+            current = getattr(self, name)
+            if len(saved) != len(current) or any(a.shape != b.shape for a, b in zip(saved, current)):
+                raise ValueError(f"{name}: saved bucket shapes do not match this model's")
+            with torch.no_grad():
+                for dst, src in zip(current, saved):
+                    dst.copy_(src)
+
     def bits_per_element(self) -> float:
         """Average bits sent per model element per step so far."""
         steps = max(self.step_count, 1)

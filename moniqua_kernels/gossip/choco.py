@@ -48,6 +48,7 @@ class Choco(GossipAlgorithm):
 
     name = "choco"
     time_varying_ok = False
+    _STATE_TENSORS = ("_xhat", "_s")
 
     def __init__(self, model_or_params, topology="ring", process_group=None, *,
                  compressor="sign", gamma: float = 0.5, **kw):
@@ -112,6 +113,7 @@ class SQuARM(Choco):
     """
 
     name = "squarm"
+    _STATE_COUNTERS = Choco._STATE_COUNTERS + ("sync_steps", "triggers")
 
     def __init__(self, model_or_params, topology="ring", process_group=None, *,
                  compressor="topk:0.1+qsgd:4", gamma: float = 0.5, H: int = 1,

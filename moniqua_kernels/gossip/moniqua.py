@@ -47,6 +47,7 @@ class Moniqua(GossipAlgorithm):
     """
 
     name = "moniqua"
+    _STATE_TENSORS = ("_d",)  # D2's previous update; absent for the other variants
 
     def __init__(self, model_or_params, topology="ring", process_group=None, *, theta=1.0,
                  bits: int = 1, rounding: str = "dither", gamma: float = 1.0,
