@@ -38,10 +38,8 @@ k::Stream stream(int64_t seed, int64_t offset) {
 }
 
 k::MoniquaArgs moniqua_args(double modulus, int64_t bits, const std::string& rounding) {
-  check_bits(bits, false);
-  const float b = static_cast<float>(modulus);
-  TORCH_CHECK(std::isfinite(b) && b > 0.0f, "modulus must be finite and > 0 in float32");
-  return k::MoniquaArgs{b, 1.0f / b, static_cast<int>(bits), parse_rounding(rounding)};
+  const ModulusArgs m = modulus_args(modulus, bits, rounding);
+  return k::MoniquaArgs{m.b, m.inv_b, m.bits, m.rounding};
 }
 
 void philox_uniform_cpu(at::Tensor& out, int64_t seed, int64_t offset) {
@@ -67,23 +65,12 @@ at::Tensor pack_bits_cpu(const at::Tensor& codes, int64_t bits) {
 
 at::Tensor unpack_bits_cpu(const at::Tensor& payload, int64_t bits, int64_t n) {
   check_bits(bits, false);
-  MK_CHECK_DTYPE(payload, at::kByte);
-  MK_CHECK_CONTIGUOUS(payload);
-  TORCH_CHECK(payload.numel() == packed_nbytes(n, static_cast<int>(bits)),
-              "payload has ", payload.numel(), " bytes, n=", n, " at ", bits, " bits needs ",
-              packed_nbytes(n, static_cast<int>(bits)));
+  check_payload(payload, n, static_cast<int>(bits), "payload");
   at::Tensor out = at::empty({n}, payload.options());
   const uint8_t* p = payload.data_ptr<uint8_t>();
   uint8_t* o = out.data_ptr<uint8_t>();
   over_blocks(n, [&](int64_t b0, int64_t b1) { k::unpack_bits(p, n, static_cast<int>(bits), o, b0, b1); });
   return out;
-}
-
-void check_payload(const at::Tensor& payload, int64_t n, int bits, const char* name) {
-  MK_CHECK_DTYPE(payload, at::kByte);
-  MK_CHECK_CONTIGUOUS(payload);
-  TORCH_CHECK(payload.numel() == packed_nbytes(n, bits), name, " has ", payload.numel(),
-              " bytes, ", n, " elements at ", bits, " bits need ", packed_nbytes(n, bits));
 }
 
 at::Tensor moniqua_encode_cpu(const at::Tensor& x, double modulus, int64_t bits,
@@ -123,10 +110,7 @@ void moniqua_mix_cpu(at::Tensor& x, at::TensorList payloads, at::ArrayRef<double
                      at::IntArrayRef offsets) {
   MK_CHECK_CONTIGUOUS(x);
   const int64_t np = static_cast<int64_t>(payloads.size());
-  TORCH_CHECK(static_cast<int64_t>(weights.size()) == np, "one weight per payload");
-  TORCH_CHECK(static_cast<int64_t>(seeds.size()) == np + 1 &&
-                  static_cast<int64_t>(offsets.size()) == np + 1,
-              "seeds and offsets need len(payloads) + 1 entries");
+  check_mix_lists(np, weights.size(), seeds.size(), offsets.size());
   const int64_t n = x.numel();
   k::MixArgs a;
   a.m = moniqua_args(modulus, bits, rounding);

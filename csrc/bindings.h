@@ -51,4 +51,31 @@ inline uint32_t randomk_threshold(double ratio) {
   return static_cast<uint32_t>(std::ceil(ratio * 16777216.0));
 }
 
+// Moniqua's float32 constants: B rounded to float32 and invB = 1.0f / B.
+struct ModulusArgs {
+  float b, inv_b;
+  int bits, rounding;
+};
+
+inline ModulusArgs modulus_args(double modulus, int64_t bits, const std::string& rounding) {
+  check_bits(bits, false);
+  const float b = static_cast<float>(modulus);
+  TORCH_CHECK(std::isfinite(b) && b > 0.0f, "modulus must be finite and > 0 in float32");
+  return ModulusArgs{b, 1.0f / b, static_cast<int>(bits), parse_rounding(rounding)};
+}
+
+inline void check_payload(const at::Tensor& payload, int64_t n, int bits, const char* name) {
+  MK_CHECK_DTYPE(payload, at::kByte);
+  MK_CHECK_CONTIGUOUS(payload);
+  TORCH_CHECK(payload.numel() == packed_nbytes(n, bits), name, " has ", payload.numel(),
+              " bytes, ", n, " elements at ", bits, " bits need ", packed_nbytes(n, bits));
+}
+
+inline void check_mix_lists(int64_t npayloads, size_t nweights, size_t nseeds, size_t noffsets) {
+  TORCH_CHECK(static_cast<int64_t>(nweights) == npayloads, "one weight per payload");
+  TORCH_CHECK(static_cast<int64_t>(nseeds) == npayloads + 1 &&
+                  static_cast<int64_t>(noffsets) == npayloads + 1,
+              "seeds and offsets need len(payloads) + 1 entries");
+}
+
 }  // namespace moniqua_kernels
