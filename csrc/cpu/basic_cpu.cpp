@@ -2,8 +2,82 @@
 // 5 and 6).
 #include "block.h"
 
+#if defined(MK_X86_CLONES)
+#include <immintrin.h>
+#endif
+
 namespace moniqua_kernels {
 namespace cpu {
+
+#if defined(MK_X86_CLONES)
+namespace {
+bool detect_avx512() {
+  __builtin_cpu_init();  // required before __builtin_cpu_supports in a static initializer
+  return __builtin_cpu_supports("avx512f");
+}
+}  // namespace
+
+const bool kHasAvx512 = detect_avx512();
+
+namespace {
+
+// (hi, lo) of a * m for 16 lanes: vpmuludq multiplies the even 32-bit lanes into
+// 64-bit products; the odd lanes go through a 32-bit shift; blends put the halves
+// back in place.
+__attribute__((target("avx512f"))) inline void mulhilo16(__m512i a, __m512i m, __m512i& hi,
+                                                         __m512i& lo) {
+  const __m512i even = _mm512_mul_epu32(a, m);
+  const __m512i odd = _mm512_mul_epu32(_mm512_srli_epi64(a, 32), m);
+  const __mmask16 odd_lanes = 0xAAAA;
+  hi = _mm512_mask_blend_epi32(odd_lanes, _mm512_srli_epi64(even, 32), odd);
+  lo = _mm512_mask_blend_epi32(odd_lanes, even, _mm512_slli_epi64(odd, 32));
+}
+
+}  // namespace
+
+__attribute__((target("avx512f"))) void philox_words_avx512(uint64_t ctr0, PhiloxKey key,
+                                                            int64_t ncalls, uint32_t* words) {
+  const __m512i m0 = _mm512_set1_epi32(static_cast<int>(kPhiloxM0));
+  const __m512i m1 = _mm512_set1_epi32(static_cast<int>(kPhiloxM1));
+  const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  for (int64_t c = 0; c < ncalls; c += 16) {
+    // 64-bit counters ctr0 + c + lane: low words with iota, carry into the high words.
+    const uint64_t base = ctr0 + static_cast<uint64_t>(c);
+    const __m512i base_lo = _mm512_set1_epi32(static_cast<int>(static_cast<uint32_t>(base)));
+    __m512i c0 = _mm512_add_epi32(base_lo, iota);
+    const __mmask16 carry = _mm512_cmplt_epu32_mask(c0, base_lo);
+    __m512i c1 = _mm512_mask_add_epi32(_mm512_set1_epi32(static_cast<int>(base >> 32)), carry,
+                                       _mm512_set1_epi32(static_cast<int>(base >> 32)),
+                                       _mm512_set1_epi32(1));
+    __m512i c2 = _mm512_setzero_si512(), c3 = _mm512_setzero_si512();
+    uint32_t k0 = key.k0, k1 = key.k1;
+    for (int r = 0; r < 10; ++r) {
+      __m512i hi0, lo0, hi1, lo1;
+      mulhilo16(c0, m0, hi0, lo0);
+      mulhilo16(c2, m1, hi1, lo1);
+      c0 = _mm512_ternarylogic_epi32(hi1, c1, _mm512_set1_epi32(static_cast<int>(k0)), 0x96);
+      c1 = lo1;
+      c2 = _mm512_ternarylogic_epi32(hi0, c3, _mm512_set1_epi32(static_cast<int>(k1)), 0x96);
+      c3 = lo0;
+      k0 += kPhiloxW0;
+      k1 += kPhiloxW1;
+    }
+    // Transpose (word j of call l) into element order 4*l + j: pair the words within
+    // 128-bit lanes, then a 4x4 transpose of the 128-bit lanes.
+    const __m512i a = _mm512_unpacklo_epi32(c0, c1), b = _mm512_unpacklo_epi32(c2, c3);
+    const __m512i cc = _mm512_unpackhi_epi32(c0, c1), d = _mm512_unpackhi_epi32(c2, c3);
+    const __m512i e0 = _mm512_unpacklo_epi64(a, b), e1 = _mm512_unpackhi_epi64(a, b);
+    const __m512i e2 = _mm512_unpacklo_epi64(cc, d), e3 = _mm512_unpackhi_epi64(cc, d);
+    const __m512i t0 = _mm512_shuffle_i32x4(e0, e1, 0x44), t1 = _mm512_shuffle_i32x4(e2, e3, 0x44);
+    const __m512i t2 = _mm512_shuffle_i32x4(e0, e1, 0xEE), t3 = _mm512_shuffle_i32x4(e2, e3, 0xEE);
+    uint32_t* out = words + 4 * c;
+    _mm512_storeu_si512(out, _mm512_shuffle_i32x4(t0, t1, 0x88));
+    _mm512_storeu_si512(out + 16, _mm512_shuffle_i32x4(t0, t1, 0xDD));
+    _mm512_storeu_si512(out + 32, _mm512_shuffle_i32x4(t2, t3, 0x88));
+    _mm512_storeu_si512(out + 48, _mm512_shuffle_i32x4(t2, t3, 0xDD));
+  }
+}
+#endif
 
 const char* isa_name() {
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) && \
@@ -74,15 +148,18 @@ MK_INLINE void sign_blocks(const T* x, int64_t n, uint8_t* payload, double* sums
   for (int64_t blk = blk0; blk < blk1; ++blk) {
     const BlockRange r = block_range(blk, n);
     const T* xb = x + r.begin;
-    // |x| summed in double: 1024 additions err by < 2^-43 relative, far below the
-    // float32 scale's own rounding, so the order is free for the vectorizer.
+    // |x| summed in double (1024 additions err by < 2^-43 relative, far below the
+    // float32 scale's own rounding) in 8 fixed lanes, in a loop of its own, so it
+    // vectorizes (an `omp simd` reduction stayed scalar in the cloned entry points:
+    // 38 ms for 2^24 elements, vs 5 ms with the lanes) and the order is deterministic.
+    for (int64_t i = 0; i < r.len; ++i) bits[i] = static_cast<uint8_t>(sign_bit(load_float(xb, i)));
+    double lanes[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    int64_t i = 0;
+    for (; i + 8 <= r.len; i += 8)
+      for (int j = 0; j < 8; ++j) lanes[j] += static_cast<double>(MK_FABS(load_float(xb, i + j)));
+    for (; i < r.len; ++i) lanes[0] += static_cast<double>(MK_FABS(load_float(xb, i)));
     double acc = 0.0;
-#pragma omp simd reduction(+ : acc)
-    for (int64_t i = 0; i < r.len; ++i) {
-      const float v = load_float(xb, i);
-      bits[i] = static_cast<uint8_t>(sign_bit(v));
-      acc += static_cast<double>(MK_FABS(v));
-    }
+    for (int j = 0; j < 8; ++j) acc += lanes[j];
     for (int64_t i = r.len; i < kBlock && i < r.len + 8; ++i) bits[i] = 0;
     sums[blk - blk0] = acc;
     pack_block<1>(bits, r.len, payload + r.begin / 8);
