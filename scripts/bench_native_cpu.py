@@ -18,8 +18,12 @@ import moniqua_kernels as mk
 from moniqua_kernels import _native
 
 
+THREADS = 1
+
+
 def median_ms(stmt, min_run_time, **env):
-    timer = benchmark.Timer(stmt, globals=env)
+    # Timer runs with num_threads=1 unless told otherwise: pass the thread count.
+    timer = benchmark.Timer(stmt, globals=env, num_threads=THREADS)
     return timer.blocked_autorange(min_run_time=min_run_time).median * 1e3
 
 
@@ -30,6 +34,8 @@ def main():
     ap.add_argument("--min-run-time", type=float, default=1.0)
     ap.add_argument("--json", default=None, help="also write the rows here")
     args = ap.parse_args()
+    global THREADS
+    THREADS = args.threads
     torch.set_num_threads(args.threads)
     n, t = 1 << args.log2n, args.min_run_time
     g = torch.Generator().manual_seed(0)
