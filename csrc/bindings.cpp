@@ -13,6 +13,10 @@
 
 #include <vector>
 
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+
 #include "bindings.h"
 #include "cpu/kernels.h"
 
@@ -32,6 +36,27 @@ void over_blocks(int64_t n, F&& f) {
   at::parallel_for(0, nb, kGrain, [&](int64_t b0, int64_t b1) { f(b0, b1); });
 }
 
+// A large output is freshly mmap'ed memory: every 4 KiB page faults (and is zeroed)
+// on first write.  Asking for transparent huge pages on the 2 MiB-aligned interior
+// before the kernel writes it makes that 512x fewer faults; measured on the CI VM,
+// torch.empty_like(x).copy_(x) of 2^24 floats costs 28 ms against 9 ms for the copy
+// alone, and Moniqua decode went from 20 ms to ~10 ms (2 threads).  A hint only: where
+// THP is off ("never") or the range is too small, nothing changes.
+template <typename T>
+T&& with_huge_pages(T&& out) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  constexpr uintptr_t kHuge = uintptr_t{1} << 21;
+  const size_t nbytes = out.nbytes();
+  if (nbytes >= 4 * kHuge) {
+    const uintptr_t begin = reinterpret_cast<uintptr_t>(out.data_ptr());
+    const uintptr_t lo = (begin + kHuge - 1) & ~(kHuge - 1);
+    const uintptr_t hi = (begin + nbytes) & ~(kHuge - 1);
+    if (hi > lo) madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_HUGEPAGE);
+  }
+#endif
+  return std::forward<T>(out);
+}
+
 k::Stream stream(int64_t seed, int64_t offset) {
   check_offset(offset);
   return k::Stream{static_cast<uint64_t>(seed), offset};
@@ -45,6 +70,7 @@ k::MoniquaArgs moniqua_args(double modulus, int64_t bits, const std::string& rou
 void philox_uniform_cpu(at::Tensor& out, int64_t seed, int64_t offset) {
   MK_CHECK_DTYPE(out, at::kFloat);
   MK_CHECK_CONTIGUOUS(out);
+  with_huge_pages(out);  // freshly allocated by the wrapper
   const int64_t n = out.numel();
   const k::Stream s = stream(seed, offset);
   float* o = out.data_ptr<float>();
@@ -96,7 +122,7 @@ at::Tensor moniqua_decode_cpu(const at::Tensor& payload, const at::Tensor& refer
   const DType dt = float_dtype(reference, "reference");
   const int64_t n = reference.numel();
   check_payload(payload, n, a.bits, "payload");
-  at::Tensor out = at::empty_like(reference, at::MemoryFormat::Contiguous);
+  at::Tensor out = with_huge_pages(at::empty_like(reference, at::MemoryFormat::Contiguous));
   const uint8_t* p = payload.data_ptr<uint8_t>();
   const void* y = reference.data_ptr();
   void* o = out.data_ptr();
@@ -175,7 +201,7 @@ at::Tensor qsgd_decode_cpu(const at::Tensor& scales, const at::Tensor& payload, 
   MK_CHECK_CONTIGUOUS(scales);
   TORCH_CHECK(scales.numel() == (n + bucket_size - 1) / bucket_size, "one scale per bucket");
   check_payload(payload, n, static_cast<int>(bits), "payload");
-  at::Tensor out = at::empty({n}, payload.options().dtype(at::kFloat));
+  at::Tensor out = with_huge_pages(at::empty({n}, payload.options().dtype(at::kFloat)));
   const float* sc = scales.data_ptr<float>();
   const uint8_t* p = payload.data_ptr<uint8_t>();
   float* o = out.data_ptr<float>();
@@ -207,7 +233,7 @@ at::Tensor sign_decode_cpu(const at::Tensor& scale, const at::Tensor& payload, i
   TORCH_CHECK(scale.numel() == 1, "scale must have one element");
   check_payload(payload, n, 1, "payload");
   const float sc = scale.item<float>();
-  at::Tensor out = at::empty({n}, payload.options().dtype(at::kFloat));
+  at::Tensor out = with_huge_pages(at::empty({n}, payload.options().dtype(at::kFloat)));
   const uint8_t* p = payload.data_ptr<uint8_t>();
   float* o = out.data_ptr<float>();
   over_blocks(n, [&](int64_t b0, int64_t b1) { k::sign_decode(sc, p, n, o, b0, b1); });
@@ -269,7 +295,7 @@ at::Tensor randomk_decode_cpu(const at::Tensor& values, int64_t n, double ratio,
   TORCH_CHECK(values.numel() == total, "values has ", values.numel(), " elements, the stream keeps ",
               total);
   const float inv = static_cast<float>(1.0 / ratio);
-  at::Tensor out = at::empty({n}, values.options());
+  at::Tensor out = with_huge_pages(at::empty({n}, values.options()));
   const void* v = values.data_ptr();
   void* o = out.data_ptr();
   over_blocks(n, [&](int64_t b0, int64_t b1) {
