@@ -156,7 +156,8 @@ MK_INLINE void sign_blocks(const T* x, int64_t n, uint8_t* payload, double* sums
     // |x| summed in double (1024 additions err by < 2^-43 relative, far below the
     // float32 scale's own rounding) in 8 fixed lanes, in a loop of its own, so it
     // vectorizes (an `omp simd` reduction stayed scalar in the cloned entry points:
-    // 38 ms for 2^24 elements, vs 5 ms with the lanes) and the order is deterministic.
+    // 2^24 elements took 38 ms, 8.5 ms with the lanes, one thread on the loaded CI
+    // box) and the order is deterministic.
     for (int64_t i = 0; i < r.len; ++i) bits[i] = static_cast<uint8_t>(sign_bit(load_float(xb, i)));
     double lanes[8] = {0, 0, 0, 0, 0, 0, 0, 0};
     int64_t i = 0;
