@@ -40,46 +40,66 @@ __attribute__((target("avx512f"))) inline void mulhilo16(__m512i a, __m512i m, _
 
 }  // namespace
 
+namespace {
+
+// Store word j of call l (vector j, lane l) in element order 4*l + j: pair the words
+// within 128-bit lanes, then a 4x4 transpose of the 128-bit lanes.
+__attribute__((target("avx512f"))) inline void store_calls16(__m512i c0, __m512i c1, __m512i c2,
+                                                             __m512i c3, uint32_t* out) {
+  const __m512i a = _mm512_unpacklo_epi32(c0, c1), b = _mm512_unpacklo_epi32(c2, c3);
+  const __m512i cc = _mm512_unpackhi_epi32(c0, c1), d = _mm512_unpackhi_epi32(c2, c3);
+  const __m512i e0 = _mm512_unpacklo_epi64(a, b), e1 = _mm512_unpackhi_epi64(a, b);
+  const __m512i e2 = _mm512_unpacklo_epi64(cc, d), e3 = _mm512_unpackhi_epi64(cc, d);
+  const __m512i t0 = _mm512_shuffle_i32x4(e0, e1, 0x44), t1 = _mm512_shuffle_i32x4(e2, e3, 0x44);
+  const __m512i t2 = _mm512_shuffle_i32x4(e0, e1, 0xEE), t3 = _mm512_shuffle_i32x4(e2, e3, 0xEE);
+  _mm512_storeu_si512(out, _mm512_shuffle_i32x4(t0, t1, 0x88));
+  _mm512_storeu_si512(out + 16, _mm512_shuffle_i32x4(t0, t1, 0xDD));
+  _mm512_storeu_si512(out + 32, _mm512_shuffle_i32x4(t2, t3, 0x88));
+  _mm512_storeu_si512(out + 48, _mm512_shuffle_i32x4(t2, t3, 0xDD));
+}
+
+}  // namespace
+
+// Two independent groups of 16 calls per iteration: one group's rounds are a
+// dependent chain (multiply, shift, blend, xor), two give the out-of-order core
+// independent work.  Words are written for ncalls rounded up to 32 calls.
 __attribute__((target("avx512f"))) void philox_words_avx512(uint64_t ctr0, PhiloxKey key,
                                                             int64_t ncalls, uint32_t* words) {
   const __m512i m0 = _mm512_set1_epi32(static_cast<int>(kPhiloxM0));
   const __m512i m1 = _mm512_set1_epi32(static_cast<int>(kPhiloxM1));
   const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-  for (int64_t c = 0; c < ncalls; c += 16) {
-    // 64-bit counters ctr0 + c + lane: low words with iota, carry into the high words.
-    const uint64_t base = ctr0 + static_cast<uint64_t>(c);
-    const __m512i base_lo = _mm512_set1_epi32(static_cast<int>(static_cast<uint32_t>(base)));
-    __m512i c0 = _mm512_add_epi32(base_lo, iota);
-    const __mmask16 carry = _mm512_cmplt_epu32_mask(c0, base_lo);
-    __m512i c1 = _mm512_mask_add_epi32(_mm512_set1_epi32(static_cast<int>(base >> 32)), carry,
-                                       _mm512_set1_epi32(static_cast<int>(base >> 32)),
-                                       _mm512_set1_epi32(1));
-    __m512i c2 = _mm512_setzero_si512(), c3 = _mm512_setzero_si512();
+  for (int64_t c = 0; c < ncalls; c += 32) {
+    __m512i c0[2], c1[2], c2[2], c3[2];
+    for (int g = 0; g < 2; ++g) {
+      // 64-bit counters ctr0 + c + 16g + lane: low words with iota, carry into high.
+      const uint64_t base = ctr0 + static_cast<uint64_t>(c + 16 * g);
+      const __m512i base_lo = _mm512_set1_epi32(static_cast<int>(static_cast<uint32_t>(base)));
+      const __m512i base_hi = _mm512_set1_epi32(static_cast<int>(base >> 32));
+      c0[g] = _mm512_add_epi32(base_lo, iota);
+      const __mmask16 carry = _mm512_cmplt_epu32_mask(c0[g], base_lo);
+      c1[g] = _mm512_mask_add_epi32(base_hi, carry, base_hi, _mm512_set1_epi32(1));
+      c2[g] = _mm512_setzero_si512();
+      c3[g] = _mm512_setzero_si512();
+    }
     uint32_t k0 = key.k0, k1 = key.k1;
+#pragma GCC unroll 10
     for (int r = 0; r < 10; ++r) {
-      __m512i hi0, lo0, hi1, lo1;
-      mulhilo16(c0, m0, hi0, lo0);
-      mulhilo16(c2, m1, hi1, lo1);
-      c0 = _mm512_ternarylogic_epi32(hi1, c1, _mm512_set1_epi32(static_cast<int>(k0)), 0x96);
-      c1 = lo1;
-      c2 = _mm512_ternarylogic_epi32(hi0, c3, _mm512_set1_epi32(static_cast<int>(k1)), 0x96);
-      c3 = lo0;
+      const __m512i kk0 = _mm512_set1_epi32(static_cast<int>(k0));
+      const __m512i kk1 = _mm512_set1_epi32(static_cast<int>(k1));
+      for (int g = 0; g < 2; ++g) {
+        __m512i hi0, lo0, hi1, lo1;
+        mulhilo16(c0[g], m0, hi0, lo0);
+        mulhilo16(c2[g], m1, hi1, lo1);
+        c0[g] = _mm512_ternarylogic_epi32(hi1, c1[g], kk0, 0x96);
+        c1[g] = lo1;
+        c2[g] = _mm512_ternarylogic_epi32(hi0, c3[g], kk1, 0x96);
+        c3[g] = lo0;
+      }
       k0 += kPhiloxW0;
       k1 += kPhiloxW1;
     }
-    // Transpose (word j of call l) into element order 4*l + j: pair the words within
-    // 128-bit lanes, then a 4x4 transpose of the 128-bit lanes.
-    const __m512i a = _mm512_unpacklo_epi32(c0, c1), b = _mm512_unpacklo_epi32(c2, c3);
-    const __m512i cc = _mm512_unpackhi_epi32(c0, c1), d = _mm512_unpackhi_epi32(c2, c3);
-    const __m512i e0 = _mm512_unpacklo_epi64(a, b), e1 = _mm512_unpackhi_epi64(a, b);
-    const __m512i e2 = _mm512_unpacklo_epi64(cc, d), e3 = _mm512_unpackhi_epi64(cc, d);
-    const __m512i t0 = _mm512_shuffle_i32x4(e0, e1, 0x44), t1 = _mm512_shuffle_i32x4(e2, e3, 0x44);
-    const __m512i t2 = _mm512_shuffle_i32x4(e0, e1, 0xEE), t3 = _mm512_shuffle_i32x4(e2, e3, 0xEE);
-    uint32_t* out = words + 4 * c;
-    _mm512_storeu_si512(out, _mm512_shuffle_i32x4(t0, t1, 0x88));
-    _mm512_storeu_si512(out + 16, _mm512_shuffle_i32x4(t0, t1, 0xDD));
-    _mm512_storeu_si512(out + 32, _mm512_shuffle_i32x4(t2, t3, 0x88));
-    _mm512_storeu_si512(out + 48, _mm512_shuffle_i32x4(t2, t3, 0xDD));
+    store_calls16(c0[0], c1[0], c2[0], c3[0], words + 4 * c);
+    store_calls16(c0[1], c1[1], c2[1], c3[1], words + 4 * c + 64);
   }
 }
 #endif

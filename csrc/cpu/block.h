@@ -78,15 +78,16 @@ MK_INLINE BlockRange block_range(int64_t blk, int64_t n) {
 
 #if defined(MK_X86_CLONES)
 // AVX-512 Philox, 16 calls per vector (basic_cpu.cpp); words for ncalls rounded up to
-// 16.  GCC vectorizes the portable loop below with vpmullq (a 3-uop 64-bit multiply)
+// 32.  GCC vectorizes the portable loop below with vpmullq (a 3-uop 64-bit multiply)
 // instead of vpmuludq.  Measured on one thread of the (shared, noisy) CI box, 2^24
-// elements: philox_uniform 23.9 -> 17.4 ms, 1-bit dither encode 29.7 -> 20.4 ms.
+// elements: philox_uniform 23.9 -> 17.4 ms, 1-bit dither encode 29.7 -> 20.4 ms; two
+// interleaved groups per iteration then 17.4 -> ~15 ms and 20.4 -> ~19 ms.
 extern const bool kHasAvx512;
 void philox_words_avx512(uint64_t ctr0, PhiloxKey key, int64_t ncalls, uint32_t* words);
 #endif
 
 // The four words of each Philox call feeding elements [begin, begin + 4*ncalls) of
-// stream s, in element order (words must hold ncalls rounded up to 16 calls).  The
+// stream s, in element order (words must hold ncalls rounded up to 32 calls).  The
 // portable loop over calls is auto-vectorized (10 unrolled rounds, a call per lane).
 MK_INLINE void philox_words_block(Stream s, int64_t begin, int64_t ncalls, uint32_t* words) {
   const PhiloxKey key = philox_key(s.seed);
