@@ -1,0 +1,105 @@
+// The CPU kernels' torch-free interface: raw pointers, element counts, and a range of
+// work blocks.  The torch bindings (csrc/bindings.cpp) run the blocks of a call over
+// at::parallel_for, so torch.set_num_threads governs them; the C++ unit tests
+// (csrc/tests) call the same functions without torch.
+//
+// A block is kBlock consecutive elements: block i covers elements
+// [i*kBlock, min((i+1)*kBlock, n)).  kBlock is a multiple of 8 (whole output bytes
+// at every bit width, so blocks never share a byte) and of 4 (whole Philox calls).
+#pragma once
+
+#include <cstdint>
+
+#include "moniqua_kernels/common.h"
+
+namespace moniqua_kernels {
+namespace cpu {
+
+// 1024 elements: the per-block scratch (uniforms, codes, and for mix four float
+// rows) stays inside the 48 KiB L1 of the CI box's cores.  (Chosen by that budget,
+// not tuned by measurement.)
+constexpr int64_t kBlock = 1024;
+
+inline int64_t num_blocks(int64_t n) { return (n + kBlock - 1) / kBlock; }
+
+// Which instruction set the multiversioned kernels picked at load time
+// ("x86-64-v4", "x86-64-v3" or "baseline"), for benchmark reports.
+const char* isa_name();
+
+struct MoniquaArgs {
+  float modulus;      // B, float32
+  float inv_modulus;  // float32(1) / B
+  int bits;           // 1, 2, 4, 8
+  int rounding;       // Rounding
+};
+
+struct Stream {
+  uint64_t seed;
+  int64_t offset;  // a multiple of 4
+};
+
+// Float-element tensors are passed as (pointer, DType); half and bfloat16 are their
+// 16-bit patterns.
+
+void philox_uniform(int64_t n, Stream s, float* out, int64_t blk0, int64_t blk1);
+
+void pack_bits(const uint8_t* codes, int64_t n, int bits, uint8_t* out, int64_t blk0,
+               int64_t blk1);
+void unpack_bits(const uint8_t* payload, int64_t n, int bits, uint8_t* out, int64_t blk0,
+                 int64_t blk1);
+
+void moniqua_encode(const void* x, DType dt, int64_t n, MoniquaArgs a, Stream s,
+                    uint8_t* payload, int64_t blk0, int64_t blk1);
+void moniqua_decode(const uint8_t* payload, const void* y, DType dt, int64_t n,
+                    MoniquaArgs a, Stream s, void* out, int64_t blk0, int64_t blk1);
+
+// x <- x + gamma * sum_j w_j (dec(q_j; x) - dec(q_self; x)), in place.
+// streams[j] belongs to payloads[j] for j < npayloads, streams[npayloads] to own.
+struct MixArgs {
+  MoniquaArgs m;
+  int64_t npayloads;
+  const uint8_t* const* payloads;
+  const float* weights;  // float32(w_j)
+  const uint8_t* own;
+  float gamma;           // float32(gamma)
+  const Stream* streams;
+};
+void moniqua_mix(void* x, DType dt, int64_t n, const MixArgs& a, int64_t blk0, int64_t blk1);
+
+// QSGD: bucket scales first (over bucket ranges), then codes (over element blocks).
+// norm_l2: ||v||_2 accumulated in double, else max |v| (exact).
+void qsgd_scales(const void* x, DType dt, int64_t n, int64_t bucket_size, bool norm_l2,
+                 float* scales, int64_t bucket0, int64_t bucket1);
+void qsgd_encode(const void* x, DType dt, int64_t n, int bits, int64_t bucket_size,
+                 const float* scales, Stream s, uint8_t* payload, int64_t blk0, int64_t blk1);
+void qsgd_decode(const float* scales, const uint8_t* payload, int64_t n, int bits,
+                 int64_t bucket_size, float* out, int64_t blk0, int64_t blk1);
+
+// Scaled sign: the bits of each block, and each block's sum |x| in double into
+// block_sums[blk - blk0]; the caller adds them in block order (a deterministic scale
+// for any thread count).
+void sign_encode(const void* x, DType dt, int64_t n, uint8_t* payload, double* block_sums,
+                 int64_t blk0, int64_t blk1);
+void sign_decode(float scale, const uint8_t* payload, int64_t n, float* out, int64_t blk0,
+                 int64_t blk1);
+
+// Random-k: threshold = ceil(ratio * 2^24); element kept where (word >> 8) < threshold.
+// counts[blk - blk0] = kept elements of each block.
+void randomk_block_counts(int64_t n, uint32_t threshold, Stream s, int64_t* counts,
+                          int64_t blk0, int64_t blk1);
+// Gathers the kept elements (element size 2 or 4 bytes) of blocks [blk0, blk1) to
+// values + first, first = kept elements before blk0.
+void randomk_gather(const void* x, int elem_size, int64_t n, uint32_t threshold, Stream s,
+                    void* values, int64_t first, int64_t blk0, int64_t blk1);
+// Scatters values (from index first on) into out (zeroed here), multiplied by
+// float32(1/ratio) when rescale (then rounded back to dt).
+void randomk_scatter(const void* values, DType dt, int64_t n, uint32_t threshold, Stream s,
+                     bool rescale, float inv_ratio, void* out, int64_t first, int64_t blk0,
+                     int64_t blk1);
+
+// Top-k: the k elements of largest |x| (ties to the lower index), ascending indices.
+// Serial; indices are int64 here, the binding narrows them to int32 when n < 2^31.
+void topk_select(const void* x, DType dt, int64_t n, int64_t k, int64_t* indices);
+
+}  // namespace cpu
+}  // namespace moniqua_kernels

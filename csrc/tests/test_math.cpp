@@ -1,0 +1,204 @@
+// C++ unit tests (ctest) over the shared header math and the torch-free CPU kernels.
+// No test framework: CHECK prints the failing expression and the run exits non-zero.
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <random>
+#include <vector>
+
+#include "cpu/kernels.h"
+#include "moniqua_kernels/moniqua_kernels.h"
+
+namespace mk = moniqua_kernels;
+
+static int g_failures = 0;
+#define CHECK(cond)                                                     \
+  do {                                                                  \
+    if (!(cond)) {                                                      \
+      std::printf("%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond); \
+      ++g_failures;                                                     \
+    }                                                                   \
+  } while (0)
+
+static void test_philox_known_answer() {
+  uint32_t w[4];
+  mk::philox4x32_10(0, mk::philox_key(0), w);
+  CHECK(w[0] == 0x6627e8d5u && w[1] == 0xe169c58du && w[2] == 0xbc57ac4cu && w[3] == 0x9b00dbd8u);
+  // u = (word >> 8) * 2^-24 is exact: the top 24 bits scaled.
+  CHECK(mk::uniform_from_word(0xFFFFFFFFu) == 16777215.0f / 16777216.0f);
+  CHECK(mk::uniform_from_word(0x000000FFu) == 0.0f);
+  // Key split: k0 = low word, k1 = high word of the seed read as uint64.
+  const mk::PhiloxKey k = mk::philox_key(static_cast<uint64_t>(int64_t{-2}));
+  CHECK(k.k0 == 0xFFFFFFFEu && k.k1 == 0xFFFFFFFFu);
+}
+
+static void test_packing_example() {
+  const uint8_t codes[8] = {1, 2, 3, 0, 3, 0, 0, 0};
+  CHECK(mk::pack_byte<2>(codes) == 57);
+  CHECK(mk::pack_byte<2>(codes + 4) == 3);
+  CHECK(mk::packed_nbytes(5, 2) == 2 && mk::packed_nbytes(9, 1) == 2 && mk::packed_nbytes(0, 8) == 0);
+  for (int m = 0; m < 4; ++m) CHECK(mk::unpack_code<2>(57, m) == codes[m]);
+  // The CPU kernel: same bytes, zero high bits in the last byte, inverse unpack.
+  uint8_t out[2] = {0xAA, 0xAA};
+  mk::cpu::pack_bits(codes, 5, 2, out, 0, mk::cpu::num_blocks(5));
+  CHECK(out[0] == 57 && out[1] == 3);
+  uint8_t back[5];
+  mk::cpu::unpack_bits(out, 5, 2, back, 0, 1);
+  for (int i = 0; i < 5; ++i) CHECK(back[i] == codes[i]);
+  // b = 1 is numpy.packbits(bitorder="little"): 1,0,1,1,0,0,0,1 -> 0x8d.
+  const uint8_t bits[9] = {1, 0, 1, 1, 0, 0, 0, 1, 1};
+  uint8_t packed[2];
+  mk::cpu::pack_bits(bits, 9, 1, packed, 0, 1);
+  CHECK(packed[0] == 0x8d && packed[1] == 0x01);
+}
+
+// Hand-checked, B = 4 (invB = 0.25), 2 bits, nearest (u = 0.5); every step exact:
+//   x = 1.3:  t = 0.325, z = 0.325, w = 1.8  -> k = 1; decode at y = 1: zh = 0.25,
+//             a = 0, no wrap -> 1.0  (|1.0 - 1.3| <= delta*B = 0.5)
+//   x = -0.9: t = -0.225, z = 0.775, w = 3.6 -> k = 3; at y = -1: a = 4, wraps once -> -1.0
+//   x = 5.5:  t = 1.375, z = 0.375, w = 2.0  -> k = 2; at y = 5: a = -3, wraps -1 -> 6.0
+static void test_moniqua_nearest_example() {
+  const float b = 4.0f, inv_b = 1.0f / b;
+  CHECK(mk::moniqua_code<2>(1.3f, inv_b, 0.5f) == 1);
+  CHECK(mk::moniqua_code<2>(-0.9f, inv_b, 0.5f) == 3);
+  CHECK(mk::moniqua_code<2>(5.5f, inv_b, 0.5f) == 2);
+  CHECK(mk::moniqua_code<2>(-2.0f, inv_b, 0.5f) == 2);
+  CHECK(mk::moniqua_value<2>(1, 0.0f, 1.0f, b, inv_b) == 1.0f);
+  CHECK(mk::moniqua_value<2>(3, 0.0f, -1.0f, b, inv_b) == -1.0f);
+  CHECK(mk::moniqua_value<2>(2, 0.0f, 5.0f, b, inv_b) == 6.0f);
+  // A tiny negative t makes z round to 1.0: code 2^b folds back to 0.
+  CHECK(mk::moniqua_code<2>(-1e-30f, inv_b, 0.5f) == 0);
+  // Non-finite input: z is defined as 0.
+  CHECK(mk::moniqua_code<4>(INFINITY, inv_b, 0.5f) == 0);
+  CHECK(mk::moniqua_code<4>(NAN, inv_b, 0.75f) == 0);
+}
+
+// |x - y| <= theta and B = 2 theta / (1 - 2 delta) give |xh - x| <= delta * B, up to
+// float32 rounding: each of the decode's roundings is at most half an ulp of
+// max(|y|, B), so 4 ulps of that is a generous yet meaningful slack.
+static void test_roundtrip_bound() {
+  std::mt19937 rng(7);
+  std::uniform_real_distribution<float> dx(-50.0f, 50.0f), dd(-1.0f, 1.0f);
+  const int bits_list[4] = {1, 2, 4, 8};
+  for (int bits : bits_list) {
+    const double delta = std::ldexp(1.0, -(bits + 1));  // nearest
+    const float theta = 0.75f;
+    const float b = static_cast<float>(2.0 * theta / (1.0 - 2.0 * delta));
+    const int64_t n = 20000;
+    std::vector<float> x(n), y(n), xh(n);
+    for (int64_t i = 0; i < n; ++i) {
+      x[i] = dx(rng);
+      y[i] = x[i] + theta * dd(rng);
+    }
+    std::vector<uint8_t> payload(mk::packed_nbytes(n, bits));
+    const mk::cpu::MoniquaArgs a{b, 1.0f / b, bits, mk::kNearest};
+    const mk::cpu::Stream s{0, 0};
+    mk::cpu::moniqua_encode(x.data(), mk::DType::kFloat32, n, a, s, payload.data(), 0,
+                            mk::cpu::num_blocks(n));
+    mk::cpu::moniqua_decode(payload.data(), y.data(), mk::DType::kFloat32, n, a, s, xh.data(), 0,
+                            mk::cpu::num_blocks(n));
+    double worst = 0.0;
+    for (int64_t i = 0; i < n; ++i) {
+      const double slack = 4.0 * std::ldexp(std::max(std::fabs(y[i]), b), -23);
+      worst = std::max(worst, std::fabs(double(xh[i]) - x[i]) - delta * b - slack);
+    }
+    CHECK(worst <= 0.0);
+  }
+}
+
+// Every block range split gives the same bytes as one pass (what threads rely on),
+// for a stochastic encode at a large offset and a negative seed.
+static void test_block_split_invariance() {
+  const int64_t n = 5 * mk::cpu::kBlock + 13;
+  std::vector<float> x(n);
+  std::mt19937 rng(3);
+  std::normal_distribution<float> nd;
+  for (auto& v : x) v = 3.0f * nd(rng);
+  const mk::cpu::MoniquaArgs a{2.0f, 0.5f, 4, mk::kStochastic};
+  const mk::cpu::Stream s{static_cast<uint64_t>(int64_t{-9}), (int64_t{1} << 34) + 4};
+  const int64_t nb = mk::cpu::num_blocks(n);
+  std::vector<uint8_t> one(mk::packed_nbytes(n, 4)), split(one.size());
+  mk::cpu::moniqua_encode(x.data(), mk::DType::kFloat32, n, a, s, one.data(), 0, nb);
+  for (int64_t blk = nb - 1; blk >= 0; --blk)
+    mk::cpu::moniqua_encode(x.data(), mk::DType::kFloat32, n, a, s, split.data(), blk, blk + 1);
+  CHECK(one == split);
+  // And element i of the uniforms is word (offset + i) & 3 of counter (offset + i) >> 2.
+  std::vector<float> u(n);
+  mk::cpu::philox_uniform(n, s, u.data(), 0, nb);
+  // Every element, so the vectorized Philox (AVX-512 where the CPU has it) is checked
+  // against the scalar header function, including a low-word carry into c1.
+  int64_t mismatches = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    uint32_t w[4];
+    mk::philox4x32_10(static_cast<uint64_t>(s.offset + i) >> 2, mk::philox_key(s.seed), w);
+    mismatches += u[i] != mk::uniform_from_word(w[(s.offset + i) & 3]);
+  }
+  CHECK(mismatches == 0);
+  const mk::cpu::Stream carry{5, ((int64_t{1} << 32) - 8) * 4};  // counters cross 2^32
+  std::vector<float> uc(200);
+  mk::cpu::philox_uniform(200, carry, uc.data(), 0, 1);
+  for (int64_t i = 0; i < 200; ++i) {
+    uint32_t w[4];
+    mk::philox4x32_10(static_cast<uint64_t>(carry.offset + i) >> 2, mk::philox_key(5), w);
+    mismatches += uc[i] != mk::uniform_from_word(w[i & 3]);
+  }
+  CHECK(mismatches == 0);
+}
+
+static void test_half_bf16_conversions() {
+  // Every finite half survives half -> float -> half; NaNs stay NaN.
+  int bad = 0;
+  for (uint32_t h = 0; h < 65536; ++h) {
+    const float f = mk::half_to_float(static_cast<uint16_t>(h));
+    const bool nan = (h & 0x7C00u) == 0x7C00u && (h & 0x3FFu);
+    if (nan) bad += !std::isnan(f);
+    else bad += mk::float_to_half(f) != h;
+  }
+  CHECK(bad == 0);
+  CHECK(mk::half_to_float(0x3C00) == 1.0f && mk::half_to_float(0x0001) == std::ldexp(1.0f, -24));
+  // Round to nearest even at the midpoints: 1 + 2^-11 is halfway between 1 and the next.
+  CHECK(mk::float_to_half(1.0f + std::ldexp(1.0f, -11)) == 0x3C00);
+  CHECK(mk::float_to_half(1.0f + 3 * std::ldexp(1.0f, -11)) == 0x3C02);
+  CHECK(mk::float_to_half(65520.0f) == 0x7C00 && mk::float_to_half(65519.0f) == 0x7BFF);
+  CHECK(mk::float_to_half(std::ldexp(1.0f, -25)) == 0x0000);              // tie to even 0
+  CHECK(mk::float_to_half(std::ldexp(3.0f, -25)) == 0x0002);              // tie to even 2
+  CHECK(mk::float_to_half(-0.0f) == 0x8000);
+  CHECK(mk::bf16_to_float(0x3F80) == 1.0f);
+  CHECK(mk::float_to_bf16(1.0f + std::ldexp(1.0f, -8)) == 0x3F80);        // tie to even
+  CHECK(mk::float_to_bf16(1.0f + 3 * std::ldexp(1.0f, -8)) == 0x3F82);
+  CHECK(std::isnan(mk::bf16_to_float(mk::float_to_bf16(NAN))));
+}
+
+static void test_qsgd_and_sign() {
+  // 4 bits: s = 7; N = 2, r = 3.5; v = -1 -> |v| r = 3.5, u = 0.25 -> level 3, sign 1.
+  const float r = mk::qsgd_ratio(4, 2.0f);
+  CHECK(r == 3.5f && mk::qsgd_ratio(4, 0.0f) == 0.0f);
+  CHECK(mk::qsgd_code<4>(-1.0f, r, 0.25f) == (8u | 3u));
+  CHECK(mk::qsgd_code<4>(2.0f, r, 0.9f) == 7u);  // clamped to s
+  CHECK(mk::qsgd_value<4>(8u | 3u, 2.0f) == -(2.0f * 3.0f) / 7.0f);
+  CHECK(mk::sign_bit(-0.0f) == 0 && mk::sign_bit(-1e-30f) == 1);
+  CHECK(mk::sign_value(1, 0.5f) == -0.5f && mk::sign_value(0, 0.5f) == 0.5f);
+  // The sign kernel: bits and the per-block |x| sums.
+  const float x[10] = {1, -2, 3, -4, 0, -0.0f, 5, -6, 7, -8};
+  uint8_t payload[2];
+  double sums[1];
+  mk::cpu::sign_encode(x, mk::DType::kFloat32, 10, payload, sums, 0, 1);
+  CHECK(payload[0] == 0x8A && payload[1] == 0x02 && sums[0] == 36.0);
+}
+
+int main() {
+  std::printf("CPU kernels dispatched to: %s\n", moniqua_kernels::cpu::isa_name());
+  test_philox_known_answer();
+  test_packing_example();
+  test_moniqua_nearest_example();
+  test_roundtrip_bound();
+  test_block_split_invariance();
+  test_half_bf16_conversions();
+  test_qsgd_and_sign();
+  if (g_failures) {
+    std::printf("%d check(s) failed\n", g_failures);
+    return 1;
+  }
+  std::printf("all checks passed\n");
+  return 0;
+}
