@@ -30,6 +30,8 @@ def test_bench_quick_writes_bandwidth_and_copy(tmp_path):
     timed = [r for r in rows if r.get("seconds")]
     for op in ("moniqua_encode", "sign_encode"):
         copy = [r for r in timed if r["op"] == op and r["provider"] == "copy"]
+        # a copy moves its input twice (read + write): that is its bandwidth's byte count
+        assert all(r["bytes"] == 2 * 4 * r["n"] for r in copy)
         eager = [r for r in timed if r["op"] == op and r["provider"] == "eager"]
         assert copy and eager, op
         for r in eager:
