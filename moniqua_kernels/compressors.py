@@ -82,8 +82,7 @@ class Compressor:
     def nbytes(self, n: int, dtype: torch.dtype = torch.float32, seed: int = 0,
                offset: int = 0) -> int:
         """Exact bytes on the wire for n elements of dtype (seed matters for random-k)."""
-        return sum(m * torch.empty((), dtype=dt).element_size()
-                   for _, dt, m in self.layout(n, dtype, seed, offset))
+        return sum(m * dt.itemsize for _, dt, m in self.layout(n, dtype, seed, offset))
 
     def bits_per_element(self, n: int, dtype: torch.dtype = torch.float32, seed: int = 0) -> float:
         return 8.0 * self.nbytes(n, dtype, seed) / max(n, 1)
@@ -107,7 +106,7 @@ class Compressor:
         """Rebuild a Payload from to_wire()'s buffer and what the receiver knows."""
         shape = torch.Size([shape]) if isinstance(shape, int) else torch.Size(shape)
         layout = self.layout(_numel(shape), dtype, seed, offset)
-        sizes = [m * torch.empty((), dtype=dt).element_size() for _, dt, m in layout]
+        sizes = [m * dt.itemsize for _, dt, m in layout]
         if buf.dtype != torch.uint8 or buf.numel() != sum(sizes):
             raise ValueError(f"{self.name}: wire buffer has {buf.numel()} {buf.dtype} entries, "
                              f"expected {sum(sizes)} uint8 bytes for shape {tuple(shape)}")

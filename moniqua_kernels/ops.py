@@ -11,6 +11,7 @@ trust their arguments; call them through the wrappers.
 from __future__ import annotations
 
 import math
+import operator
 from typing import Optional, Sequence
 
 import torch
@@ -31,15 +32,14 @@ INT64_MIN, UINT64_END = -(2 ** 63), 2 ** 64
 # --------------------------------------------------------------------------- validation
 
 def _check_int(name: str, value, low: Optional[int] = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        try:
-            import numpy as np
-            if isinstance(value, np.integer):
-                value = int(value)
-        except ImportError:  # pragma: no cover
-            pass
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    # operator.index takes Python and numpy integers and refuses floats; bools are ints
+    # to Python but never a meaningful count or seed here.
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        value = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}") from None
     if low is not None and value < low:
         raise ValueError(f"{name} must be >= {low}, got {value}")
     return value
@@ -95,6 +95,13 @@ def _check_offset(offset, n: int) -> int:
     if offset + n >= 2 ** 63:
         raise ValueError(f"offset + n = {offset + n} overflows the int64 stream position")
     return offset
+
+
+def _check_moniqua(bits, rounding, modulus, what: str) -> float:
+    """The parameters every Moniqua op shares; returns the modulus as a float."""
+    _check_bits(bits, MONIQUA_BITS, what)
+    _check_rounding(rounding, bits)
+    return _check_modulus(modulus)
 
 
 def _check_float_tensor(name: str, t) -> torch.Tensor:
@@ -420,9 +427,7 @@ def moniqua_encode(x: torch.Tensor, modulus: float, bits: int = 1, rounding: str
     position offset + i.  check_finite=False skips the NaN/inf check (graph capture).
     """
     _check_float_tensor("x", x)
-    _check_bits(bits, MONIQUA_BITS, "moniqua_encode")
-    _check_rounding(rounding, bits)
-    modulus = _check_modulus(modulus)
+    modulus = _check_moniqua(bits, rounding, modulus, "moniqua_encode")
     seed = _check_seed(seed)
     offset = _check_offset(offset, x.numel())
     _check_finite("x", x, check_finite)
@@ -438,9 +443,7 @@ def moniqua_decode(payload: torch.Tensor, reference: torch.Tensor, modulus: floa
     For dither rounding (seed, offset) must be the sender's stream.
     """
     _check_float_tensor("reference", reference)
-    _check_bits(bits, MONIQUA_BITS, "moniqua_decode")
-    _check_rounding(rounding, bits)
-    modulus = _check_modulus(modulus)
+    modulus = _check_moniqua(bits, rounding, modulus, "moniqua_decode")
     seed = _check_seed(seed)
     offset = _check_offset(offset, reference.numel())
     _check_payload("payload", payload, reference.numel(), bits, reference.device)
@@ -461,9 +464,7 @@ def moniqua_mix_(x: torch.Tensor, payloads: Sequence[torch.Tensor], weights: Seq
     by the own payload's (len(payloads) + 1 entries; default all 0).  Returns x.
     """
     _check_float_tensor("x", x)
-    _check_bits(bits, MONIQUA_BITS, "moniqua_mix_")
-    _check_rounding(rounding, bits)
-    modulus = _check_modulus(modulus)
+    modulus = _check_moniqua(bits, rounding, modulus, "moniqua_mix_")
     payloads = list(payloads)
     weights = [float(w) for w in weights]
     if len(weights) != len(payloads):

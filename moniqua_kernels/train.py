@@ -114,8 +114,7 @@ def _check_args(p: argparse.ArgumentParser, args) -> None:
 def _dataset(args):
     from . import data
     if args.dataset != "cifar10":
-        ds = data.load(args.dataset, args.seed)
-        return ds
+        return data.load(args.dataset, args.seed)
     from . import cifar10
     x_train, y_train = cifar10.load(args.data_dir, train=True)
     x_test, y_test = cifar10.load(args.data_dir, train=False)
