@@ -35,11 +35,14 @@ def native_extensions():
         # The kernels (*.cu, torch-free) and their torch binding (*.cpp).
         sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
         sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cpp")))
+        nvcc_flags = ["-O3", "-std=c++17", "--fmad=false"]
+        if os.environ.get("MONIQUA_PTXAS_VERBOSE", "0") == "1":  # register/spill report
+            nvcc_flags.append("-Xptxas=-v")
         ext = cpp_extension.CUDAExtension(
             "moniqua_kernels._C", sources, include_dirs=include_dirs,
             define_macros=[("MONIQUA_WITH_CUDA", "1")],
             extra_compile_args={"cxx": cxx_flags,
-                                "nvcc": ["-O3", "-std=c++17", "--fmad=false"]},
+                                "nvcc": nvcc_flags},
             extra_link_args=["-fopenmp"])
     else:
         ext = cpp_extension.CppExtension(

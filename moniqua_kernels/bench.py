@@ -1,20 +1,27 @@
 """Microbenchmarks of the compression ops (DESIGN.md section 10).
 
-For each op (Moniqua encode, decode, mix with 2 neighbours, QSGD encode, scaled sign
-encode) x bits x dtype x size, time every backend that can serve the op on the device
-(``mk.available``; the reason is recorded for the others) and the baselines:
+For each op x bits x rounding x dtype x size, every provider below is timed side by
+side in one run, and each provider that cannot run is recorded with its reason:
 
-  eager      the reference function called directly (plain torch)
-  compile    torch.compile(reference function)
-  copy       y.copy_(x) on the op's input: the machine's copy bandwidth, same run
-  numpy      numpy.packbits(x < 0) (CPU, beside scaled sign)
-  cupy       sign -> bool -> cupy.packbits (GPU, beside scaled sign, if cupy imports)
+  <backend>       the kernel alone: the backend's registered implementation called
+                  directly on prepared inputs (reference, cpu, cuda, triton)
+  public          the public op with its default arguments (auto backend, the default
+                  finite check): what a user's call costs
+  eager           the reference function called directly (plain torch)
+  compile         torch.compile(reference function)
+  torch           the obvious torch code a user would write (torch.rand dither,
+                  shift-and-sum packing): same work, not the same bytes
+  torch-compile   torch.compile of that code
+  copy            y.copy_(x) on the op's input: the copy bandwidth of the same run
+  numpy.packbits  numpy.packbits(x < 0) (CPU, beside scaled sign)
+  cupy.packbits   sign -> bool -> cupy.packbits (GPU, beside scaled sign)
 
 Bandwidth = (bytes the op must read + bytes it must write) / median time.  GPU timing is
 ``triton.testing.do_bench`` (median, L2 flushed between runs); CPU timing is
 ``torch.utils.benchmark`` (median of blocked_autorange, thread count recorded).  The
-ops run through the public API with ``check_finite=False``: the finite check is a
-separate reduction plus a host read, not part of the kernel being measured.
+baselines (eager, compile, torch, torch-compile) run only at --baseline-sizes: they are
+slow and compiling them costs seconds each.  --budget-s stops timing when the budget is
+spent (the rows left over say so), so a run on a lent GPU always returns.
 
 Results: ``<out>/ops_<device>[-quick].{json,md,png}`` (default out:
 benchmarks/results under the current folder).  Run ``python -m moniqua_kernels bench
@@ -31,6 +38,7 @@ import platform
 import re
 import subprocess
 import sys
+import time
 import warnings
 from pathlib import Path
 from typing import Callable, Optional
@@ -40,98 +48,180 @@ import torch
 import moniqua_kernels as mk
 from moniqua_kernels import backends
 from moniqua_kernels.reference import moniqua as ref_moniqua
+from moniqua_kernels.reference import philox as ref_philox
 from moniqua_kernels.reference import qsgd as ref_qsgd
 from moniqua_kernels.reference import sign as ref_sign
 from moniqua_kernels.reference.packing import packed_nbytes
 
-OPS = ("moniqua_encode", "moniqua_decode", "moniqua_mix", "qsgd_encode", "sign_encode")
+OPS = ("moniqua_encode", "moniqua_decode", "moniqua_mix", "qsgd_encode", "sign_encode",
+       "philox_uniform")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-MODULUS, ROUNDING, SEED, OFFSET = 2.0, "dither", 1234, 0
+ROUNDINGS = ("dither", "nearest", "stochastic")
+MODULUS, SEED, OFFSET = 2.0, 1234, 0
 QSGD_BUCKET = 512
 MIX_WEIGHTS, MIX_GAMMA = (1 / 3, 1 / 3), 1.0
-# The public op name behind each benchmark (what the backend registry is asked about).
+# The registered op behind each benchmark (what the backend registry is asked about).
 REGISTRY_OP = {"moniqua_encode": "moniqua_encode", "moniqua_decode": "moniqua_decode",
                "moniqua_mix": "moniqua_mix_", "qsgd_encode": "qsgd_encode",
-               "sign_encode": "sign_encode"}
+               "sign_encode": "sign_encode", "philox_uniform": "philox_uniform"}
+MONIQUA_OPS = ("moniqua_encode", "moniqua_decode", "moniqua_mix")
 
-QUICK = {"sizes": [1 << 16], "bits": [1, 8], "dtypes": ["fp32"], "compile": False}
-FULL_GPU = {"sizes": [1 << k for k in range(10, 29, 2)], "bits": [1, 2, 4, 8],
-            "dtypes": ["fp32", "bf16"], "compile": True}
+QUICK = {"sizes": [1 << 16], "bits": [1, 8], "dtypes": ["fp32"], "roundings": ["dither"],
+         "compile": False}
+FULL_GPU = {"sizes": [1 << k for k in range(20, 29, 2)], "bits": [1, 2, 4, 8],
+            "dtypes": ["fp32", "bf16"], "roundings": ["dither", "nearest"], "compile": True,
+            "baseline_sizes": [1 << 26]}
 # CPU: the eager reference needs ~seconds per call above 2^22 elements.
 FULL_CPU = {"sizes": [1 << k for k in range(10, 23, 4)], "bits": [1, 2, 4, 8],
-            "dtypes": ["fp32", "bf16"], "compile": True}
+            "dtypes": ["fp32", "bf16"], "roundings": ["dither"], "compile": True}
+
+
+# ------------------------------------------------------------- the obvious torch code
+
+def _torch_pack(codes: torch.Tensor, bits: int) -> torch.Tensor:
+    per = 8 // bits
+    codes = torch.nn.functional.pad(codes, (0, (-codes.numel()) % per)).view(-1, per)
+    shifts = torch.arange(per, device=codes.device, dtype=codes.dtype) * bits
+    return (codes << shifts).sum(1).to(torch.uint8)
+
+
+def _torch_unpack(payload: torch.Tensor, bits: int, n: int) -> torch.Tensor:
+    per = 8 // bits
+    shifts = torch.arange(per, device=payload.device, dtype=torch.int32) * bits
+    return ((payload.int()[:, None] >> shifts) & ((1 << bits) - 1)).view(-1)[:n]
+
+
+def torch_moniqua_encode(x, modulus, bits):
+    """What a user would write: remainder, torch.rand dither, shift-and-sum packing."""
+    z = torch.remainder(x.float() / modulus, 1.0)
+    codes = torch.floor(z * (1 << bits) + torch.rand_like(z)).int() % (1 << bits)
+    return _torch_pack(codes, bits)
+
+
+def _torch_decoded(payload, yf, modulus, bits):
+    k = _torch_unpack(payload, bits, yf.numel()).float()
+    zh = (k + 0.5 - torch.rand_like(yf)) / (1 << bits)
+    a = zh * modulus - yf
+    return yf + a - modulus * torch.round(a / modulus)
+
+
+def torch_moniqua_decode(payload, y, modulus, bits):
+    return _torch_decoded(payload, y.float(), modulus, bits).to(y.dtype)
+
+
+def torch_moniqua_mix_(x, payloads, weights, own, modulus, bits, gamma):
+    xf = x.float()
+    d_self = _torch_decoded(own, xf, modulus, bits)
+    acc = sum(w * (_torch_decoded(p, xf, modulus, bits) - d_self)
+              for p, w in zip(payloads, weights))
+    x.copy_(xf + gamma * acc)
+
+
+def torch_sign_encode(x):
+    return x.abs().float().mean(), _torch_pack((x < 0).int(), 1)
 
 
 # ----------------------------------------------------------------------------- cases
 
 class Case:
-    """One (op, bits, dtype, n): inputs, the bytes the op must move, and callables."""
+    """One (op, bits, rounding, dtype, n): inputs, the bytes the op must move, callables."""
 
-    def __init__(self, op: str, bits: int, dtype: torch.dtype, n: int, device: str):
-        self.op, self.bits, self.dtype, self.n, self.device = op, bits, dtype, n, device
+    def __init__(self, op: str, bits: int, rounding: str, dtype: torch.dtype, n: int,
+                 device: str):
+        self.op, self.bits, self.rounding, self.dtype, self.n, self.device = (
+            op, bits, rounding, dtype, n, device)
         g = torch.Generator(device="cpu").manual_seed(n)
         self.x = torch.randn(n, generator=g).to(device=device, dtype=dtype)
         esize = self.x.element_size()
         nb = packed_nbytes(n, bits)
-        with mk.use_backend("reference"):
-            if op in ("moniqua_decode", "moniqua_mix"):
-                self.y = (self.x.float() + 0.1).to(dtype)
-                self.payloads = [mk.moniqua_encode(self.x + 0.05 * j, MODULUS, bits, ROUNDING,
+        if op in ("moniqua_decode", "moniqua_mix"):
+            self.y = (self.x.float() + 0.1).to(dtype)
+            with mk.use_backend("reference"):
+                self.payloads = [mk.moniqua_encode(self.x + 0.05 * j, MODULUS, bits, rounding,
                                                    SEED + j, OFFSET, check_finite=False)
                                  for j in range(3)]
-        if op == "moniqua_encode":
-            self.nbytes = n * esize + nb
-        elif op == "moniqua_decode":
-            self.nbytes = nb + 2 * n * esize  # payload and y in, decoded values out
-        elif op == "moniqua_mix":
-            self.nbytes = 3 * nb + 2 * n * esize  # 2 neighbours + own payload, x in and out
-        elif op == "qsgd_encode":
-            self.nbytes = n * esize + nb + 4 * math.ceil(n / QSGD_BUCKET)
-        elif op == "sign_encode":
-            self.nbytes = n * esize + nb + 4
-        else:
-            raise ValueError(f"unknown op {op!r}; choose from {', '.join(OPS)}")
+        self.nbytes = {
+            "moniqua_encode": n * esize + nb,
+            "moniqua_decode": nb + 2 * n * esize,   # payload and y in, decoded values out
+            "moniqua_mix": 3 * nb + 2 * n * esize,  # 2 neighbours + own payload, x in/out
+            "qsgd_encode": n * esize + nb + 4 * math.ceil(n / QSGD_BUCKET),
+            "sign_encode": n * esize + nb + 4,
+            "philox_uniform": 4 * n,
+        }[op]
+
+    def _args(self, x=None):
+        """The registered op's arguments (the reference's signature) for this case."""
+        b, r = self.bits, self.rounding
+        if self.op == "moniqua_encode":
+            return (self.x, MODULUS, b, r, SEED, OFFSET)
+        if self.op == "moniqua_decode":
+            return (self.payloads[0], self.y, MODULUS, b, r, SEED, OFFSET)
+        if self.op == "moniqua_mix":
+            return (x, self.payloads[:2], list(MIX_WEIGHTS), self.payloads[2], MODULUS, b, r,
+                    MIX_GAMMA, [SEED] * 3, [OFFSET] * 3)
+        if self.op == "qsgd_encode":
+            return (self.x, b, QSGD_BUCKET, "max", SEED, OFFSET)
+        if self.op == "sign_encode":
+            return (self.x,)
+        return (self.n, SEED, OFFSET, self.x.device)
+
+    def kernel(self, fn: Callable) -> Callable[[], object]:
+        """A backend's registered implementation called directly: the kernel alone."""
+        if self.op == "moniqua_mix":
+            xm = self.x.clone()
+            args = self._args(xm)
+            return lambda: fn(*args)
+        args = self._args()
+        return lambda: fn(*args)
 
     def public(self) -> Callable[[], object]:
-        """The op through the public API (the backend in force serves it)."""
-        x, b = self.x, self.bits
+        """The public op with its default arguments (auto backend, finite check on)."""
+        x, b, r = self.x, self.bits, self.rounding
         if self.op == "moniqua_encode":
-            return lambda: mk.moniqua_encode(x, MODULUS, b, ROUNDING, SEED, OFFSET,
-                                             check_finite=False)
+            return lambda: mk.moniqua_encode(x, MODULUS, bits=b, rounding=r, seed=SEED)
         if self.op == "moniqua_decode":
             p, y = self.payloads[0], self.y
-            return lambda: mk.moniqua_decode(p, y, MODULUS, b, ROUNDING, SEED, OFFSET,
-                                             check_finite=False)
+            return lambda: mk.moniqua_decode(p, y, MODULUS, bits=b, rounding=r, seed=SEED)
         if self.op == "moniqua_mix":
-            xm = x.clone()
-            return lambda: mk.moniqua_mix_(xm, self.payloads[:2], MIX_WEIGHTS, self.payloads[2],
-                                           MODULUS, b, ROUNDING, MIX_GAMMA, [SEED] * 3,
-                                           [OFFSET] * 3, check_finite=False)
+            xm, p = x.clone(), self.payloads
+            return lambda: mk.moniqua_mix_(xm, p[:2], MIX_WEIGHTS, p[2], MODULUS, bits=b,
+                                           rounding=r, gamma=MIX_GAMMA, seeds=[SEED] * 3,
+                                           offsets=[OFFSET] * 3)
         if self.op == "qsgd_encode":
-            return lambda: mk.qsgd_encode(x, b, QSGD_BUCKET, "max", SEED, OFFSET,
-                                          check_finite=False)
-        return lambda: mk.sign_encode(x, check_finite=False)
+            return lambda: mk.qsgd_encode(x, bits=b, seed=SEED)
+        if self.op == "sign_encode":
+            return lambda: mk.sign_encode(x)
+        return lambda: mk.philox_uniform(self.n, SEED, device=x.device)
 
     def reference(self, wrap=lambda f: f) -> Callable[[], object]:
         """The reference function called directly; wrap=torch.compile for 'compile'."""
-        x, b = self.x, self.bits
-        if self.op == "moniqua_encode":
-            f = wrap(ref_moniqua.moniqua_encode)
-            return lambda: f(x, MODULUS, b, ROUNDING, SEED, OFFSET)
-        if self.op == "moniqua_decode":
-            f = wrap(ref_moniqua.moniqua_decode)
-            p, y = self.payloads[0], self.y
-            return lambda: f(p, y, MODULUS, b, ROUNDING, SEED, OFFSET)
-        if self.op == "moniqua_mix":
-            f = wrap(ref_moniqua.moniqua_mix_)
-            xm = x.clone()
-            return lambda: f(xm, self.payloads[:2], list(MIX_WEIGHTS), self.payloads[2],
-                             MODULUS, b, ROUNDING, MIX_GAMMA, [SEED] * 3, [OFFSET] * 3)
-        if self.op == "qsgd_encode":
-            f = wrap(ref_qsgd.qsgd_encode)
-            return lambda: f(x, b, QSGD_BUCKET, "max", SEED, OFFSET)
-        f = wrap(ref_sign.sign_encode)
-        return lambda: f(x)
+        f = wrap({"moniqua_encode": ref_moniqua.moniqua_encode,
+                  "moniqua_decode": ref_moniqua.moniqua_decode,
+                  "moniqua_mix": ref_moniqua.moniqua_mix_,
+                  "qsgd_encode": ref_qsgd.qsgd_encode,
+                  "sign_encode": ref_sign.sign_encode,
+                  "philox_uniform": ref_philox.philox_uniform}[self.op])
+        args = self._args(self.x.clone() if self.op == "moniqua_mix" else None)
+        return lambda: f(*args)
+
+    def obvious(self, wrap=lambda f: f) -> tuple[Optional[Callable], Optional[str]]:
+        """The obvious torch code for the op (or None and why there is none)."""
+        b, x = self.bits, self.x
+        if self.op == "moniqua_encode" and self.rounding != "nearest":
+            f = wrap(torch_moniqua_encode)
+            return (lambda: f(x, MODULUS, b)), None
+        if self.op == "moniqua_decode" and self.rounding == "dither":
+            f, p, y = wrap(torch_moniqua_decode), self.payloads[0], self.y
+            return (lambda: f(p, y, MODULUS, b)), None
+        if self.op == "moniqua_mix" and self.rounding == "dither":
+            f, xm, p = wrap(torch_moniqua_mix_), x.clone(), self.payloads
+            return (lambda: f(xm, p[:2], MIX_WEIGHTS, p[2], MODULUS, b, MIX_GAMMA)), None
+        if self.op == "sign_encode":
+            f = wrap(torch_sign_encode)
+            return (lambda: f(x)), None
+        if self.op == "philox_uniform":
+            return (lambda: torch.rand(self.n, device=x.device)), None
+        return None, "no obvious-torch version of this op and rounding in the harness"
 
     def copy(self) -> Callable[[], object]:
         dst = torch.empty_like(self.x)
@@ -144,11 +234,17 @@ class Case:
 
 
 def op_bits(op: str, bits: list[int]) -> list[int]:
-    if op == "sign_encode":
+    if op in ("sign_encode", "philox_uniform"):
         return [1]
     if op == "qsgd_encode":
         return [b for b in bits if b in (2, 4, 8)]
     return [b for b in bits if b in (1, 2, 4, 8)]
+
+
+def op_roundings(op: str, bits: int, roundings: list[str]) -> list[str]:
+    if op not in MONIQUA_OPS:
+        return ["-"]
+    return [r for r in roundings if not (r == "stochastic" and bits == 1)]
 
 
 # ---------------------------------------------------------------------------- timing
@@ -158,7 +254,7 @@ def time_median(fn: Callable[[], object], device: str, quick: bool) -> float:
     fn()  # warm-up: compilation, autotuning, allocator
     if device == "cuda":
         import triton.testing
-        return triton.testing.do_bench(fn, warmup=5 if quick else 25, rep=20 if quick else 100,
+        return triton.testing.do_bench(fn, warmup=5 if quick else 10, rep=20 if quick else 40,
                                        return_mode="median") * 1e-3
     from torch.utils import benchmark
     timer = benchmark.Timer(stmt="fn()", globals={"fn": fn},
@@ -183,7 +279,8 @@ def _cupy_packbits(case: Case) -> tuple[Optional[Callable], Optional[str]]:
     return (lambda: cupy.packbits(cupy.from_dlpack(torch.sign(x) < 0), bitorder="little")), None
 
 
-def providers(case: Case, device: str, use_compile: bool, include_interpreter: bool):
+def providers(case: Case, device: str, use_compile: bool, include_interpreter: bool,
+              baselines: bool):
     """(name, callable or None, reason when None) for every provider of a case."""
     rows = []
     op = REGISTRY_OP[case.op]
@@ -191,19 +288,30 @@ def providers(case: Case, device: str, use_compile: bool, include_interpreter: b
         if reason is None and name == "triton" and device == "cpu" and not include_interpreter:
             reason = ("TRITON_INTERPRET=1 runs Triton through a numpy interpreter on CPU: "
                       "its timing means nothing (pass --include-interpreter to time it)")
+        if reason is None and name == "reference" and baselines:
+            reason = "timed as 'eager' (the same function)"
+        if reason is None and name == "reference" and not baselines:
+            reason = "the reference runs only at --baseline-sizes"
         if reason is None:
-            def run(fn=case.public(), name=name):
-                with mk.use_backend(name):
-                    return fn()
-            rows.append((name, run, None))
+            rows.append((name, case.kernel(backends._BACKENDS[name].ops()[op]), None))
         else:
             rows.append((name, None, reason))
-    rows.append(("eager", case.reference(), None))
-    if use_compile:
-        rows.append(("compile", case.reference(wrap=torch.compile), None))
+    rows.append(("public", case.public(), None))
+    not_here = "not run at this size: baselines run only at --baseline-sizes"
+    no_compile = "not run: --quick or --no-compile (compiling takes seconds per case)"
+    if baselines:
+        rows.append(("eager", case.reference(), None))
+        rows.append(("compile", case.reference(wrap=torch.compile), None) if use_compile
+                    else ("compile", None, no_compile))
+        fn, reason = case.obvious()
+        rows.append(("torch", fn, reason))
+        if fn is not None and use_compile:
+            fn, reason = case.obvious(wrap=torch.compile)
+        elif fn is not None:
+            fn, reason = None, no_compile
+        rows.append(("torch-compile", fn, reason))
     else:
-        rows.append(("compile", None, "not run: --quick or --no-compile (compiling takes "
-                                      "longer than the quick budget)"))
+        rows += [(name, None, not_here) for name in ("eager", "compile", "torch", "torch-compile")]
     rows.append(("copy", case.copy(), None))
     if case.op == "sign_encode":
         fn, reason = _numpy_packbits(case) if device == "cpu" else _cupy_packbits(case)
@@ -261,7 +369,8 @@ def add_ratios(results: list[dict]) -> None:
     """Per case: fraction of the copy bandwidth, speed-up over eager and compile."""
     by_case: dict[tuple, dict[str, dict]] = {}
     for r in results:
-        by_case.setdefault((r["op"], r["bits"], r["dtype"], r["n"]), {})[r["provider"]] = r
+        key = (r["op"], r["bits"], r["rounding"], r["dtype"], r["n"])
+        by_case.setdefault(key, {})[r["provider"]] = r
     for rows in by_case.values():
         copy, eager, comp = (rows.get(k, {}).get("seconds") for k in ("copy", "eager", "compile"))
         for r in rows.values():
@@ -288,15 +397,16 @@ def markdown(env: dict, results: list[dict]) -> str:
              f"{_fmt(env['load_avg_1m'], '.1f')})",
              "- GB/s = (bytes the op must read + write) / median time; % copy = that over the "
              "bandwidth of `y.copy_(x)` (2 x the input's bytes / its time) in the same run", "",
-             "| op | bits | dtype | n | provider | median us | GB/s | % copy | x eager | "
-             "x compile |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "| op | bits | rounding | dtype | n | provider | median us | GB/s | % copy | "
+             "x eager | x compile |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     skipped = {}
     for r in results:
         if r.get("seconds") is None:
             skipped.setdefault((r["provider"], r["reason"]), []).append(r["op"])
             continue
         pct = _fmt(r["frac_of_copy"] and 100 * r["frac_of_copy"], ".0f")
-        lines.append(f"| {r['op']} | {r['bits']} | {r['dtype']} | {r['n']} | {r['provider']} | "
+        lines.append(f"| {r['op']} | {r['bits']} | {r['rounding']} | {r['dtype']} | {r['n']} | "
+                     f"{r['provider']} | "
                      f"{r['seconds'] * 1e6:.1f} | {r['gbps']:.2f} | {pct} | "
                      f"{_fmt(r['x_eager'], '.2f')} | {_fmt(r['x_compile'], '.2f')} |")
     if skipped:
@@ -321,8 +431,8 @@ def plot(env: dict, results: list[dict], path: Path) -> bool:
         rows = [r for r in results if r["op"] == op and r.get("seconds") is not None]
         if not rows:
             continue
-        bits, dtype = rows[0]["bits"], rows[0]["dtype"]
-        rows = [r for r in rows if r["bits"] == bits and r["dtype"] == dtype]
+        bits, rounding, dtype = rows[0]["bits"], rows[0]["rounding"], rows[0]["dtype"]
+        rows = [r for r in rows if (r["bits"], r["rounding"], r["dtype"]) == (bits, rounding, dtype)]
         for provider in dict.fromkeys(r["provider"] for r in rows):
             pts = sorted((r["n"], r["gbps"]) for r in rows if r["provider"] == provider)
             style = dict(color="black", linestyle="--") if provider == "copy" else {}
@@ -330,7 +440,7 @@ def plot(env: dict, results: list[dict], path: Path) -> bool:
                     **style)
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
-        ax.set_title(f"{op} ({bits}-bit, {dtype})", fontsize=9)
+        ax.set_title(f"{op} ({bits}-bit {rounding}, {dtype})", fontsize=9)
         ax.set_xlabel("elements")
         ax.set_ylabel("GB/s")
         ax.legend(fontsize=7)
@@ -352,6 +462,13 @@ def parse_args(argv):
     p.add_argument("--ops", type=str, help=f"comma list from {','.join(OPS)}")
     p.add_argument("--bits", type=str, help="comma list from 1,2,4,8")
     p.add_argument("--dtypes", type=str, help=f"comma list from {','.join(DTYPES)}")
+    p.add_argument("--roundings", type=str,
+                   help=f"comma list from {','.join(ROUNDINGS)} (Moniqua ops)")
+    p.add_argument("--baseline-sizes", type=str,
+                   help="sizes at which eager, compile, torch and torch-compile run, or "
+                        "'none' (default: every size on CPU, 2^26 on GPU)")
+    p.add_argument("--budget-s", type=float, default=None,
+                   help="stop timing after this many seconds; the rows left say so")
     p.add_argument("--backends", type=str,
                    help="comma list of backends to time (default: every available one)")
     p.add_argument("--device", choices=("cpu", "cuda"),
@@ -366,12 +483,15 @@ def parse_args(argv):
     p.add_argument("--out", type=Path, default=Path("benchmarks") / "results")
     args = p.parse_args(argv)
     try:
-        for name in ("sizes", "bits"):
-            if getattr(args, name):
+        for name in ("sizes", "bits", "baseline_sizes"):
+            if getattr(args, name) and getattr(args, name) != "none":
                 _int_list(getattr(args, name))
     except ValueError:
-        p.error(f"--{name} takes a comma list of integers or 2^k, got {getattr(args, name)!r}")
-    for name, allowed in (("ops", OPS), ("dtypes", tuple(DTYPES))):
+        p.error(f"--{name.replace('_', '-')} takes a comma list of integers or 2^k, got "
+                f"{getattr(args, name)!r}")
+    if args.budget_s is not None and not args.budget_s > 0:
+        p.error(f"--budget-s must be > 0, got {args.budget_s}")
+    for name, allowed in (("ops", OPS), ("dtypes", tuple(DTYPES)), ("roundings", ROUNDINGS)):
         for item in (getattr(args, name) or "").split(","):
             if item and item not in allowed:
                 p.error(f"unknown {name[:-1]} {item!r} in --{name}; choose from "
@@ -398,44 +518,33 @@ def main(argv=None) -> dict:
     sizes = _int_list(args.sizes) if args.sizes else base["sizes"]
     bits = _int_list(args.bits) if args.bits else base["bits"]
     dtypes = args.dtypes.split(",") if args.dtypes else base["dtypes"]
+    roundings = args.roundings.split(",") if args.roundings else base["roundings"]
     ops = args.ops.split(",") if args.ops else list(OPS)
     use_compile = base["compile"] if args.compile is None else args.compile
+    if args.baseline_sizes == "none":
+        baseline_sizes = []
+    else:
+        baseline_sizes = (_int_list(args.baseline_sizes) if args.baseline_sizes
+                          else base.get("baseline_sizes", sizes))
     wanted = set(args.backends.split(",")) if args.backends else None
+    deadline = time.monotonic() + args.budget_s if args.budget_s else None
 
     env = environment(device)
     results = []
     for op in ops:
         for b in op_bits(op, bits):
-            for dname in dtypes:
-                for n in sizes:
-                    case = Case(op, b, DTYPES[dname], n, device)
-                    for name, fn, reason in providers(case, device, use_compile,
-                                                      args.include_interpreter):
-                        if wanted is not None and name in backends.BACKEND_NAMES \
-                                and name not in wanted:
-                            continue
-                        nbytes = case.copy_nbytes if name == "copy" else case.nbytes
-                        row = {"op": op, "bits": b, "dtype": dname, "n": n, "provider": name,
-                               "bytes": nbytes}
-                        if fn is not None:
-                            try:
-                                sec = time_median(fn, device, args.quick)
-                                row.update(seconds=sec, gbps=nbytes / sec / 1e9)
-                            except Exception as exc:  # a provider failing is a result too
-                                row.update(seconds=None, reason=f"failed: {type(exc).__name__}: "
-                                                                f"{exc}"[:300])
-                        else:
-                            row.update(seconds=None, reason=reason)
-                        results.append(row)
-                        if fn is not None and row.get("seconds"):
-                            print(f"{op:15s} {b}b {dname} n={n:<10d} {name:15s} "
-                                  f"{row['seconds'] * 1e6:10.1f} us {row['gbps']:8.2f} GB/s",
-                                  flush=True)
+            for rounding in op_roundings(op, b, roundings):
+                for dname in dtypes:
+                    for n in sizes:
+                        results += _time_case(op, b, rounding, dname, n, device, args,
+                                              use_compile, n in baseline_sizes, wanted,
+                                              deadline)
     add_ratios(results)
     doc = {"environment": env, "config": {"sizes": sizes, "bits": bits, "dtypes": dtypes,
-                                          "ops": ops, "quick": args.quick,
-                                          "compile": use_compile, "modulus": MODULUS,
-                                          "rounding": ROUNDING, "qsgd_bucket": QSGD_BUCKET},
+                                          "roundings": roundings, "ops": ops,
+                                          "quick": args.quick, "compile": use_compile,
+                                          "baseline_sizes": baseline_sizes,
+                                          "modulus": MODULUS, "qsgd_bucket": QSGD_BUCKET},
            "results": results}
     args.out.mkdir(parents=True, exist_ok=True)
     tag = device if device == "cpu" else re.sub(r"[^A-Za-z0-9]+", "_", env["device_name"])
@@ -447,6 +556,45 @@ def main(argv=None) -> dict:
         doc["files"].append(str(stem.with_suffix(".png")))
     print("wrote " + ", ".join(doc["files"]))
     return doc
+
+
+def _time_case(op, b, rounding, dname, n, device, args, use_compile, baselines, wanted,
+               deadline) -> list[dict]:
+    """The rows of one case: every provider timed, or the reason it was not."""
+    rows = []
+    head = {"op": op, "bits": b, "rounding": rounding, "dtype": dname, "n": n}
+    if deadline is not None and time.monotonic() > deadline:
+        return [dict(head, provider="*", bytes=None, seconds=None,
+                     reason="not run: --budget-s spent")]
+    try:
+        case = Case(op, b, rounding, DTYPES[dname], n, device)
+    except torch.OutOfMemoryError as exc:
+        return [dict(head, provider="*", bytes=None, seconds=None,
+                     reason=f"inputs do not fit: {exc}"[:300])]
+    for name, fn, reason in providers(case, device, use_compile, args.include_interpreter,
+                                      baselines):
+        if wanted is not None and name in backends.BACKEND_NAMES and name not in wanted:
+            continue
+        nbytes = case.copy_nbytes if name == "copy" else case.nbytes
+        row = dict(head, provider=name, bytes=nbytes)
+        if fn is not None and deadline is not None and time.monotonic() > deadline:
+            fn, reason = None, "not run: --budget-s spent"
+        if fn is not None:
+            try:
+                sec = time_median(fn, device, args.quick)
+                row.update(seconds=sec, gbps=nbytes / sec / 1e9)
+            except Exception as exc:  # a provider failing is a result too
+                row.update(seconds=None, reason=f"failed: {type(exc).__name__}: {exc}"[:300])
+        else:
+            row.update(seconds=None, reason=reason)
+        rows.append(row)
+        if row.get("seconds"):
+            print(f"{op:15s} {b}b {rounding:10s} {dname} n={n:<10d} {name:15s} "
+                  f"{row['seconds'] * 1e6:10.1f} us {row['gbps']:8.2f} GB/s", flush=True)
+    del case
+    if device == "cuda":
+        torch.cuda.empty_cache()
+    return rows
 
 
 if __name__ == "__main__":

@@ -1,0 +1,128 @@
+"""Launch-shape sweep of the Triton Moniqua kernels on a GPU (block size x warps).
+
+The kernels' BLOCK (elements per program) and num_warps were chosen without a GPU
+(triton/_common.py).  This times the compiled kernels themselves, launched directly with
+each shape, at one size that fills the chip, beside y.copy_(x) in the same run, and
+checks every shape's bytes against the default shape's (a shape must not change the
+result).  Output: a JSON file and a Markdown table; the table also prints.
+
+    python benchmarks/gpu_tuning.py --out OUTDIR [--n 2^26] [--budget-s 60]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+import triton
+import triton.testing
+
+from moniqua_kernels.reference.packing import packed_nbytes
+from moniqua_kernels.triton import _common as common
+from moniqua_kernels.triton import moniqua as tm
+
+SHAPES = ((1024, 4), (2048, 8), (4096, 8), (4096, 16), (8192, 16))
+B, SEED, OFFSET = 2.0, 1234, 0
+
+
+def launch(op, x, payloads, bits, rounding, block, warps):
+    """One launch of op's kernel with the given shape: (output, compiled kernel)."""
+    n = x.numel()
+    nbytes = packed_nbytes(n, bits)
+    b32, inv_b = tm._constants(B)
+    r = common.ROUNDING_IDS[rounding]
+    grid = (triton.cdiv(n, block),)
+    opts = {"num_warps": warps, "enable_fp_fusion": False}
+    if op == "encode":
+        out = torch.empty(nbytes, dtype=torch.uint8, device=x.device)
+        k = tm._moniqua_encode_kernel[grid](x, out, n, nbytes, inv_b, SEED, OFFSET, BITS=bits,
+                                            ROUNDING=r, BLOCK=block, **opts)
+        return out, k
+    if op == "decode":
+        out = torch.empty_like(x)
+        k = tm._moniqua_decode_kernel[grid](payloads[0], x, out, n, nbytes, b32, inv_b, SEED,
+                                            OFFSET, BITS=bits, ROUNDING=r, BLOCK=block, **opts)
+        return out, k
+    xm = x.clone()
+    k = tm._moniqua_mix_kernel[grid](xm, tuple(payloads[:2]), (0.25, 0.25), payloads[2], n,
+                                     nbytes, b32, inv_b, 1.0, (SEED,) * 3, (OFFSET,) * 3,
+                                     BITS=bits, ROUNDING=r, BLOCK=block, **opts)
+    return xm, k
+
+
+def op_bytes(op, n, esize, bits):
+    nb = packed_nbytes(n, bits)
+    return {"encode": n * esize + nb, "decode": nb + 2 * n * esize,
+            "mix": 3 * nb + 2 * n * esize}[op]
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--n", type=str, default="2^26")
+    p.add_argument("--budget-s", type=float, default=90.0)
+    args = p.parse_args(argv)
+    n = 1 << int(args.n[2:]) if args.n.startswith("2^") else int(args.n)
+    deadline = time.monotonic() + args.budget_s
+    args.out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    # Most telling first (the budget may cut the tail): 1-bit dither in both dtypes,
+    # then 8-bit nearest (no Philox: the memory-bound case).
+    cases = [(op, dt, bits, r) for bits, r, dts in ((1, "dither", ("fp32", "bf16")),
+                                                    (8, "nearest", ("fp32",)))
+             for dt in dts for op in ("encode", "decode", "mix")]
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
+    for op, dname, bits, rounding in cases:
+        x = torch.randn(n, device="cuda").to(dtypes[dname])
+        payloads = [torch.randint(0, 256, (packed_nbytes(n, bits),), dtype=torch.uint8,
+                                  device="cuda") for _ in range(3)]
+        dst = torch.empty_like(x)
+        copy_ms = triton.testing.do_bench(lambda: dst.copy_(x), warmup=10, rep=40,
+                                          return_mode="median")
+        copy_gbps = 2 * n * x.element_size() / copy_ms / 1e6
+        want, _ = launch(op, x, payloads, bits, rounding, common.BLOCK, common.NUM_WARPS)
+        for block, warps in SHAPES:
+            row = {"op": op, "dtype": dname, "bits": bits, "rounding": rounding, "n": n,
+                   "block": block, "warps": warps, "copy_gbps": copy_gbps}
+            if time.monotonic() > deadline:
+                row["note"] = "not run: budget spent"
+                rows.append(row)
+                continue
+            try:
+                got, compiled = launch(op, x, payloads, bits, rounding, block, warps)
+                row["regs"] = getattr(compiled, "n_regs", None)
+                row["spills"] = getattr(compiled, "n_spills", None)
+                row["same_bytes"] = bool(torch.equal(got.view(torch.uint8),
+                                                     want.view(torch.uint8)))
+                ms = triton.testing.do_bench(
+                    lambda: launch(op, x, payloads, bits, rounding, block, warps),
+                    warmup=10, rep=40, return_mode="median")
+                gbps = op_bytes(op, n, x.element_size(), bits) / ms / 1e6
+                row.update(us=ms * 1e3, gbps=gbps, pct_copy=100 * gbps / copy_gbps)
+            except Exception as exc:
+                row["note"] = f"failed: {type(exc).__name__}: {exc}"[:300]
+            rows.append(row)
+        del x, payloads, dst
+        torch.cuda.empty_cache()
+    name = torch.cuda.get_device_name()
+    (args.out / "triton_tuning.json").write_text(json.dumps(
+        {"device": name, "triton": triton.__version__, "torch": torch.__version__,
+         "rows": rows}, indent=1))
+    lines = [f"# Triton launch shapes on {name} (n = {n}, medians)", "",
+             "| op | dtype | bits | rounding | BLOCK | warps | regs | us | GB/s | % copy | "
+             "same bytes |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['op']} | {r['dtype']} | {r['bits']} | {r['rounding']} | "
+                     f"{r['block']} | {r['warps']} | {r.get('regs')}/{r.get('spills')} | "
+                     f"{r.get('us', 0):.1f} | "
+                     f"{r.get('gbps', 0):.0f} | {r.get('pct_copy', 0):.0f} | "
+                     f"{r.get('same_bytes', r.get('note', ''))} |")
+    text = "\n".join(lines) + "\n"
+    (args.out / "triton_tuning.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

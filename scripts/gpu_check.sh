@@ -1,0 +1,200 @@
+#!/usr/bin/env bash
+# One prepared GPU run: environment, extension build, GPU tests, benchmark sweep, launch-
+# shape sweep, Nsight Compute profile, and a summary printed last.  Never stops at the
+# first failure: every phase runs under its own timeout and logs into OUTDIR, and the
+# whole run keeps to a global budget (default 400 s), so it returns inside a lease.
+#
+#   bash scripts/gpu_check.sh [--dry-run] [--budget SECONDS] [OUTDIR]
+#
+# --dry-run: the same script on a machine without a GPU (CI does this): the CUDA phases
+# print why they are skipped, the benchmark runs on the CPU at a tiny size.
+# Nothing is downloaded (the GPU machine has no network): the extension is built with
+# pip --no-build-isolation --no-deps against the torch installed there.
+set -uo pipefail
+
+DRY=0
+BUDGET=400
+OUTDIR=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --dry-run) DRY=1 ;;
+    --budget) BUDGET=$2; shift ;;
+    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+    -*) echo "gpu_check.sh: unknown option $1" >&2; exit 2 ;;
+    *) OUTDIR=$1 ;;
+  esac
+  shift
+done
+case "$BUDGET" in ''|*[!0-9]*) echo "gpu_check.sh: --budget takes whole seconds" >&2; exit 2 ;; esac
+
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+OUTDIR=${OUTDIR:-$ROOT/gpu_check_out}
+mkdir -p "$OUTDIR" || exit 2
+OUTDIR=$(cd "$OUTDIR" && pwd)
+PY=${PYTHON:-python3}
+export PY OUTDIR PYTHONUNBUFFERED=1 PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+START=$(date +%s)
+DEADLINE=$((START + BUDGET))
+PHASES=$OUTDIR/phases.tsv
+: > "$PHASES"
+
+log() { echo "[$(( $(date +%s) - START ))s] $*"; }
+
+# phase NAME LIMIT_S CMD...: run CMD under min(LIMIT, what the budget leaves), log to
+# OUTDIR/NAME.log, record "name rc seconds" in phases.tsv.
+phase() {
+  local name=$1 limit=$2; shift 2
+  local left=$((DEADLINE - $(date +%s) - 15))
+  if [ "$left" -lt 10 ]; then skip "$name" "global budget of ${BUDGET}s spent"; return; fi
+  [ "$limit" -gt "$left" ] && limit=$left
+  log "$name (limit ${limit}s)"
+  local t0; t0=$(date +%s)
+  if declare -F "$1" >/dev/null; then  # a function of this script: run it in bash
+    export -f "$1"
+    timeout --kill-after=10 "$limit" bash -c "$1" > "$OUTDIR/$name.log" 2>&1
+  else
+    timeout --kill-after=10 "$limit" "$@" > "$OUTDIR/$name.log" 2>&1
+  fi
+  local rc=$?
+  printf '%s\t%s\t%s\n' "$name" "$rc" "$(( $(date +%s) - t0 ))" >> "$PHASES"
+  log "$name: rc=$rc"
+  tail -n 4 "$OUTDIR/$name.log" | sed 's/^/    /'
+}
+skip() {
+  printf '%s\tskipped\t0\t%s\n' "$1" "$2" >> "$PHASES"
+  log "$1: skipped: $2"
+}
+summary() {
+  "$PY" scripts/gpu_summary.py "$OUTDIR" || true
+  log "done; everything is in $OUTDIR"
+}
+trap summary EXIT
+
+HAVE_CUDA=$("$PY" -c "import torch; print(int(torch.cuda.is_available()))" 2>/dev/null || echo 0)
+if [ "$DRY" = 0 ] && [ "$HAVE_CUDA" != 1 ]; then
+  echo "gpu_check.sh: torch sees no CUDA device here; use --dry-run on a CPU machine" >&2
+  exit 2
+fi
+NO_GPU="dry run: no CUDA device"
+# pytest plugins the GPU image has (pytest-timeout, pytest-xdist); used when present.
+PYTEST_OPTS=()
+"$PY" -c "import pytest_timeout" 2>/dev/null && PYTEST_OPTS+=(--timeout=240)
+
+# 1. environment ---------------------------------------------------------------------
+env_phase() {
+  if command -v nvidia-smi >/dev/null; then
+    nvidia-smi
+    nvidia-smi -q -d CLOCK,POWER,TEMPERATURE,PERFORMANCE | head -80
+  else
+    echo "nvidia-smi: not present"
+  fi
+  command -v nvcc >/dev/null && nvcc --version | tail -2
+  command -v ncu >/dev/null && ncu --version | tail -1
+  "$PY" - "$OUTDIR/env.json" <<'EOF'
+import json, os, platform, subprocess, sys
+import torch
+env = {"python": platform.python_version(), "torch": torch.__version__,
+       "cuda": torch.version.cuda, "cpu_count": os.cpu_count()}
+for mod in ("triton", "cupy", "numpy"):
+    try:
+        env[mod] = __import__(mod).__version__
+    except Exception as exc:
+        env[mod] = f"unavailable ({type(exc).__name__})"
+if torch.cuda.is_available():
+    p = torch.cuda.get_device_properties(0)
+    env.update(device_name=p.name, sm_count=p.multi_processor_count,
+               memory_gib=round(p.total_memory / 2**30, 1),
+               l2_mib=round(getattr(p, "L2_cache_size", 0) / 2**20, 1),
+               capability=f"{p.major}.{p.minor}")
+else:
+    env.update(device_name="no CUDA device", sm_count=0)
+try:
+    env["git_commit"] = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True,
+                                       text=True, timeout=10).stdout.strip()
+except Exception:
+    env["git_commit"] = None
+json.dump(env, open(sys.argv[1], "w"), indent=1)
+print(json.dumps(env, indent=1))
+EOF
+}
+phase env 60 env_phase
+
+# 2. build the extension (background: the Triton tests need no extension) -----------
+BUILD_PID=""
+if [ "$DRY" = 1 ]; then
+  skip build "$NO_GPU (CI builds the CPU extension through scripts/test.sh)"
+else
+  build_phase() {
+    local t0; t0=$(date +%s)
+    MAX_JOBS=${MAX_JOBS:-12} TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} \
+      MONIQUA_PTXAS_VERBOSE=1 "$PY" -m pip install -v --no-build-isolation --no-deps \
+      --no-index -e . || return 1
+    echo "build seconds: $(( $(date +%s) - t0 ))"
+    "$PY" -c "import moniqua_kernels._native_cuda as m; print('cuda backend ops:', len(m.OPS))"
+  }
+  phase build 300 build_phase &
+  BUILD_PID=$!
+fi
+
+# 3. Triton on the GPU (compiles while the extension builds) --------------------------
+if [ "$DRY" = 1 ]; then
+  skip tests_triton "$NO_GPU (CI runs tests/test_triton.py through Triton's interpreter)"
+else
+  XDIST=()
+  "$PY" -c "import xdist" 2>/dev/null && XDIST=(-n 6)
+  phase tests_triton 150 "$PY" -m pytest -q -ra tests/test_triton.py "${XDIST[@]}" \
+    "${PYTEST_OPTS[@]}" --junitxml="$OUTDIR/junit_triton.xml" -p no:cacheprovider
+fi
+[ -n "$BUILD_PID" ] && wait "$BUILD_PID"
+
+# 4. CUDA C++ parity and the GPU-only checks (graphs, compile, alignment) ---------------
+if [ "$DRY" = 1 ]; then
+  # The same files: without CUDA they skip, which the JUnit file records.
+  phase tests_gpu 120 "$PY" -m pytest -q -ra tests/test_gpu.py tests/test_native_cuda.py \
+    "${PYTEST_OPTS[@]}" --junitxml="$OUTDIR/junit_gpu.xml" -p no:cacheprovider
+else
+  XDIST=()
+  "$PY" -c "import xdist" 2>/dev/null && XDIST=(-n 4)
+  phase tests_gpu 110 "$PY" -m pytest -q -ra tests/test_gpu.py tests/test_native_cuda.py \
+    "${XDIST[@]}" "${PYTEST_OPTS[@]}" --junitxml="$OUTDIR/junit_gpu.xml" -p no:cacheprovider
+fi
+
+# 5. benchmarks: kernels over sizes, then the baselines at one size -------------------
+if [ "$DRY" = 1 ]; then
+  phase bench 120 "$PY" -m moniqua_kernels bench --device cpu --sizes 4096 --bits 1,8 \
+    --dtypes fp32 --roundings dither --no-compile --out "$OUTDIR/bench" --budget-s 60
+else
+  phase bench 70 "$PY" -m moniqua_kernels bench --device cuda --sizes 2^20,2^24,2^26,2^28 \
+    --bits 1,2,4,8 --dtypes fp32,bf16 --roundings dither,nearest --baseline-sizes none \
+    --out "$OUTDIR/bench" --budget-s 60
+  phase bench_baselines 70 "$PY" -m moniqua_kernels bench --device cuda --sizes 2^26 \
+    --ops moniqua_encode,moniqua_mix,sign_encode,moniqua_decode --bits 1 --dtypes fp32,bf16 \
+    --roundings dither --baseline-sizes 2^26 --out "$OUTDIR/bench_baselines" --budget-s 55
+fi
+
+# 6. Triton launch shapes --------------------------------------------------------------
+if [ "$DRY" = 1 ]; then
+  skip tuning "$NO_GPU"
+else
+  phase tuning 50 "$PY" benchmarks/gpu_tuning.py --out "$OUTDIR" --budget-s 40
+fi
+
+# 7. Nsight Compute -----------------------------------------------------------------------
+if [ "$DRY" = 1 ]; then
+  skip ncu "$NO_GPU"
+elif ! command -v ncu >/dev/null; then
+  skip ncu "ncu is not on PATH"
+else
+  ncu_phase() {
+    ncu --profile-from-start off --clock-control none --target-processes all \
+      --section SpeedOfLight --section Occupancy --section LaunchStats \
+      --section MemoryWorkloadAnalysis --section WarpStateStats \
+      --metrics dram__bytes_read.sum,dram__bytes_write.sum,smsp__issue_active.avg.pct_of_peak_sustained_active,smsp__inst_executed.sum,dram__throughput.avg.pct_of_peak_sustained_elapsed \
+      -f -o "$OUTDIR/ncu" "$PY" benchmarks/gpu_profile.py --n 2^26 || return 1
+    ncu --import "$OUTDIR/ncu.ncu-rep" --csv --page raw > "$OUTDIR/ncu_raw.csv"
+    ncu --import "$OUTDIR/ncu.ncu-rep" --page details > "$OUTDIR/ncu_details.txt"
+  }
+  phase ncu 70 ncu_phase
+fi
+exit 0

@@ -1,0 +1,148 @@
+"""The short summary of a scripts/gpu_check.sh run, printed last and written to
+OUTDIR/summary.md: each phase's exit status and time, the failing tests (from the JUnit
+files), each op's share of the copy bandwidth at the largest size timed (from the
+benchmark JSON) and the Nsight Compute headline metrics (from the raw CSV export).
+
+    python scripts/gpu_summary.py OUTDIR
+"""
+from __future__ import annotations
+
+import csv
+import json
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+
+def phases(out: Path) -> list[str]:
+    lines = ["| phase | status | seconds | note |", "|---|---|---|---|"]
+    path = out / "phases.tsv"
+    if not path.exists():
+        return ["(no phases.tsv: the script stopped before its first phase)"]
+    for row in path.read_text().splitlines():
+        name, rc, secs, *note = row.split("\t") + [""]
+        status = "ok" if rc == "0" else ("skipped" if rc == "skipped" else
+                                         ("TIMEOUT" if rc in ("124", "137") else f"rc={rc}"))
+        lines.append(f"| {name} | {status} | {secs} | {note[0]} |")
+    return lines
+
+
+def junit(out: Path) -> tuple[list[str], int]:
+    lines, failures = [], 0
+    for path in sorted(out.glob("junit_*.xml")):
+        try:
+            root = ET.parse(path).getroot()
+        except ET.ParseError as exc:
+            lines.append(f"- {path.name}: unreadable ({exc})")
+            failures += 1
+            continue
+        counts = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
+        for suite in root.iter("testsuite"):
+            for k in counts:
+                counts[k] += int(suite.get(k, 0))
+        lines.append(f"- {path.name}: {counts['tests']} tests, {counts['failures']} failed, "
+                     f"{counts['errors']} errors, {counts['skipped']} skipped")
+        for case in root.iter("testcase"):
+            for tag in ("failure", "error"):
+                node = case.find(tag)
+                if node is not None:
+                    failures += 1
+                    msg = (node.get("message") or "").splitlines()[0][:160] if node.get(
+                        "message") else ""
+                    lines.append(f"  - {tag.upper()} {case.get('classname')}::"
+                                 f"{case.get('name')}: {msg}")
+    return lines, failures
+
+
+def bench(out: Path) -> list[str]:
+    lines = []
+    for path in sorted(out.glob("bench*/ops_*.json")):
+        doc = json.loads(path.read_text())
+        rows = [r for r in doc["results"] if r.get("seconds")]
+        if not rows:
+            continue
+        lines += [f"### {path.parent.name}/{path.name}", "",
+                  "| op | bits | rounding | dtype | n | provider | GB/s | % copy | x eager | "
+                  "x compile |", "|---|---|---|---|---|---|---|---|---|---|"]
+        big = max(r["n"] for r in rows)
+        for r in rows:
+            if r["n"] != big or r["provider"] == "copy":
+                continue
+            pct = r.get("frac_of_copy")
+            fmt = lambda v, f: "" if v is None else format(v, f)  # noqa: E731
+            lines.append(f"| {r['op']} | {r['bits']} | {r['rounding']} | {r['dtype']} | "
+                         f"{r['n']} | {r['provider']} | {r['gbps']:.0f} | "
+                         f"{fmt(pct and 100 * pct, '.0f')} | {fmt(r.get('x_eager'), '.1f')} | "
+                         f"{fmt(r.get('x_compile'), '.2f')} |")
+        copies = {}
+        for r in rows:
+            if r["provider"] == "copy" and r["n"] == big:
+                copies.setdefault(r["dtype"], []).append(r["gbps"])
+        lines += ["", f"copy bandwidth at n={big} (median of its {len(rows)} cases): " + ", ".join(
+            f"{d} {sorted(g)[len(g) // 2]:.0f} GB/s" for d, g in copies.items()), ""]
+    return lines
+
+
+NCU_COLUMNS = (("Kernel Name", "kernel"), ("gpu__time_duration.sum", "us"),
+               ("dram__throughput.avg.pct_of_peak_sustained_elapsed", "DRAM %"),
+               ("launch__registers_per_thread", "regs"),
+               ("sm__warps_active.avg.pct_of_peak_sustained_active", "occupancy %"),
+               ("smsp__issue_active.avg.pct_of_peak_sustained_active", "issue %"),
+               ("dram__bytes_read.sum", "read"), ("dram__bytes_write.sum", "write"))
+
+
+def ncu(out: Path) -> list[str]:
+    path = out / "ncu_raw.csv"
+    if not path.exists():
+        return []
+    with path.open() as f:
+        reader = list(csv.reader(f))
+    if len(reader) < 3:
+        return ["(ncu_raw.csv is empty)"]
+    head, units, rows = reader[0], reader[1], reader[2:]
+    idx = {name: head.index(name) for name, _ in NCU_COLUMNS if name in head}
+    lines = ["| " + " | ".join(label for name, label in NCU_COLUMNS if name in idx) + " |",
+             "|" + "---|" * len(idx)]
+    for row in rows:
+        cells = []
+        for name, _ in NCU_COLUMNS:
+            if name not in idx:
+                continue
+            value = row[idx[name]]
+            unit = units[idx[name]]
+            if name == "Kernel Name":
+                value = value[:60]
+            elif unit:
+                value = f"{value} {unit}"
+            cells.append(value)
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    out = Path(argv[0])
+    doc = ["# gpu_check summary", ""]
+    env = out / "env.json"
+    if env.exists():
+        e = json.loads(env.read_text())
+        doc += [f"- device: {e.get('device_name')} ({e.get('sm_count')} SMs), torch "
+                f"{e.get('torch')}, CUDA {e.get('cuda')}, Triton {e.get('triton')}, cupy "
+                f"{e.get('cupy')}", ""]
+    doc += ["## Phases", ""] + phases(out) + [""]
+    tests, failures = junit(out)
+    doc += ["## Tests", ""] + (tests or ["(no JUnit files)"]) + [""]
+    b = bench(out)
+    if b:
+        doc += ["## Bandwidth at the largest size (% of y.copy_(x) in the same run)", ""] + b
+    n = ncu(out)
+    if n:
+        doc += ["## Nsight Compute", ""] + n + [""]
+    text = "\n".join(doc) + "\n"
+    (out / "summary.md").write_text(text)
+    print(text)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
