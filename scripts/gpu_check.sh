@@ -170,9 +170,9 @@ if [ "$DRY" = 1 ]; then
     --dtypes fp32 --roundings dither --no-compile --out "$OUTDIR/bench" --budget-s 60
 else
   # Moniqua first (the goals), every op, both GPU backends and the public op.
-  phase bench 80 "$PY" -m moniqua_kernels bench --device cuda --sizes 2^20,2^26,2^28 \
+  phase bench 70 "$PY" -m moniqua_kernels bench --device cuda --sizes 2^22,2^26 \
     --ops moniqua_encode,moniqua_decode,moniqua_mix --bits 1,8 --dtypes fp32,bf16 \
-    --roundings dither,nearest --baseline-sizes none --out "$OUTDIR/bench" --budget-s 70
+    --roundings dither,nearest --baseline-sizes none --out "$OUTDIR/bench" --budget-s 60
   phase bench_other 40 "$PY" -m moniqua_kernels bench --device cuda --sizes 2^26 \
     --ops sign_encode,qsgd_encode,philox_uniform,moniqua_encode --bits 2,4,8 \
     --dtypes fp32 --roundings dither --baseline-sizes none --out "$OUTDIR/bench_other" \
@@ -202,7 +202,7 @@ fi
 if [ "$DRY" = 0 ]; then
   phase bench_baselines 90 "$PY" -m moniqua_kernels bench --device cuda --sizes 2^26 \
     --ops moniqua_encode,moniqua_mix,sign_encode,moniqua_decode --bits 1 --dtypes fp32 \
-    --roundings dither --baseline-sizes 2^26 --out "$OUTDIR/bench_baselines" --budget-s 80
+    --roundings dither --baseline-sizes 2^26 --out "$OUTDIR/bench_baselines" --budget-s 70
   # 9. Triton launch shapes (block x warps), what the budget leaves
   phase tuning 60 "$PY" benchmarks/gpu_tuning.py --out "$OUTDIR" --budget-s 45
 fi
