@@ -131,7 +131,7 @@ else
       MONIQUA_PTXAS_VERBOSE=1 "$PY" -m pip install -v --no-build-isolation --no-deps \
       --no-index -e . || return 1
     echo "build seconds: $(( $(date +%s) - t0 ))"
-    "$PY" -c "import moniqua_kernels._native_cuda as m; print('cuda backend ops:', len(m.OPS))"
+    "$PY" -c "from moniqua_kernels import _C; assert _C.with_cuda(), 'built without CUDA'; print('native CUDA kernels: yes')"
   }
   phase build 300 build_phase &
   BUILD_PID=$!
@@ -159,7 +159,7 @@ if [ "$DRY" = 1 ]; then
 else
   XDIST=()
   "$PY" -c "import xdist" 2>/dev/null && XDIST=(-n 4)
-  phase tests_gpu 120 "$PY" -m pytest -q -ra tests/test_gpu.py tests/test_ops_table.py \
+  phase tests_gpu 200 "$PY" -m pytest -q -ra tests/test_gpu.py tests/test_ops_table.py \
     tests/test_parity.py -k "cuda_cuda or gpu or table" \
     "${XDIST[@]}" "${PYTEST_OPTS[@]}" --junitxml="$OUTDIR/junit_gpu.xml" -p no:cacheprovider
 fi

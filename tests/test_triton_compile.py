@@ -48,7 +48,7 @@ def _cases():
            "first_block": "i32", "BITS": E, "ROUNDING": E, "MASKED": E, "BLOCK": E}
 
     def mix(dtype, neighbours):
-        halves = {k + "s": ("i32",) * (neighbours + 1) for k in ("k0", "k1", "c0", "c1")}
+        halves = {k + "s": ("i64",) * (neighbours + 1) for k in ("k0", "k1", "c0", "c1")}
         return {"x_ptr": f"*{dtype}", "payloads": ("*u8",) * neighbours,
                 "weights": ("fp32",) * neighbours, "own_ptr": "*u8", "n": "i64",
                 "nbytes": "i64", "b32": "fp32", "inv_b": "fp32", "gamma": "fp32", **halves,
@@ -207,6 +207,30 @@ def _nvidia_backend_reason():
     if not ptxas.exists() and not os.environ.get("TRITON_PTXAS_PATH"):
         return "no ptxas to assemble the PTX"
     return None
+
+
+@pytest.mark.skipif(_nvidia_backend_reason() is not None,
+                    reason=str(_nvidia_backend_reason()))
+def test_stream_arguments_never_specialise():
+    """Every stream gives the launcher the same specialisation key: the scalar halves
+    are unspecialised i32, and the mix's tuple halves (whose elements Triton specialises
+    regardless of do_not_specialize) are packed so that none is 1 or a multiple of 16."""
+    from triton.backends.compiler import GPUTarget
+    from triton.backends.nvidia.compiler import CUDABackend
+    try:
+        from triton.runtime.jit import native_specialize_impl as specialize
+    except ImportError:
+        pytest.skip("this Triton has no native_specialize_impl")
+    from moniqua_kernels.triton._common import stream_args, tuple_halves
+    backend = CUDABackend(GPUTarget("cuda", ARCH, 32))
+    streams = [(0, 0), (1, 4), (16, 2 ** 34 + 4), (2 ** 64 - 1, 2 ** 36), (-(2 ** 62), 64),
+               (2 ** 32 + 1, 2 ** 40 + 8)]
+    keys = {specialize(backend, tuple_halves(s, o), False, False, True) for s, o in streams}
+    assert len(keys) == 1, keys
+    assert "constexpr" not in str(keys)
+    scalar = {specialize(backend, h, False, False, True) for s, o in streams
+              for h in stream_args(s, o)}
+    assert scalar == {("i32", None)}, scalar
 
 
 @pytest.mark.skipif(_nvidia_backend_reason() is not None,

@@ -85,6 +85,15 @@ def stream_args(seed, offset) -> tuple[int, int, int, int]:
     return _int32(seed), _int32(seed >> 32), _int32(counter), _int32(counter >> 32)
 
 
+def tuple_halves(seed, offset) -> tuple[int, int, int, int]:
+    """stream_args for a tuple argument (the mix's streams).  Triton (3.6, seen on an H100)
+    specialises the ints inside a tuple whatever do_not_specialize says: a half equal
+    to 1 became a constexpr (and broke the kernel), one divisible by 16 a new compile.
+    So each half travels as (1 << 40) | half << 4 | 3: always i64, never 1, never a
+    multiple of 16, one compiled kernel for every stream.  unpack_half reverses it."""
+    return tuple((1 << 40) | ((h & 0xFFFFFFFF) << 4) | 3 for h in stream_args(seed, offset))
+
+
 def split_launch(kernel, n: int, block: int, *args, masked_only: bool = False,
                  **meta) -> None:
     """kernel over the full blocks of n (MASKED=False), then the partial block
@@ -147,6 +156,12 @@ def store_block(ptr, i, value, n, ok, MASKED: tl.constexpr):
         tl.store(ptr + i, value, mask=(i < n) & ok)
     else:
         tl.store(ptr + i, value)
+
+
+@triton.jit
+def unpack_half(v):
+    """The 32-bit half packed by tuple_halves, as an int64 in [0, 2^32)."""
+    return (v.to(tl.int64) >> 4) & 0xFFFFFFFF
 
 
 @triton.jit

@@ -18,7 +18,7 @@ from ..reference.moniqua import modulus_constants
 from ._common import (BLOCK, DITHER, LAUNCH, NEAREST, NON_FINITE, ROUNDING_IDS, block_range,
                       check_padding, count_bad, f32, jit, load_block, load_codes, pack_codes,
                       philox_block, round_to, split_launch, store_block, store_bytes,
-                      stream_args, stream_of, uniform_from_words)
+                      stream_args, stream_of, tuple_halves, uniform_from_words, unpack_half)
 
 
 def _constants(modulus: float) -> tuple[float, float]:
@@ -119,7 +119,8 @@ def _moniqua_mix_kernel(x_ptr, payloads, weights, own_ptr, n, nbytes, b32, inv_b
     for j in tl.static_range(len(payloads)):
         check_padding(payloads[j], n, nbytes, flag_ptr, BITS, MASKED)
     row = streams_ptr + 2 * NSELF if streams_ptr is not None else None
-    seed, counter, ok = stream_of(k0s[NSELF], k1s[NSELF], c0s[NSELF], c1s[NSELF], row, flag_ptr)
+    seed, counter, ok = stream_of(unpack_half(k0s[NSELF]), unpack_half(k1s[NSELF]),
+                                  unpack_half(c0s[NSELF]), unpack_half(c1s[NSELF]), row, flag_ptr)
     x_raw = load_block(x_ptr, i, n, MASKED)
     x = x_raw.to(tl.float32)
     d_self = _decode_block(own_ptr, x, start, nbytes, b32, inv_b, seed, counter, BITS, ROUNDING,
@@ -127,7 +128,9 @@ def _moniqua_mix_kernel(x_ptr, payloads, weights, own_ptr, n, nbytes, b32, inv_b
     acc = tl.zeros((BLOCK,), dtype=tl.float32)
     for j in tl.static_range(len(payloads)):  # left to right from 0, as the reference
         row = streams_ptr + 2 * j if streams_ptr is not None else None
-        seed_j, counter_j, ok_j = stream_of(k0s[j], k1s[j], c0s[j], c1s[j], row, flag_ptr)
+        seed_j, counter_j, ok_j = stream_of(unpack_half(k0s[j]), unpack_half(k1s[j]),
+                                            unpack_half(c0s[j]), unpack_half(c1s[j]), row,
+                                            flag_ptr)
         ok = ok & ok_j
         d_j = _decode_block(payloads[j], x, start, nbytes, b32, inv_b, seed_j, counter_j, BITS,
                             ROUNDING, BLOCK, MASKED)
@@ -148,7 +151,7 @@ def moniqua_mix_triton(x, payloads, weights, own_payload, modulus, bits, roundin
     if n == 0:
         return
     b32, inv_b = _constants(modulus)
-    halves = list(zip(*(stream_args(s, o) for s, o in zip(seeds, offsets))))
+    halves = list(zip(*(tuple_halves(s, o) for s, o in zip(seeds, offsets))))
     split_launch(_moniqua_mix_kernel, n, BLOCK, x, tuple(payloads), tuple(f32(w) for w in weights),
                  own_payload, n, own_payload.numel(), b32, inv_b, f32(gamma),
                  *(tuple(h) for h in halves), streams, flag, BITS=bits,

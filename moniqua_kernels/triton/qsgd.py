@@ -153,7 +153,10 @@ def _qsgd_decode_kernel(scales_ptr, payload_ptr, out_ptr, n, nbytes, d, flag_ptr
     scale = tl.load(scales_ptr + i // d, mask=i < n, other=0.0)
     magnitude = tl.div_rn(scale * (codes & S).to(tl.float32),
                           tl.full((BLOCK,), S, tl.float32))
-    value = tl.where((codes >> (BITS - 1)) == 1, -magnitude, magnitude)
+    # The sign as a bit flip: compiled, -magnitude became 0 - magnitude, which gives +0.0
+    # for a zero level where the reference gives -0.0 (seen on an H100).
+    sign = ((codes >> (BITS - 1)) & 1).to(tl.uint32) << 31
+    value = (magnitude.to(tl.uint32, bitcast=True) ^ sign).to(tl.float32, bitcast=True)
     store_block(out_ptr, i, value, n, True, MASKED)
 
 
