@@ -38,7 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
                "--algorithm moniqua --bits 1 --theta 0.05 --dataset digits --steps 500")
     a = p.add_argument_group("algorithm")
     a.add_argument("--algorithm", default="moniqua",
-                   choices=("dpsgd", "allreduce", "moniqua", "choco", "squarm"))
+                   choices=("dpsgd", "allreduce", "moniqua", "choco", "squarm", "ddp"),
+                   help="ddp: data-parallel (DistributedDataParallel) with --compressor "
+                        "on the gradient all-reduce")
     a.add_argument("--variant", choices=("dpsgd", "d2", "adpsgd"), help="Moniqua's base algorithm")
     a.add_argument("--topology", default="ring",
                    help="ring, torus, exponential, exp-onepeer, complete or star")
@@ -48,7 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--theta-lr-scale", type=float,
                    help="Moniqua's theta as this multiple of the current learning rate")
     a.add_argument("--compressor", help="CHOCO/SQuARM compressor spec, e.g. sign, qsgd:4, "
-                                        "topk:0.1+qsgd:4")
+                                        "topk:0.1+qsgd:4; for ddp also none (default), fp16 "
+                                        "or powersgd:RANK[:START_STEP] (torch's hooks)")
+    a.add_argument("--error-feedback", action=argparse.BooleanOptionalAction, default=None,
+                   help="ddp with this package's compressors: keep the compression residual "
+                        "(default on)")
     a.add_argument("--gamma", type=float, help="consensus step size")
     a.add_argument("--local-steps", type=int, dest="H", help="SQuARM's local steps H")
     a.add_argument("--threshold", type=float, help="SQuARM's event-trigger threshold")
@@ -98,8 +104,10 @@ def _check_args(p: argparse.ArgumentParser, args) -> None:
     for name in moniqua_only:
         if getattr(args, name) is not None and args.algorithm != "moniqua":
             p.error(f"--{name.replace('_', '-')} applies to --algorithm moniqua only")
-    if args.compressor is not None and args.algorithm not in ("choco", "squarm"):
-        p.error("--compressor applies to --algorithm choco or squarm")
+    if args.compressor is not None and args.algorithm not in ("choco", "squarm", "ddp"):
+        p.error("--compressor applies to --algorithm choco, squarm or ddp")
+    if args.error_feedback is not None and args.algorithm != "ddp":
+        p.error("--error-feedback applies to --algorithm ddp")
     for name in ("H", "threshold"):
         if getattr(args, name) is not None and args.algorithm != "squarm":
             p.error("--local-steps and --threshold apply to --algorithm squarm")
@@ -134,6 +142,10 @@ def _model(args, ds):
 
 def _algorithm(args, model, optimizer):
     from . import gossip
+    if args.algorithm == "ddp":
+        return gossip.DataParallel(
+            model, args.compressor or "none", error_feedback=args.error_feedback,
+            seed=args.seed, device_ids=[next(model.parameters()).device] if args.device == "cuda" else None)
     kwargs = {"topology": args.topology, "seed": args.seed, "timeout": args.timeout}
     for name in ("variant", "bits", "rounding", "compressor", "gamma", "H", "threshold"):
         value = getattr(args, name)
@@ -219,6 +231,7 @@ def _run(args, rank, world, device) -> dict:
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum,
                                 nesterov=args.nesterov, weight_decay=args.weight_decay)
     algorithm = _algorithm(args, model, optimizer)
+    forward = getattr(algorithm, "module", model)  # ddp: the DDP wrapper communicates
     sampler = torch.Generator().manual_seed(10_000 * (args.seed + 1) + rank)
     start, history = 0, []
     if args.resume:
@@ -238,7 +251,7 @@ def _run(args, rank, world, device) -> dict:
             idx = torch.randint(0, x_train.shape[0], (args.batch_size,), generator=sampler)
             xb, yb = x_train[idx.to(device)], y_train[idx.to(device)]
             optimizer.zero_grad(set_to_none=True)
-            out = model(xb)
+            out = forward(xb)
             loss = F.cross_entropy(out, yb)
             loss.backward()
             optimizer.step()
