@@ -104,7 +104,7 @@ def _flat(model):
 def _worker(rank, port, q):
     import torch.distributed as dist
 
-    from moniqua_kernels import data, gossip
+    from moniqua_kernels import data
     torch.set_num_threads(1)
     try:
         dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
