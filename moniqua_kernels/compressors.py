@@ -25,6 +25,7 @@ from typing import Optional, Sequence
 import torch
 
 from . import ops
+from .ops import _validate
 from .reference.packing import packed_nbytes
 from .reference.qsgd import qsgd_levels
 from .reference.sparse import topk_count, topk_index_dtype
@@ -194,7 +195,7 @@ class QSGD(Compressor):
     unbiased = True
 
     def __init__(self, bits: int = 4, bucket_size: int = 512, norm: str = "max"):
-        ops._check_qsgd(bits, bucket_size, norm)
+        _validate.check_qsgd(bits, bucket_size, norm)
         self.bits, self.bucket_size, self.norm = bits, bucket_size, norm
 
     @property
@@ -260,7 +261,7 @@ class RandomK(Compressor):
     name = "randomk"
 
     def __init__(self, ratio: float, rescale: bool = False):
-        self.ratio = ops._check_ratio(ratio)
+        self.ratio = _validate.check_ratio(ratio)
         self.rescale = bool(rescale)
 
     @property
@@ -289,7 +290,7 @@ class TopK(Compressor):
     name = "topk"
 
     def __init__(self, ratio: float):
-        self.ratio = ops._check_ratio(ratio)
+        self.ratio = _validate.check_ratio(ratio)
 
     def stream_span(self, n):
         return 0
