@@ -139,7 +139,7 @@ def _table(rows, datasets, configs, world):
             mean = sum(accs) / len(accs)
             loss = sum(r["test_loss"] for r in sel) / len(sel)
             b = sum(r["bytes_per_step"] for r in sel) / len(sel)
-            delta = f"{mean - 100 * base_acc:+.2f}" if base_acc is not None else ""
+            delta = f"{round(mean - 100 * base_acc, 2) + 0.0:+.2f}" if base_acc is not None else ""
             fewer = f"{base_bytes / b:.1f}" if base_bytes else ""
             bits = 8 * b / sel[0]["n_params"]
             lines.append(f"| {name} ({sel[0]['n_params']} params) | {label} | {mean:.2f}% "
@@ -160,6 +160,19 @@ def _resnet_table(resnet):
     return "\n".join(lines)
 
 
+def _text(cmd, args, rows, resnet) -> str:
+    text = (f"{args.workers} ranks (gloo), {args.steps} steps, batch {args.batch_size} per "
+            f"rank, lr {args.lr}, plain SGD, seeds {args.seeds}; produced by `{cmd}`.  Test "
+            "accuracy and loss of the (single) model on the held-out split, mean over seeds; "
+            "bytes: what one rank sends per step (ring all-reduce 2 (n - 1) / n x payload, "
+            "all-gather (n - 1) x payload), mean over steps; bits / param: 8 x bytes / "
+            "parameters.\n\n" + _table(rows, args.datasets, args.configs, args.workers))
+    if resnet:
+        text += ("\n\nResNet-20 (bytes only, the same ranks, after PowerSGD's start step):"
+                 "\n\n" + _resnet_table(resnet))
+    return text
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--datasets", nargs="+", default=["digits", "synthetic"])
@@ -172,7 +185,18 @@ def main(argv=None) -> int:
     ap.add_argument("--lr", type=float, default=0.1)
     ap.add_argument("--resnet-bytes", action="store_true")
     ap.add_argument("--out", help="write OUT.json and OUT.md")
+    ap.add_argument("--render", metavar="JSON",
+                    help="only rewrite the Markdown of an earlier run's JSON (next to it)")
     args = ap.parse_args(argv)
+    if args.render:
+        with open(args.render) as f:
+            saved = json.load(f)
+        text = _text(saved["command"], argparse.Namespace(**saved["args"]), saved["rows"],
+                     saved["resnet"])
+        with open(os.path.splitext(args.render)[0] + ".md", "w") as f:
+            f.write(text + "\n")
+        print(text)
+        return 0
     if args.workers < 2 or args.steps < 1 or args.batch_size < 1:
         ap.error("--workers must be >= 2, --steps and --batch-size >= 1")
     import multiprocessing as mp
@@ -203,16 +227,12 @@ def main(argv=None) -> int:
     rows, resnet = results[0]["rows"], results[0]["resnet"]
     cmd = "PYTHONPATH=. python examples/ddp_compare.py " + " ".join(
         argv if argv is not None else sys.argv[1:])
-    text = (f"{args.workers} ranks (gloo), {args.steps} steps, batch {args.batch_size} per "
-            f"rank, lr {args.lr}, plain SGD, seeds {args.seeds}; produced by `{cmd}`\n\n"
-            + _table(rows, args.datasets, args.configs, args.workers))
-    if resnet:
-        text += ("\n\nResNet-20 (bytes only, the same ranks):\n\n" + _resnet_table(resnet))
+    text = _text(cmd, args, rows, resnet)
     print(text)
     if args.out:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         with open(args.out + ".json", "w") as f:
-            json.dump({"args": vars(args), "rows": rows, "resnet": resnet,
+            json.dump({"command": cmd, "args": vars(args), "rows": rows, "resnet": resnet,
                        "torch": torch.__version__}, f, indent=2)
         with open(args.out + ".md", "w") as f:
             f.write(text + "\n")

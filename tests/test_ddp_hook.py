@@ -36,6 +36,8 @@ MODES = {  # name -> (compressor spec, error feedback, per_tensor, two buckets)
     "randomk-ef": ("randomk:0.25", True, False, False),
     "sign-ef-2buckets": ("sign", True, True, True),
     "randomk-ef-2buckets": ("randomk:0.25", True, False, True),
+    # data-dependent payload sizes: sizes all-gathered first, payloads padded
+    "qsgd4-l2-elias": ("qsgd:4:512:l2:elias", False, True, True),
 }
 
 
@@ -244,11 +246,13 @@ def test_identity_hook_equals_uncompressed_ddp(ddp_runs):
 # ranks and in every run (single-threaded, seeded):
 #   qsgd8 6.3e-4, 0.004%    qsgd8-ef 3.9e-4, 0.002%    sign-ef 0.031, 2.2%
 #   topk-ef 0.0043, 0.5%    randomk-ef 0.037, 2.2%     randomk-ef-2buckets 0.050, 2.2%
+#   qsgd4-l2-elias 0.0215, 0.46%
 # The bounds are about 3x those: a hook that did not average (the sum instead of the
 # mean) doubles the step and lands far outside them.
 TOLERANCE = {"qsgd8": (2e-3, 5e-4), "qsgd8-ef": (2e-3, 5e-4), "sign-ef": (0.1, 0.06),
              "topk-ef": (0.015, 0.02), "randomk-ef": (0.12, 0.06),
-             "sign-ef-2buckets": (0.1, 0.06), "randomk-ef-2buckets": (0.15, 0.06)}
+             "sign-ef-2buckets": (0.1, 0.06), "randomk-ef-2buckets": (0.15, 0.06),
+             "qsgd4-l2-elias": (0.07, 0.015)}
 
 
 @pytest.mark.parametrize("mode", list(TOLERANCE))
@@ -281,6 +285,10 @@ def test_bytes_are_the_payload_sizes(ddp_runs):
     # identity and uncompressed DDP: a ring all-reduce of 4 n bytes over 2 ranks sends 4 n
     assert run["identity"]["last_bytes"] == run["plain"]["last_bytes"] == 4 * n
     assert run["fp16"]["last_bytes"] == 2 * n
+    # Elias-coded QSGD: the 4 tensors' sizes (8 bytes each), then the payload padded to
+    # the larger rank's; measured 238 bytes, against 581 for the 4-bit fixed width
+    fixed4 = sum(-(-k // 2) + 4 * -(-k // 512) for k in (32, 64, 2, 1024))
+    assert 4 * 8 < run["qsgd4-l2-elias"]["last_bytes"] < fixed4 // 2
     # random-k all-reduces only the kept values: about a quarter of 4 n
     assert 0.15 * 4 * n < run["randomk-ef"]["last_bytes"] < 0.35 * 4 * n
 

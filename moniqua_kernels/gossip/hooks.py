@@ -19,6 +19,9 @@ the ring all-reduce's 2 (n - 1) / n x payload).  Every other compressor's payloa
 be summed (QSGD codes, signs, top-k indices), so the payloads are all-gathered as uint8
 buffers and every rank decodes all n of them in rank order and averages: all ranks get
 bit-identical gradients.  Bytes per rank: (n - 1) x payload, the ring all-gather's.
+Payloads whose size depends on the data (QSGD with coding="elias") first all-gather
+their sizes, then travel padded to the largest: (n - 1) x (the largest payload + 8 bytes
+per segment).
 
 Error feedback: the rank compresses g + e and keeps e = (g + e) - C(g + e).  Residuals
 are kept per parameter, so they survive DDP's bucket rebuild after the first step;
@@ -285,9 +288,14 @@ def compressed_allreduce_hook(state: CompressedHookState, bucket: dist.GradBucke
     else:
         what = "all_gather"
         wire = torch.cat([p.to_wire() for p in payloads])
+        seg_bytes = None  # every rank's segment sizes, when they depend on the data
+        nbytes = 0
+        if not c.fixed_size:
+            seg_bytes, nbytes = _gather_sizes(payloads, group, rank, world, idx, step, grad)
+            wire = torch.cat([wire, wire.new_zeros(max(map(sum, seg_bytes)) - wire.numel())])
         parts = [torch.empty_like(wire) for _ in range(world)]
         work = dist.all_gather(parts, wire, group=group, async_op=True)
-        nbytes = (world - 1) * wire.numel()
+        nbytes += (world - 1) * wire.numel()
     state._step_bytes += nbytes
     if bucket.is_last():
         state.last_bytes_sent, state._step_bytes = state._step_bytes, 0
@@ -308,8 +316,8 @@ def compressed_allreduce_hook(state: CompressedHookState, bucket: dist.GradBucke
                 if r == rank:
                     total += own_decoded.float()
                     continue
-                total += _decode_wire(buf, c, segments, offsets, grad.dtype,
-                                      seed_of(r)).float()
+                total += _decode_wire(buf, c, segments, offsets, grad.dtype, seed_of(r),
+                                      seg_bytes[r] if seg_bytes else None).float()
         return grad.copy_(total / world)
 
     return work.get_future().then(finish)
@@ -330,10 +338,27 @@ def _decode_values(summed: torch.Tensor, payloads, c) -> torch.Tensor:
     return torch.cat(out)
 
 
-def _decode_wire(buf, c, segments, offsets, dtype, seed) -> torch.Tensor:
+def _gather_sizes(payloads, group, rank, world, idx, step, grad):
+    """Every rank's payload size per segment (for data-dependent sizes, QSGD elias):
+    a small all-gather, waited for here so the bucket's collectives keep their order
+    on every rank.  Returns (sizes per rank, bytes this rank sent for them)."""
+    mine = torch.tensor([p.nbytes for p in payloads], dtype=torch.int64, device=grad.device)
+    parts = [torch.empty_like(mine) for _ in range(world)]
+    try:
+        dist.all_gather(parts, mine, group=group)
+    except Exception as exc:
+        raise PeerError(rank, [r for r in range(world) if r != rank],
+                        f"compressed_allreduce_hook's size all_gather of bucket {idx} at step "
+                        f"{step}", f"{type(exc).__name__}: {exc}") from exc
+    return [p.tolist() for p in parts], (world - 1) * mine.numel() * mine.element_size()
+
+
+def _decode_wire(buf, c, segments, offsets, dtype, seed, sizes=None) -> torch.Tensor:
+    """Decode one rank's wire buffer, segment by segment (sizes: the segments' bytes
+    when they depend on the data, else the compressor's nbytes)."""
     out, start = [], 0
-    for n, off in zip(segments, offsets):
-        size = c.nbytes(n, dtype, seed, off)
+    for k, (n, off) in enumerate(zip(segments, offsets)):
+        size = sizes[k] if sizes is not None else c.nbytes(n, dtype, seed, off)
         piece = buf[start:start + size]
         if start % 8:  # from_wire views bytes as float32/int64: needs an aligned start
             piece = piece.clone()
