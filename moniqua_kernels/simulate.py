@@ -35,6 +35,7 @@ import torch
 
 from . import backends
 from . import data as data_mod
+from . import recipe
 from . import gossip
 from .gossip.theta import ThetaMonitor
 
@@ -124,6 +125,8 @@ class RunSpec:
     seed: int = 0
     hidden: int = 64
     timeout: float = 60.0
+    schedule: Optional[recipe.LRSchedule] = None   # learning rate per step (recipe.py)
+    dirichlet_alpha: Optional[float] = None        # non-IID shards; None: IID
 
 
 @dataclass
@@ -210,6 +213,8 @@ def _train(spec: RunSpec, rank: int, transport, ds: data_mod.Dataset, shard: tor
             if exit_at[1] == "exit":
                 os._exit(3)  # a crashing peer, for the failure tests
             time.sleep(10 * spec.timeout)  # a stalled peer: alive, silent
+        if spec.schedule is not None:
+            spec.schedule.apply(opt, t)
         idx = shard[torch.randint(shard.numel(), (spec.batch_size,), generator=gen)]
         x, y = ds.x_train[idx], ds.y_train[idx]
         if overlap:
@@ -290,6 +295,9 @@ def _spec(algorithm, config, overrides=None, **kw) -> tuple[str, RunSpec]:
                          f"{', '.join(data_mod.MODELS)}")
     if kw["n_workers"] < 1 or kw["steps"] < 1 or kw["batch_size"] < 1:
         raise ValueError("n_workers, steps and batch_size must be >= 1")
+    if kw.get("schedule") is not None and kw["schedule"].steps != kw["steps"]:
+        raise ValueError(f"the schedule is for {kw['schedule'].steps} steps, the run has "
+                         f"{kw['steps']}")
     return name, RunSpec(config=config, **kw)
 
 
@@ -300,7 +308,9 @@ def run(algorithm: str = "moniqua-1bit", *, config: Optional[AlgorithmConfig] = 
         model: str = "mlp", steps: int = 500, lr: float = 0.1, batch_size: int = 16,
         seed: int = 0, hidden: int = 64, network: Optional[NetworkModel] = None,
         progress: Optional[Callable[[int, int, float], None]] = None,
-        timeout: float = 60.0, compressor=None, **overrides) -> Result:
+        timeout: float = 60.0, compressor=None,
+        schedule: Optional[recipe.LRSchedule] = None, dirichlet_alpha: Optional[float] = None,
+        **overrides) -> Result:
     """Simulate n_workers in this process; returns a Result.
 
     algorithm: a name in CONFIGS ('moniqua' and 'choco' mean their 1-bit/sign configs),
@@ -308,14 +318,18 @@ def run(algorithm: str = "moniqua-1bit", *, config: Optional[AlgorithmConfig] = 
     keyword (gamma=, theta=, bits=, H=, ...) override the config's algorithm arguments,
     e.g. run("choco", compressor="qsgd:8", gamma=0.5); ('lr*', c) means c * lr.
     progress(step, steps, loss) is called from worker 0's thread after each step.
+    schedule: a recipe.LRSchedule (warm-up, step or cosine decay) for the steps;
+    dirichlet_alpha: non-IID shards (recipe.dirichlet_shards); topology may name a file
+    ('weights:PATH', 'edges:PATH').
     """
     if compressor is not None:
         overrides["compressor"] = compressor
     name, spec = _spec(algorithm, config, overrides, n_workers=n_workers, topology=topology,
                        dataset=dataset, model=model, steps=steps, lr=lr,
-                       batch_size=batch_size, seed=seed, hidden=hidden, timeout=timeout)
+                       batch_size=batch_size, seed=seed, hidden=hidden, timeout=timeout,
+                       schedule=schedule, dirichlet_alpha=dirichlet_alpha)
     ds = data_mod.load(dataset, seed)
-    shards = data_mod.shard(ds.x_train.shape[0], n_workers, seed)
+    shards = recipe.worker_shards(ds.y_train, n_workers, seed, dirichlet_alpha)
     net = gossip.InMemoryNetwork(n_workers, timeout)
     outs: list = [None] * n_workers
     errors: list = [None] * n_workers
@@ -367,7 +381,7 @@ def _process_main(rank, specs, port, queue, fault_rank, fault):
         transport = gossip.DistTransport(timeout=timeout)
         for k, spec in enumerate(specs):
             ds = data_mod.load(spec.dataset, spec.seed)
-            shard = data_mod.shard(ds.x_train.shape[0], n, spec.seed)[rank]
+            shard = recipe.worker_shards(ds.y_train, n, spec.seed, spec.dirichlet_alpha)[rank]
             out = _train(spec, rank, transport, ds, shard,
                          exit_at=fault if rank == fault_rank else None)
             out["params"] = out["params"].numpy()
@@ -382,7 +396,8 @@ def run_processes(algorithm="moniqua-1bit", *, config: Optional[AlgorithmConfig]
                   n_workers: int = 4, topology: str = "ring", dataset: str = "synthetic",
                   model: str = "mlp", steps: int = 20, lr: float = 0.1, batch_size: int = 16,
                   seed: int = 0, hidden: int = 64, network: Optional[NetworkModel] = None,
-                  timeout: float = 60.0, _fault_rank: Optional[int] = None,
+                  timeout: float = 60.0, schedule: Optional[recipe.LRSchedule] = None,
+                  dirichlet_alpha: Optional[float] = None, _fault_rank: Optional[int] = None,
                   _fault: Optional[tuple] = None):
     """The same run as ``run`` with real processes: gloo over TCP on 127.0.0.1.
 
@@ -398,7 +413,7 @@ def run_processes(algorithm="moniqua-1bit", *, config: Optional[AlgorithmConfig]
     names = algorithm if isinstance(algorithm, (list, tuple)) else [algorithm]
     common = dict(n_workers=n_workers, topology=topology, dataset=dataset, model=model,
                   steps=steps, lr=lr, batch_size=batch_size, seed=seed, hidden=hidden,
-                  timeout=timeout)
+                  timeout=timeout, schedule=schedule, dirichlet_alpha=dirichlet_alpha)
     named = [_spec(a, config, **common) for a in names]
     specs = [s for _, s in named]
     ctx = mp.get_context("spawn")

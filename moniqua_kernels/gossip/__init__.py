@@ -5,7 +5,9 @@
     ... opt.step(); g.step()
 
 Algorithms: DPSGD, AllReduce, Moniqua(variant="dpsgd"|"d2"|"adpsgd"), Choco, SQuARM;
-DDP hook: qsgd_hook with QSGDHookState.  Every algorithm counts the bytes each worker
+DDP hooks: compressed_allreduce_hook with CompressedHookState (any compressor; QSGD,
+sign, top-k and random-k states by name); DataParallel runs DDP behind the algorithms'
+interface (``train --algorithm ddp``).  Every algorithm counts the bytes each worker
 sends (``bytes_sent``, ``last_bytes_sent``).
 """
 from . import theta, topology, transport
@@ -13,7 +15,10 @@ from .base import GossipAlgorithm, ring_allreduce_bytes, stream_seed
 from .choco import Choco, SQuARM
 from .dpsgd import DPSGD, AllReduce
 from .flat import FlatParams
-from .hooks import QSGDHookState, qsgd_hook
+from .ddp import DataParallel
+from .hooks import (CompressedHookState, QSGDHookState, RandomKHookState, SignEFHookState,
+                    TopKEFHookState, compressed_allreduce_hook, qsgd_hook,
+                    register_compressed_hook)
 from .moniqua import Moniqua
 from .theta import LRProportional, ThetaMonitor, ThetaViolation
 from .topology import Topology, TopologyError
@@ -23,6 +28,8 @@ ALGORITHMS = {"dpsgd": DPSGD, "allreduce": AllReduce, "moniqua": Moniqua, "choco
               "squarm": SQuARM}
 
 __all__ = ["DPSGD", "AllReduce", "Moniqua", "Choco", "SQuARM", "qsgd_hook", "QSGDHookState",
+           "CompressedHookState", "compressed_allreduce_hook", "register_compressed_hook",
+           "SignEFHookState", "TopKEFHookState", "RandomKHookState", "DataParallel",
            "GossipAlgorithm", "Topology", "TopologyError", "PeerError", "DistTransport",
            "InMemoryNetwork", "InMemoryTransport", "FlatParams", "ThetaMonitor",
            "ThetaViolation", "LRProportional", "stream_seed", "ring_allreduce_bytes",
