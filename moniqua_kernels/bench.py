@@ -13,7 +13,7 @@ side in one run, and each provider that cannot run is recorded with its reason:
                   shift-and-sum packing): same work, not the same bytes
   torch-compile   torch.compile of that code
   copy            y.copy_(x) on the op's input: the copy bandwidth of the same run
-  numpy.packbits  numpy.packbits(x < 0) (CPU, beside scaled sign)
+  numpy.packbits  numpy.packbits(x < 0) plus numpy.abs(x).mean() (CPU, beside scaled sign)
   cupy.packbits   sign -> bool -> cupy.packbits (GPU, beside scaled sign)
 
 Bandwidth = (bytes the op must read + bytes it must write) / median time.  GPU timing is
@@ -293,7 +293,8 @@ def _numpy_packbits(case: Case) -> tuple[Optional[Callable], Optional[str]]:
     if case.dtype == torch.bfloat16:
         return None, "numpy has no bfloat16"
     xn = case.x.numpy()
-    return (lambda: np.packbits(xn < 0, bitorder="little")), None
+    # the same work as the scaled sign: the bits and the mean of |x|
+    return (lambda: (np.packbits(xn < 0, bitorder="little"), np.abs(xn).mean())), None
 
 
 def _cupy_packbits(case: Case) -> tuple[Optional[Callable], Optional[str]]:
