@@ -118,14 +118,20 @@ class DistTransport(Transport):
 
     def exchange(self, sends, recvs, tag: int = 0):
         ops, meta, out = [], [], {}
-        for peer, buf in sends:
-            ops.append(dist.P2POp(dist.isend, buf, self._g(peer), self.group, tag))
-            meta.append(("send", peer))
+        # Receives are posted before sends.  gloo sends a payload only once the receiver
+        # has said it is ready, and says so on the same TCP stream as its own payloads:
+        # a rank that starts sending first makes its "ready" wait behind megabytes of
+        # data, and the two directions of a link take turns.  Measured on netbench's
+        # 4-rank ring at 100 Mbit/s, 9.8 MB to each neighbour: sends first, 1.66-3.25 s
+        # per exchange (alternating); receives first, 1.67-1.69 s (98% of the link).
         for peer, nbytes in recvs:
             buf = torch.empty(int(nbytes), dtype=torch.uint8, device=self._device(sends))
             out[peer] = buf
             ops.append(dist.P2POp(dist.irecv, buf, self._g(peer), self.group, tag))
             meta.append(("recv", peer))
+        for peer, buf in sends:
+            ops.append(dist.P2POp(dist.isend, buf, self._g(peer), self.group, tag))
+            meta.append(("send", peer))
         if not ops:
             return _DistPending(self, [], [], out, "exchange")
         try:
