@@ -102,6 +102,7 @@ class GossipAlgorithm:
         self._step_bytes = 0
         self._step_rounds = 0
         self._in_step = False
+        self.timer = None          # a timing.StepTimer once enable_timing() ran
         if sync_params and self.world_size > 1:
             with torch.no_grad():
                 for buf in self.flat.buffers:
@@ -125,18 +126,35 @@ class GossipAlgorithm:
             raise RuntimeError(f"{type(self).__name__}.begin() called twice without end()")
         self._in_step = True
         self._step_bytes, self._step_rounds = 0, 0
+        if self.timer is not None:
+            self.timer.start("encode")
         with torch.no_grad():
             self._begin()
+        if self.timer is not None:
+            self.timer.stop()
 
     def end(self) -> None:
         if not self._in_step:
             raise RuntimeError(f"{type(self).__name__}.end() called without begin()")
+        if self.timer is not None:
+            self.timer.start("decode_mix")
         with torch.no_grad():
             self._end()
+        if self.timer is not None:
+            self.timer.stop()
         self._in_step = False
         self.last_bytes_sent, self.last_rounds = self._step_bytes, self._step_rounds
         self.bytes_sent += self._step_bytes
         self.step_count += 1
+
+    def enable_timing(self):
+        """Time every later step's encode, wire wait and decode+mix (gossip.timing);
+        returns the StepTimer whose ``seconds`` accumulate them."""
+        from .timing import StepTimer, TimedTransport
+        if self.timer is None:
+            self.timer = StepTimer()
+            self.transport = TimedTransport(self.transport, self.timer)
+        return self.timer
 
     def consensus_distance(self) -> float:
         """(1/n) sum_i ||x_i - x_bar||^2 over all workers: a collective (every worker
