@@ -1,9 +1,10 @@
-"""Command line: ``python -m moniqua_kernels {demo,bench,train}`` (or ``moniqua-kernels``).
+"""Command line: ``python -m moniqua_kernels {demo,bench,train,netbench}`` (or ``moniqua-kernels``).
 
   demo   the simulator on an embedded dataset: 8 workers on a ring, full precision
          against compressed algorithms; a table, a PNG plot, optional JSON.
   bench  microbenchmarks of the kernels on whatever backends and devices are here.
   train  multi-process training under torchrun (gloo or NCCL).
+  netbench  train over real links shaped in network namespaces (root; see netbench/).
 
 Bad flags exit with code 2 and a message that says what to do.
 """
@@ -264,21 +265,35 @@ def _train(args) -> int:
     return train.main(args.rest)
 
 
+def _add_netbench(sub) -> None:
+    p = sub.add_parser("netbench", help="training over shaped links in network namespaces "
+                                        "(root)", add_help=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=_netbench)
+
+
+def _netbench(args) -> int:
+    from . import netbench
+    return netbench.main(args.rest)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="moniqua-kernels",
-        description="Compressed communication for decentralized SGD: demo, bench, train.")
-    sub = parser.add_subparsers(dest="command", metavar="{demo,bench,train}")
+        description="Compressed communication for decentralized SGD: demo, bench, train, "
+                    "netbench.")
+    sub = parser.add_subparsers(dest="command", metavar="{demo,bench,train,netbench}")
     sub.required = True
     _add_demo(sub)
     _add_bench(sub)
     _add_train(sub)
+    _add_netbench(sub)
     return parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    # bench and train own their flags (argparse's REMAINDER would not pass a leading
+    # bench, train and netbench own their flags (argparse's REMAINDER would not pass a leading
     # --flag through), so hand them the rest of the command line directly.
     if argv and argv[0] == "bench":
         from . import bench
@@ -287,6 +302,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if argv and argv[0] == "train":
         from . import train
         return train.main(argv[1:])
+    if argv and argv[0] == "netbench":
+        from . import netbench
+        return netbench.main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
