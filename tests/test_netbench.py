@@ -120,6 +120,17 @@ def test_time_to_target_reads_the_first_evaluation_at_or_above_it():
 # ----------------------------------------------------------------------- namespaces (root)
 
 @needs_netns
+def test_refusals_that_ask_the_kernel(capsys):
+    with pytest.raises(SystemExit) as info:
+        nb_main.main(["--quick", "--congestion-control", "nosuch"])
+    assert info.value.code == 2 and "nosuch" in capsys.readouterr().err
+    if netns.netem_available() is not None:  # this kernel: no netem, so --delay is refused
+        with pytest.raises(SystemExit) as info:
+            nb_main.main(["--quick", "--delay", "1ms"])
+        assert info.value.code == 2 and "no netem qdisc" in capsys.readouterr().err
+
+
+@needs_netns
 def test_testbed_connects_ranks_and_leaves_nothing_behind():
     host_before = _host_links()
     with netns.Testbed(3) as bed:
@@ -240,12 +251,13 @@ def test_quick_run_end_to_end(tmp_path):
     before = set(netns.own_namespaces())
     t0 = time.monotonic()
     proc = _netbench("--quick", "--algorithms", "dpsgd,moniqua-1bit", "--json", str(js),
-                     "--plot", str(png))
+                     "--plot", str(png), "--congestion-control", "reno")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert time.monotonic() - t0 < 60
     out = json.loads(js.read_text())
     (link,) = out["links"]
     assert link["rate_mbit"] == 100 and link["delay_ms"] == 0
+    assert link["tcp_congestion_control"] == "reno"
     assert 80 <= link["measured_mbit"] <= 120
     rows = {r["algorithm"]: r for r in out["results"]}
     assert list(rows) == ["dpsgd", "moniqua-1bit"]

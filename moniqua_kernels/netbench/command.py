@@ -74,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="token bucket size in bytes (default: 1 ms of rate, >= 64 KB)")
     n.add_argument("--limit", type=_positive_int, default=None,
                    help="tbf queue in bytes (default: 50 ms of rate, >= 4 MB)")
+    n.add_argument("--congestion-control", metavar="NAME",
+                   help="TCP congestion control inside the namespaces, e.g. reno or bbr "
+                        "(default: the kernel's default)")
     n.add_argument("--probe-seconds", type=float, default=None,
                    help="length of each link's TCP measurement (default 2; 0.6 with --quick)")
     t = p.add_argument_group("training (the same for every algorithm)")
@@ -90,7 +93,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--lr", type=float, default=0.1)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--topology", default="ring")
-    t.add_argument("--target-accuracy", type=float, default=0.9,
+    # 0.92: every default algorithm passes it within the default 150 steps of the 2.46M
+    # MLP on digits (measured at 1 Gbit/s: D-PSGD at step 20, Moniqua 1-bit at 45; their
+    # final accuracies were 96.3% and 94.3%), so the column compares speed, not whether
+    # an algorithm gets there at all.
+    t.add_argument("--target-accuracy", type=float, default=0.92,
                    help="test accuracy (mean over the workers) for the time-to-target column")
     t.add_argument("--eval-every", type=_positive_int, default=None,
                    help="evaluate every K steps, off the clock (default steps/30)")
@@ -153,7 +160,7 @@ def _settings(args) -> dict:
         timeout=args.timeout,
         threads=args.threads or max(1, (os.cpu_count() or 1) // workers))
     return {"links": links, "algorithms": names, "spec": spec, "probe_s": probe,
-            "target": args.target_accuracy}
+            "target": args.target_accuracy, "cc": args.congestion_control}
 
 
 class _Terminated(Exception):
@@ -172,8 +179,9 @@ def run(settings: dict, log_dir: str, say=print) -> dict:
         say(f"removed {len(swept)} namespaces left by killed runs: {', '.join(swept)}")
     links_out, results = [], []
     with netns.Testbed(spec.workers) as bed:
+        cc = bed.tcp_congestion_control(settings["cc"])
         say(f"testbed: {spec.workers} namespaces {bed.ranks[0]} .. {bed.ranks[-1]} behind "
-            f"a bridge in {bed.bridge}")
+            f"a bridge in {bed.bridge}; TCP congestion control {cc}")
         port = 29500
         for link in settings["links"]:
             bed.shape(link)
@@ -182,6 +190,7 @@ def run(settings: dict, log_dir: str, say=print) -> dict:
             entry = {"rate_mbit": link.rate_mbit, "delay_ms": link.delay_s * 1e3,
                      "measured_mbit": mean, "measured_mbit_per_link": measured,
                      "qdisc": link.qdisc, "burst_bytes": link.burst_bytes(),
+                     "tcp_congestion_control": cc,
                      "limit_bytes": link.limit_bytes() if link.qdisc == "tbf" else None}
             links_out.append(entry)
             say(f"\nlink {link.rate_mbit:g} Mbit/s ({link.qdisc}, burst {link.burst_bytes()} B)"
@@ -234,6 +243,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     why = netns.preflight()
     if why:
         parser.exit(2, f"{parser.prog}: refused: {why}\n")
+    cc = settings["cc"]
+    if cc is not None and cc not in netns.congestion_controls():
+        parser.exit(2, f"{parser.prog}: error: --congestion-control {cc}: this kernel lets a "
+                       f"namespace choose {', '.join(netns.congestion_controls()) or 'none'}\n")
     if any(link.delay_s > 0 for link in settings["links"]):
         why = netns.netem_available()
         if why:

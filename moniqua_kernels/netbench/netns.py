@@ -38,7 +38,7 @@ import time
 from typing import Optional, Sequence
 
 __all__ = ["NetnsError", "LinkSpec", "Testbed", "preflight", "netem_available",
-           "sweep_stale", "own_namespaces", "PREFIX"]
+           "sweep_stale", "own_namespaces", "congestion_controls", "PREFIX"]
 
 PREFIX = "mknb"
 SUBNET = "10.77.0"
@@ -88,6 +88,18 @@ def _start_time(pid: int) -> Optional[int]:
         return None
     # The command name (field 2) may contain spaces and parentheses: split after it.
     return int(text.rsplit(")", 1)[1].split()[19])
+
+
+def congestion_controls() -> list[str]:
+    """The TCP congestion controls a new namespace may choose (available and allowed)."""
+    def read(name):
+        try:
+            with open(f"/proc/sys/net/ipv4/{name}") as f:
+                return f.read().split()
+        except OSError:
+            return []
+    allowed = read("tcp_allowed_congestion_control")
+    return [c for c in read("tcp_available_congestion_control") if c in allowed]
 
 
 def own_namespaces() -> list[str]:
@@ -316,6 +328,15 @@ class Testbed:
                 for cmd in link.tc_commands(self.dev):
                     _run(["tc", "-n", ns, *cmd])
         self.link = link
+
+    def tcp_congestion_control(self, name: Optional[str] = None) -> str:
+        """Set the ranks' TCP congestion control (a per-namespace sysctl; None leaves
+        the kernel's default) and return the one in use."""
+        key = "net.ipv4.tcp_congestion_control"
+        if name is not None:
+            for ns in self.ranks:
+                _run(["ip", "netns", "exec", ns, "sysctl", "-q", "-w", f"{key}={name}"])
+        return _run(["ip", "netns", "exec", self.ranks[0], "sysctl", "-n", key]).stdout.strip()
 
     def qdisc_stats(self) -> list[dict]:
         """Per rank, the shaping qdisc's counters (bytes and packets sent, dropped,
