@@ -42,8 +42,9 @@ def result_row(name: str, out: dict, *, rate_mbit: float, delay_ms: float,
         "link_utilization": goodput / measured_mbit if measured_mbit else None,
         "qdisc_dropped": sum(q["dropped"] for q in qdisc),
         "n_params": s["n_params"],
-        "curve": [{k: row[k] for k in ("step", "wall_s", "loss", "test_accuracy_workers_mean")
-                   if k in row} for row in history],
+        "curve": [{k: row[k] for k in ("step", "wall_s", "loss", "test_accuracy_workers_mean",
+                                       "test_loss_workers_mean") if k in row}
+                  for row in history],
     }
 
 
@@ -104,8 +105,9 @@ def markdown(results: list[dict], links: list[dict]) -> str:
 
 
 def plot(results: list[dict], links: list[dict], path: str, title: str) -> None:
-    """Loss and test accuracy against training seconds, one line per algorithm, one
-    row of panels per link."""
+    """Test loss and test accuracy (means over the workers' own models) against training
+    seconds, one line per algorithm, one row of panels per link.  The test loss, not the
+    minibatch loss: one batch of 32 per logged step is too noisy to compare lines."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -114,7 +116,8 @@ def plot(results: list[dict], links: list[dict], path: str, title: str) -> None:
     fig, axes = plt.subplots(len(keys), 2, figsize=(12, 4 * len(keys)), squeeze=False)
     for (rate, delay), (ax_loss, ax_acc) in zip(keys, axes):
         for r in (r for r in results if (r["rate_mbit"], r["delay_ms"]) == (rate, delay)):
-            loss = [(c["wall_s"], c["loss"]) for c in r["curve"] if "loss" in c and c["wall_s"] > 0]
+            loss = [(c["wall_s"], c["test_loss_workers_mean"]) for c in r["curve"]
+                    if "test_loss_workers_mean" in c and c["wall_s"] > 0]
             acc = [(c["wall_s"], c["test_accuracy_workers_mean"]) for c in r["curve"]
                    if "test_accuracy_workers_mean" in c and c["wall_s"] > 0]
             if loss:
@@ -122,7 +125,7 @@ def plot(results: list[dict], links: list[dict], path: str, title: str) -> None:
             if acc:
                 ax_acc.plot(*zip(*acc), label=r["algorithm"])
         label = f"{rate:g} Mbit/s" + (f", {delay:g} ms" if delay else "")
-        ax_loss.set_title(f"training loss, {label}")
+        ax_loss.set_title(f"test loss (mean over workers), {label}")
         ax_acc.set_title(f"test accuracy (mean over workers), {label}")
         target = next((r["target_accuracy"] for r in results), None)
         if target is not None:
