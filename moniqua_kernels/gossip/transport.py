@@ -28,6 +28,17 @@ from typing import Optional, Sequence
 
 import torch
 import torch.distributed as dist
+# Imported here, before any process group exists, on purpose.  torch.distributed.nn's
+# functions take ``group=group.WORLD`` as a default argument, evaluated when that module
+# is first imported; torch.optim imports it (through torch._dynamo) on the first
+# optimizer.  Imported after init_process_group, those defaults keep the default group
+# alive after destroy_process_group, so its gloo worker threads (pt_gloo_runloop) are
+# never joined; one that is still releasing the last collective's tensors when the
+# interpreter finalizes cannot take the GIL and the process dies with "terminate called
+# without an active exception" (SIGABRT).  Found with a core dump of
+# tests/test_cli.py::test_train_resnet20_on_generated_cifar (1 abort in 25 runs under
+# load); tests/test_teardown.py checks that no gloo thread survives train.
+import torch.distributed.nn  # noqa: F401,E402
 
 __all__ = ["PeerError", "Transport", "DistTransport", "InMemoryNetwork", "InMemoryTransport"]
 
