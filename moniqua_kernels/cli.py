@@ -16,7 +16,7 @@ import sys
 from typing import Optional, Sequence
 
 DEMO_ALGORITHMS = ("dpsgd", "allreduce", "moniqua-1bit", "moniqua-2bit", "choco-sign",
-                   "qsgd-4bit", "squarm")
+                   "choco-qsgd4", "squarm")
 
 
 class UsageError(Exception):

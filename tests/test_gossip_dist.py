@@ -4,12 +4,14 @@ One process group runs every algorithm config in turn (spawning costs more than 
 training).  The simulator must reproduce the parameters bit for bit; bytes must match
 the formulas; a peer that exits makes the others fail with PeerError, not hang.
 """
+import functools
 import math
 import time
 
 import pytest
 import torch
 
+import faults
 from moniqua_kernels import simulate
 from moniqua_kernels.compressors import QSGD, Compose, ScaledSign, TopK
 from moniqua_kernels.reference.packing import packed_nbytes
@@ -106,16 +108,18 @@ def test_bytes_sent_equal_the_formulas(runs):
 
 @pytest.mark.parametrize("fault", ["exit", "stall"])
 def test_failed_peer_fails_the_others_with_peer_error_in_time(fault):
-    """Rank 2 of a ring of 3 exits (connection closed) or hangs (the deadline fires)."""
+    """Rank 2 of a ring of 3 exits (connection closed) or hangs (the deadline fires) at
+    its fourth exchange (a test transport, tests/faults.py, injects the fault)."""
     timeout = 8.0
     t0 = time.monotonic()
     with pytest.raises(RuntimeError) as info:
         simulate.run_processes("dpsgd", n_workers=3, dataset="synthetic", steps=200,
-                               hidden=8, batch_size=4, timeout=timeout, _fault_rank=2,
-                               _fault=(3, fault))
+                               hidden=8, batch_size=4, timeout=timeout,
+                               wrap_transport=functools.partial(faults.inject, rank=2,
+                                                                at_exchange=3, fault=fault))
     elapsed = time.monotonic() - t0
     errors = info.value.rank_errors
-    assert ("exited with code 3" if fault == "exit" else "killed") in errors[2]
+    assert (f"exited with code {faults.EXIT_CODE}" if fault == "exit" else "killed") in errors[2]
     for r in (0, 1):
         assert "PeerError" in errors[r] and "peer(s) [2]" in errors[r], errors[r]
         if fault == "stall":

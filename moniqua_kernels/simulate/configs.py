@@ -1,0 +1,117 @@
+"""Named algorithm configurations, the run specification and the network model."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from .. import data as data_mod
+
+__all__ = ["NetworkModel", "AlgorithmConfig", "CONFIGS", "ALIASES", "list_configs", "RunSpec",
+           "make_spec"]
+
+
+@dataclass(frozen=True)
+class NetworkModel:
+    latency_s: float = 50e-6          # per message round
+    bandwidth_Bps: float = 1.25e9     # bytes/s per worker link (10 Gbit/s)
+
+    def time(self, nbytes: float, rounds: int) -> float:
+        return rounds * self.latency_s + nbytes / self.bandwidth_Bps
+
+
+@dataclass(frozen=True)
+class AlgorithmConfig:
+    """A named algorithm setup.  ``kwargs`` go to the algorithm class; a value given
+    as ('lr*', c) becomes c * lr of the run (Moniqua's theta, SQuARM's lr)."""
+    algorithm: str                   # key of gossip.ALGORITHMS
+    kwargs: dict = field(default_factory=dict)
+    momentum: float = 0.0
+    nesterov: bool = False
+    overlap: bool = True             # begin(), backward, end(), opt.step(); else step() after
+    description: str = ""
+
+
+def _lr_scaled(c):
+    return ("lr*", float(c))
+
+
+CONFIGS: dict[str, AlgorithmConfig] = {
+    "dpsgd": AlgorithmConfig("dpsgd", {}, description="D-PSGD, full precision (32 bits)"),
+    "allreduce": AlgorithmConfig("allreduce", {}, overlap=False,
+                                 description="exact model averaging every step"),
+    "moniqua-1bit": AlgorithmConfig(
+        "moniqua", {"bits": 1, "rounding": "dither", "theta": _lr_scaled(3.0), "gamma": 0.05,
+                    "monitor": 100},
+        description="Moniqua on D-PSGD, 1 bit, dither, theta = 3 lr, gamma = 0.05"),
+    "moniqua-2bit": AlgorithmConfig(
+        "moniqua", {"bits": 2, "rounding": "dither", "theta": _lr_scaled(3.0), "gamma": 0.2,
+                    "monitor": 100},
+        description="Moniqua on D-PSGD, 2 bits, dither, theta = 3 lr, gamma = 0.2"),
+    # 1-bit D2 diverged in our runs (gamma 0.01 and 0.05: D2's extra term accumulates the
+    # quantization noise until theta is violated); 4 bits with gamma 0.5 trains.
+    "moniqua-d2-4bit": AlgorithmConfig(
+        "moniqua", {"variant": "d2", "bits": 4, "rounding": "dither", "theta": _lr_scaled(3.0),
+                    "gamma": 0.5, "monitor": 100}, overlap=False,
+        description="Moniqua on D2, 4 bits, dither, theta = 3 lr, gamma = 0.5 (plain SGD)"),
+    "moniqua-adpsgd-1bit": AlgorithmConfig(
+        "moniqua", {"variant": "adpsgd", "bits": 1, "rounding": "dither",
+                    "theta": _lr_scaled(3.0), "gamma": 0.1, "monitor": 100},
+        description="Moniqua on AD-PSGD (random pairwise matchings), 1 bit, dither"),
+    "choco-sign": AlgorithmConfig("choco", {"compressor": "sign", "gamma": 0.2}, overlap=False,
+                                  description="CHOCO-SGD, scaled sign (1 bit + scale)"),
+    "choco-qsgd4": AlgorithmConfig("choco", {"compressor": "qsgd:4", "gamma": 0.8},
+                                   overlap=False, description="CHOCO-SGD, QSGD 4 bits"),
+    "squarm": AlgorithmConfig(
+        "squarm", {"compressor": "topk:0.1+qsgd:4", "gamma": 0.5, "H": 2,
+                   "threshold": 0.01, "lr": _lr_scaled(1.0)},
+        momentum=0.9, nesterov=True, overlap=False,
+        description="SQuARM-SGD: Nesterov 0.9, H=2, top-10% + QSGD 4 bits, trigger"),
+}
+# Bare algorithm names run their default config.
+ALIASES = {"moniqua": "moniqua-1bit", "choco": "choco-sign"}
+
+
+def list_configs() -> dict[str, str]:
+    """Config name -> one-line description."""
+    return {k: v.description for k, v in CONFIGS.items()}
+
+
+@dataclass
+class RunSpec:
+    """Everything a worker needs (picklable, sent to processes)."""
+    config: AlgorithmConfig
+    n_workers: int = 8
+    topology: str = "ring"
+    dataset: str = "digits"
+    model: str = "mlp"
+    steps: int = 500
+    lr: float = 0.1
+    batch_size: int = 16
+    seed: int = 0
+    hidden: int = 64
+    timeout: float = 60.0
+
+
+def make_spec(algorithm, config, overrides=None, **kw) -> tuple[str, RunSpec]:
+    if config is None:
+        if isinstance(algorithm, AlgorithmConfig):
+            name, config = algorithm.algorithm, algorithm
+        elif algorithm in CONFIGS or algorithm in ALIASES:
+            name, config = algorithm, CONFIGS[ALIASES.get(algorithm, algorithm)]
+        else:
+            raise ValueError(f"unknown algorithm config {algorithm!r}; use one of "
+                             f"{', '.join(list(CONFIGS) + list(ALIASES))} or pass "
+                             "config=AlgorithmConfig(...)")
+    else:
+        name = algorithm if isinstance(algorithm, str) else config.algorithm
+    if overrides:
+        config = dataclasses.replace(config, kwargs={**config.kwargs, **overrides})
+    if kw.get("dataset") not in data_mod.DATASETS:
+        raise ValueError(f"unknown dataset {kw.get('dataset')!r}; use one of "
+                         f"{', '.join(data_mod.DATASETS)}")
+    if kw.get("model") not in data_mod.MODELS:
+        raise ValueError(f"unknown model {kw.get('model')!r}; use one of "
+                         f"{', '.join(data_mod.MODELS)}")
+    if kw["n_workers"] < 1 or kw["steps"] < 1 or kw["batch_size"] < 1:
+        raise ValueError("n_workers, steps and batch_size must be >= 1")
+    return name, RunSpec(config=config, **kw)
