@@ -89,6 +89,17 @@ def test_bad_weights_refused(w, match):
         T.from_weights(w)
 
 
+def test_row_but_not_column_stochastic_refused_by_the_column_check():
+    """Rows sum to 1, column 1 to 1.5: gossip with it would not keep the average.  Not
+    symmetric either, so the symmetric check is off here: only the column check can
+    refuse it, and the test names exactly that refusal."""
+    w = [[0.5, 0.5, 0.0], [0.25, 0.5, 0.25], [0.0, 0.5, 0.5]]
+    with pytest.raises(T.TopologyError, match=r"not doubly stochastic: column 1 sums to 1\.5"):
+        T.from_weights(w, symmetric=False)
+    with pytest.raises(T.TopologyError, match=r"not doubly stochastic: column 1"):
+        T.Topology(lambda t: w, "directed", period=2, symmetric=False, n=3)
+
+
 def test_bad_specs_refused():
     with pytest.raises(T.TopologyError, match="unknown topology"):
         T.make("hypercube", 8)

@@ -15,10 +15,19 @@ from .worker import make_result, train_worker
 __all__ = ["run_processes"]
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (for a rendezvous)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def reap(procs, grace: float = 10.0) -> None:
+    """Join processes, killing those still alive after ``grace`` seconds each."""
+    for p in procs:
+        p.join(timeout=grace)
+        if p.is_alive():
+            p.kill()
 
 
 def _process_main(rank, specs, port, queue, wrap_transport):
@@ -75,7 +84,7 @@ def run_processes(algorithm="moniqua-1bit", *, config: Optional[AlgorithmConfig]
     specs = [s for _, s in named]
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
-    port = _free_port()
+    port = free_port()
     procs = [ctx.Process(target=_process_main, args=(r, specs, port, q, wrap_transport),
                          daemon=True) for r in range(n_workers)]
     for p in procs:
@@ -112,10 +121,7 @@ def run_processes(algorithm="moniqua-1bit", *, config: Optional[AlgorithmConfig]
                             p.kill()
                     break
     finally:
-        for p in procs:
-            p.join(timeout=10)
-            if p.is_alive():
-                p.kill()
+        reap(procs)
     for r, p in enumerate(procs):  # died without a report (crashed, killed)
         if r not in failed and not all((r, k) in results for k in range(len(specs))):
             failed[r] = f"exited with code {p.exitcode}"

@@ -14,7 +14,6 @@ import torch
 
 from .. import data as data_mod
 from .. import gossip
-from ..gossip.theta import ThetaMonitor
 from .configs import NetworkModel, RunSpec
 
 __all__ = ["Result", "train_worker", "make_result"]
@@ -81,9 +80,6 @@ def _build(spec: RunSpec, rank: int, transport, ds: data_mod.Dataset):
     opt = torch.optim.SGD(model.parameters(), lr=spec.lr, momentum=cfg.momentum,
                           nesterov=cfg.nesterov)
     kwargs = {k: _resolve(v, spec.lr) for k, v in cfg.kwargs.items()}
-    if isinstance(kwargs.get("monitor"), int):
-        # A 256-coordinate sample every K steps: ~0.03 bits per element per step.
-        kwargs["monitor"] = ThetaMonitor(every=kwargs["monitor"], sample=256, seed=spec.seed)
     cls = gossip.ALGORITHMS[cfg.algorithm]
     topology = "complete" if cfg.algorithm == "allreduce" else spec.topology
     alg = cls(model, topology, transport=transport, seed=spec.seed, timeout=spec.timeout,
