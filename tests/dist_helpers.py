@@ -50,3 +50,41 @@ def run_ranks(fn, world: int, timeout: float = 60.0) -> list:
     finally:
         reap(procs)
     return [out.get(r, f"died with exit code {procs[r].exitcode}") for r in range(world)]
+
+
+def train_ranks(world: int, args, cwd=None, timeout: float = 300.0) -> list:
+    """`python -m moniqua_kernels train --no-progress ARGS` as `world` ranks."""
+    return launch_ranks(world, ["-m", "moniqua_kernels", "train", "--no-progress", *args],
+                        cwd, timeout)
+
+
+def launch_ranks(world: int, argv, cwd=None, timeout: float = 300.0) -> list:
+    """`python ARGV` as `world` ranks, launched the way torchrun launches them (env://
+    rendezvous), without torchrun's agent (one torch import less per run).  Returns
+    [(exit code, stdout+stderr)] in rank order."""
+    import os
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    port = str(free_port())
+    procs = []
+    for rank in range(world):
+        env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               "OMP_NUM_THREADS": "1", "RANK": str(rank), "LOCAL_RANK": str(rank),
+               "WORLD_SIZE": str(world), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port}
+        procs.append(subprocess.Popen([sys.executable, *map(str, argv)],
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                      text=True, env=env, cwd=cwd))
+    out = []
+    deadline = time.monotonic() + timeout
+    for p in procs:
+        try:
+            text = p.communicate(timeout=max(deadline - time.monotonic(), 1))[0]
+            out.append((p.returncode, text))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            out.append((None, p.communicate()[0]))
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+    return out

@@ -58,7 +58,8 @@ def test_every_misconfiguration_raises_on_every_rank_naming_field_and_ranks():
     for rank, res in enumerate(results):
         assert isinstance(res, list), f"rank {rank}: {res}"
         for (field, odd, _), (msg, elapsed) in zip(CASES, res):
-            assert msg.startswith(f"rank {rank}: the gossip configuration differs"), (field, msg)
+            assert msg.startswith(f"rank {rank}: ranks disagree on the gossip configuration"), \
+                (field, msg)
             others = ", ".join(str(r) for r in range(4) if r != odd)
             assert f"{field}: " in msg and f"rank {odd} has" in msg \
                 and f"ranks {others} have" in msg, (field, msg)

@@ -13,10 +13,11 @@ import sys
 
 import pytest
 
+from dist_helpers import train_ranks
 from test_cli import ROOT, _env, _free_port
 
 TRAIN = ["--algorithm", "dpsgd", "--dataset", "synthetic", "--steps", "5",
-         "--batch-size", "8", "--no-progress"]
+         "--batch-size", "8"]
 
 
 def _torchrun(target, args, timeout=180):
@@ -27,7 +28,8 @@ def _torchrun(target, args, timeout=180):
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/task")
 def test_no_gloo_thread_survives_train():
-    proc = _torchrun([os.path.join(ROOT, "tests", "teardown_probe.py")], TRAIN)
+    proc = _torchrun([os.path.join(ROOT, "tests", "teardown_probe.py")],
+                     TRAIN + ["--no-progress"])
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     probes = [json.loads(line.split("PROBE ", 1)[1]) for line in proc.stdout.splitlines()
               if "PROBE " in line]
@@ -38,27 +40,6 @@ def test_no_gloo_thread_survives_train():
         assert not left, f"rank {p['rank']}: gloo threads alive after train: {left}"
 
 
-def _two_ranks(args, timeout=180):
-    """The two ranks of a 2-process train, launched as torchrun would (env://), without
-    torchrun's agent process: a third torch import per run that the abort did not need."""
-    port = str(_free_port())
-    procs = []
-    for rank in (0, 1):
-        env = {**_env(), "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2",
-               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port}
-        procs.append(subprocess.Popen([sys.executable, "-m", "moniqua_kernels", "train", *args],
-                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                      text=True, env=env))
-    outs = []
-    for p in procs:
-        try:
-            outs.append((p.wait(timeout), p.stdout.read()))
-        finally:
-            p.kill()
-            p.stdout.close()
-    return outs
-
-
 @pytest.mark.slow
 def test_train_exits_cleanly_20_times_under_load():
     """Load: one busy process beside the two ranks on this 2-core machine (the abort
@@ -67,7 +48,7 @@ def test_train_exits_cleanly_20_times_under_load():
     burner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     try:
         for i in range(20):
-            for rank, (rc, out) in enumerate(_two_ranks(TRAIN)):
+            for rank, (rc, out) in enumerate(train_ranks(2, TRAIN)):
                 assert rc == 0 and "terminate called" not in out, \
                     f"run {i}, rank {rank}: exit {rc}\n{out[-3000:]}"
     finally:

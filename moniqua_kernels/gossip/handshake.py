@@ -26,22 +26,24 @@ __all__ = ["ConfigMismatch", "agree", "describe", "FINGERPRINT_BYTES"]
 
 FINGERPRINT_BYTES = 4096
 _MAGIC = b"MKFP1\n"
-_LONG = 160  # JSON characters above which a value travels as its hash
+_LONG = 160  # JSON characters above which a value (not a message) travels as its hash
+_MESSAGE = 400  # strings are messages: cut to this many characters, never hashed
 
 
 class ConfigMismatch(ValueError):
     """Ranks disagree about their configuration.  ``fields`` maps each differing field
     to {value (as JSON text): [ranks]}."""
 
-    def __init__(self, what: str, fields: dict, rank: int):
+    def __init__(self, what: str, fields: dict, rank: int,
+                 advice: str = "Start every rank with the same settings."):
         self.fields, self.rank = fields, rank
         parts = []
         for name, groups in fields.items():
             held = "; ".join(f"{_ranks(r)} {'has' if len(r) == 1 else 'have'} {v}"
                              for v, r in sorted(groups.items(), key=lambda kv: kv[1]))
             parts.append(f"{name}: {held}")
-        super().__init__(f"rank {rank}: {what} differs between ranks; " + " | ".join(parts)
-                         + ". Start every rank with the same settings.")
+        super().__init__(f"rank {rank}: ranks disagree on {what}; " + " | ".join(parts)
+                         + (f". {advice}" if advice else ""))
 
 
 def _ranks(ranks: list) -> str:
@@ -55,6 +57,8 @@ def describe(obj) -> str:
 
 
 def _text(value) -> str:
+    if isinstance(value, str):
+        return json.dumps(value if len(value) <= _MESSAGE else value[:_MESSAGE] + "...")
     text = json.dumps(value, sort_keys=True, default=repr)
     if len(text) > _LONG:
         return "sha256:" + hashlib.sha256(text.encode()).hexdigest()[:16]
@@ -84,12 +88,13 @@ def decode(buf: torch.Tensor) -> Optional[dict]:
         return None
 
 
-def compare(fingerprints: list, what: str, rank: int) -> None:
+def compare(fingerprints: list, what: str, rank: int, advice: Optional[str] = None) -> None:
     """Raise ConfigMismatch if the ranks' decoded fingerprints differ."""
+    kw = {} if advice is None else {"advice": advice}
     foreign = [r for r, f in enumerate(fingerprints) if f is None]
     if foreign:
         raise ConfigMismatch(what, {"program": {"not a moniqua_kernels fingerprint": foreign}},
-                             rank)
+                             rank, **kw)
     diff = {}
     for name in sorted(set().union(*fingerprints)):
         groups: dict = {}
@@ -98,11 +103,11 @@ def compare(fingerprints: list, what: str, rank: int) -> None:
         if len(groups) > 1:
             diff[name] = groups
     if diff:
-        raise ConfigMismatch(what, diff, rank)
+        raise ConfigMismatch(what, diff, rank, **kw)
 
 
 def agree(transport, fields: dict, what: str = "the gossip configuration",
-          device=None) -> None:
+          device=None, advice: Optional[str] = None) -> None:
     """Every rank calls this with its own ``fields``; one all-gather, then every rank
     raises the same ConfigMismatch if any field differs.  Communication failures raise
     the transport's PeerError (within its timeout)."""
@@ -111,4 +116,4 @@ def agree(transport, fields: dict, what: str = "the gossip configuration",
     buf = encode(fields)
     if device is not None:
         buf = buf.to(device)
-    compare([decode(b) for b in transport.all_gather(buf)], what, transport.rank)
+    compare([decode(b) for b in transport.all_gather(buf)], what, transport.rank, advice)

@@ -57,7 +57,7 @@ def check_d2(bits: int, rounding: str, spectral_gap: float, topology: str) -> No
     eps = theta_mod.relative_error(bits, rounding)
     if eps * 2.0 <= D2_NOISE_LIMIT * spectral_gap:
         return
-    ok = [b for b in ops.MONIQUA_BITS  # with the default rounding
+    ok = [b for b in (1, 2, 4, 8)  # Moniqua's bit widths, with the default rounding
           if theta_mod.relative_error(b, "dither") * 2.0 <= D2_NOISE_LIMIT * spectral_gap]
     raise ValueError(
         f"Moniqua on D2 cannot train at {bits} bit(s) ({rounding}) on {topology}: D2 gossips "
@@ -285,7 +285,8 @@ class Moniqua(GossipAlgorithm):
 
     def state_dict(self) -> dict:
         state = super().state_dict()
-        extra = {"theta": self.theta}
+        extra = {"theta": self.theta, "last_check": self._last_check,
+                 "last_spread": self._last_spread}
         if hasattr(self.theta_schedule, "state_dict"):
             extra["schedule"] = self.theta_schedule.state_dict()
         if self.monitor is not None:
@@ -297,6 +298,8 @@ class Moniqua(GossipAlgorithm):
         super().load_state_dict(state)
         extra = state.get("extra", {})
         self.theta = extra.get("theta")
+        self._last_check = extra.get("last_check")
+        self._last_spread = extra.get("last_spread")
         if "schedule" in extra and hasattr(self.theta_schedule, "load_state_dict"):
             self.theta_schedule.load_state_dict(extra["schedule"])
         if "monitor" in extra and self.monitor is not None:
