@@ -30,8 +30,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 CHECKPOINT_VERSION = 2  # 2: loads with weights_only=True; records world size and rank
-ALGORITHMS = ("dpsgd", "allreduce", "moniqua", "choco", "squarm")
-COMPRESSED = ("choco", "squarm")  # the algorithms that take --compressor
+ALGORITHMS = ("dpsgd", "allreduce", "moniqua", "choco", "squarm", "dcd", "ecd", "deepsqueeze")
+COMPRESSED = ("choco", "squarm", "dcd", "ecd", "deepsqueeze")  # take --compressor
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="consensus step size (Moniqua: default from bits and the topology)")
     a.add_argument("--theta-check-every", type=int, default=None, metavar="K",
                    help="Moniqua's theta monitor: check the models' spread at steps 0-7, "
-                        "8, 16, ... then every K steps (default 128); 0 turns it off")
+                        "8, 16, ... then every K steps (default 256); 0 turns it off")
     a.add_argument("--per-layer", action="store_true",
                    help="compress each parameter tensor on its own (one scale per layer, "
                         "as CHOCO-SGD's experiments do)")
@@ -126,6 +126,8 @@ def _check_args(p: argparse.ArgumentParser, args) -> None:
     for name in moniqua_only:
         if getattr(args, name) is not None and args.algorithm != "moniqua":
             p.error(f"--{name.replace('_', '-')} applies to --algorithm moniqua only")
+    if args.gamma is not None and args.algorithm in ("dpsgd", "allreduce", "dcd", "ecd"):
+        p.error(f"--gamma: {args.algorithm} has no consensus step size")
     if args.compressor is not None and args.algorithm not in COMPRESSED:
         p.error(f"--compressor applies to --algorithm {', '.join(COMPRESSED)}")
     for name in ("H", "threshold"):

@@ -24,7 +24,7 @@ CHOCO_RANDOMK = simulate.AlgorithmConfig("choco", {"compressor": "randomk:0.3+qs
                                                    "gamma": 0.3}, overlap=False)
 NAMES = ["dpsgd", "allreduce", EXACT_ALLREDUCE, "moniqua-1bit", "moniqua-2bit",
          "moniqua-d2-4bit", "moniqua-adpsgd-1bit", "choco-sign", "choco-qsgd4", "squarm",
-         CHOCO_RANDOMK]
+         CHOCO_RANDOMK, "dcd-qsgd4", "ecd-qsgd4", "deepsqueeze-sign"]
 
 
 def _key(name):
@@ -86,6 +86,9 @@ def test_bytes_sent_equal_the_formulas(runs):
         "allreduce-exact": (n - 1) * 4 * n_params * steps,
         "choco-sign": deg * ScaledSign().nbytes(n_params) * steps,
         "choco-qsgd4": deg * QSGD(4).nbytes(n_params) * steps,
+        "dcd-qsgd4": deg * QSGD(4).nbytes(n_params) * steps,
+        "ecd-qsgd4": deg * QSGD(4).nbytes(n_params) * steps,
+        "deepsqueeze-sign": deg * ScaledSign().nbytes(n_params) * steps,
     }
     for name, total in expect.items():
         assert runs[name][0].bytes_sent == [total] * n, name

@@ -4,13 +4,17 @@
     g = mk.gossip.Moniqua(model, topology="ring", theta=0.05, bits=1)
     ... opt.step(); g.step()
 
-Algorithms: DPSGD, AllReduce, Moniqua(variant="dpsgd"|"d2"|"adpsgd"), Choco, SQuARM;
+Algorithms: DPSGD, AllReduce, Moniqua(variant="dpsgd"|"d2"|"adpsgd"), Choco, SQuARM, and
+the baselines Moniqua's paper compares with: DCD (DCD-PSGD), ECD (ECD-PSGD), DeepSqueeze;
 DDP hook: qsgd_hook with QSGDHookState.  Every algorithm counts the bytes each worker
 sends (``bytes_sent``, ``last_bytes_sent``).
 """
 from . import theta, topology, transport
 from .base import GossipAlgorithm, ring_allreduce_bytes, stream_seed
 from .choco import Choco, SQuARM
+from .dcd import DCD
+from .deepsqueeze import DeepSqueeze
+from .ecd import ECD
 from .dpsgd import DPSGD, AllReduce
 from .flat import FlatParams
 from .hooks import QSGDHookState, qsgd_hook
@@ -20,9 +24,10 @@ from .topology import Topology, TopologyError
 from .transport import DistTransport, InMemoryNetwork, InMemoryTransport, PeerError
 
 ALGORITHMS = {"dpsgd": DPSGD, "allreduce": AllReduce, "moniqua": Moniqua, "choco": Choco,
-              "squarm": SQuARM}
+              "squarm": SQuARM, "dcd": DCD, "ecd": ECD, "deepsqueeze": DeepSqueeze}
 
-__all__ = ["DPSGD", "AllReduce", "Moniqua", "Choco", "SQuARM", "qsgd_hook", "QSGDHookState",
+__all__ = ["DPSGD", "AllReduce", "Moniqua", "Choco", "SQuARM", "DCD", "ECD", "DeepSqueeze",
+           "qsgd_hook", "QSGDHookState",
            "GossipAlgorithm", "Topology", "TopologyError", "PeerError", "DistTransport",
            "InMemoryNetwork", "InMemoryTransport", "FlatParams", "ThetaMonitor",
            "ThetaViolation", "LRProportional", "stream_seed", "ring_allreduce_bytes",

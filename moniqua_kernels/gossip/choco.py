@@ -23,90 +23,48 @@ import math
 import torch
 
 from .. import compressors as comp
-from .base import GossipAlgorithm
-from .handshake import describe
+from .compressed import CompressedGossip, as_compressor
 
 __all__ = ["Choco", "SQuARM"]
 
 _FLAG_TAG = 1 << 21
 
 
-def _compressor(spec) -> comp.Compressor:
-    c = comp.from_spec(spec) if isinstance(spec, str) else spec
-    if not isinstance(c, comp.Compressor):
-        raise TypeError(f"compressor must be a Compressor or a spec string, got {type(c)}")
-    if c.needs_reference:
-        raise ValueError(f"{c.name} decodes against the receiver's own model; CHOCO/SQuARM "
-                         "send differences x - xhat, so use qsgd, sign, randomk, topk, "
-                         "identity or a composition (for Moniqua use gossip.Moniqua)")
-    return c
-
-
-class Choco(GossipAlgorithm):
-    """CHOCO-SGD gossip with any compressor.
+class Choco(CompressedGossip):
+    """CHOCO-SGD gossip with any compressor (Koloskova et al. 2019, Algorithm 1).
 
       compressor  a Compressor or a spec ('sign', 'qsgd:4', 'topk:0.1', ...)
       gamma       consensus step size (CHOCO's gamma; smaller for coarser compressors)
     """
 
     name = "choco"
-    time_varying_ok = False
     _STATE_TENSORS = ("_xhat", "_s")
 
     def __init__(self, model_or_params, topology="ring", process_group=None, *,
                  compressor="sign", gamma: float = 0.5, **kw):
-        self.compressor = _compressor(compressor)
-        self.gamma = float(gamma)
-        super().__init__(model_or_params, topology, process_group, **kw)
-        self.flat.assign_stream_offsets(self.compressor.stream_span)
-        self._xhat = [torch.zeros_like(b.tensor) for b in self.buckets]
-        self._s = [torch.zeros_like(b.tensor) for b in self.buckets]
-        self._peers = self.topology.in_peers(self.rank)
-        self._out = self.topology.out_peers(self.rank)
-        self._w_self = self.topology.self_weight(self.rank)
-
-    def fingerprint(self) -> dict:
-        return {**super().fingerprint(), "compressor": describe(self.compressor),
-                "gamma": self.gamma}
+        super().__init__(model_or_params, topology, process_group, compressor=compressor,
+                         gamma=gamma, **kw)
+        self._xhat = self._buffers()
+        self._s = self._buffers()
 
     # Choco always sends; SQuARM decides per sync step.
     def _begin(self):
-        self._post(send=True, senders=[j for j, _ in self._peers])
+        self._post([b.tensor - xhat for b, xhat in zip(self.buckets, self._xhat)])
 
     def _end(self):
         self._apply()
 
-    def _post(self, send: bool, senders: list[int]) -> None:
-        self._sending, self._senders = send, senders
-        self._own_seed = self._seed(self.rank)
-        self._own, self._pending = [], []
-        c = self.compressor
-        for b, xhat in zip(self.buckets, self._xhat):
-            sends = []
-            if send:
-                p = c.encode(b.tensor - xhat, seed=self._own_seed, offset=b.stream_offset)
-                self._own.append(p)
-                wire = p.to_wire()
-                sends = [(k, wire) for k in self._out]
-            recvs = [(j, c.nbytes(b.numel, b.tensor.dtype, self._seed(j), b.stream_offset))
-                     for j in senders]
-            self._pending.append(self._exchange(sends, recvs, tag=b.index) if sends or recvs
-                                 else None)
-
     def _apply(self) -> None:
-        c, weight = self.compressor, dict(self._peers)
+        weight = dict(self._peers)
         for i, (b, xhat, s) in enumerate(zip(self.buckets, self._xhat, self._s)):
-            got = self._wait(self._pending[i]) if self._pending[i] is not None else {}
-            if self._sending:
-                q = c.decode(self._own[i])
-                xhat.add_(q)
-                s.add_(q, alpha=self._w_self)
-            for j in self._senders:
-                p = c.from_wire(got[j], b.tensor.shape, b.tensor.dtype, seed=self._seed(j),
-                                offset=b.stream_offset)
-                s.add_(c.decode(p), alpha=weight[j])
+            own, theirs = self._collect(i)
+            if own is not None:
+                xhat.add_(own)
+                s.add_(own, alpha=self._w_self)
+            for j, q in theirs.items():
+                s.add_(q, alpha=weight[j])
             b.tensor.add_(s - xhat, alpha=self.gamma)
-        self._own = self._pending = None
+        self._done()
 
 
 class SQuARM(Choco):
@@ -157,7 +115,7 @@ class SQuARM(Choco):
                     "(that would be SPARQ-SGD): use SQuARM.optimizer(params, lr)")
         self.triggers = 0       # sync steps at which this worker sent
         self.sync_steps = 0
-        compressor = _compressor(compressor)
+        compressor = as_compressor(compressor, "SQuARM")
         if contractive and isinstance(compressor, comp.Compose) and not compressor.contractive:
             compressor = comp.Compose(compressor.sparsifier, compressor.quantizer,
                                       contractive=True)
@@ -201,7 +159,8 @@ class SQuARM(Choco):
         flags = self._wait(self._exchange([(k, flag) for k in self._out],
                                           [(j, 1) for j, _ in self._peers], tag=_FLAG_TAG))
         senders = [j for j, _ in self._peers if int(flags[j][0])]
-        self._post(send, senders)
+        self._post([b.tensor - xhat for b, xhat in zip(self.buckets, self._xhat)] if send
+                   else None, senders)
 
     def _end(self):
         if self._sync:

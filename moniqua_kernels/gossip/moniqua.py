@@ -82,7 +82,7 @@ class Moniqua(GossipAlgorithm):
                 update, which the decode noise of 1-2 bits does not survive)
       variant   'dpsgd' | 'd2' | 'adpsgd'
       monitor   True (default): a ThetaMonitor (checks at steps 0-7, 8, 16, ..., then
-                every 128 steps; warns on a violation, raises after 3 in a row); an int
+                every 256 steps; warns on a violation, raises after 3 in a row); an int
                 K (every K steps); a ThetaMonitor; or None/False to switch it off (an
                 adaptive theta still measures on its own schedule)
     """

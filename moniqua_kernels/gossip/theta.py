@@ -54,6 +54,13 @@ class ThetaViolationError(RuntimeError):
     """Theta was violated at several checks in a row: the models are being corrupted."""
 
 
+# Checks after the start, every CHECK_EVERY steps.  Measured with
+# scripts/theta_check_cost.py (4 gloo ranks on this 2-core machine, digits MLP, 1 bit):
+# a check costs ~1.3 steps' time; every 128 steps the checks took 1.8% (4810 parameters)
+# and 1.5% (38410) of 2000 steps, over the 1% budget; every 256 see docs/theta-checks.md.
+CHECK_EVERY = 256
+
+
 def check_steps(step: int, every: int) -> bool:
     """Every step below 8, then 8, 16, 32, ... below ``every``, then the multiples of
     ``every``: the models spread fastest from their common start (measured: 4 workers
@@ -124,7 +131,8 @@ class Adaptive:
 
     measures = True
 
-    def __init__(self, margin: float = 2.0, every: int = 128, decay: float = 0.5, lr=None):
+    def __init__(self, margin: float = 2.0, every: int = CHECK_EVERY, decay: float = 0.5,
+                 lr=None):
         margin, decay = float(margin), float(decay)
         if not math.isfinite(margin) or margin < 1:
             raise ValueError(f"margin must be a finite number >= 1, got {margin!r}")
@@ -250,7 +258,8 @@ class ThetaMonitor:
     consecutive checks raise ThetaViolationError on every rank (none is left waiting).
     """
 
-    def __init__(self, every: int = 128, warn: bool = True, raise_after: Optional[int] = 3):
+    def __init__(self, every: int = CHECK_EVERY, warn: bool = True,
+                 raise_after: Optional[int] = 3):
         self.every, self.warn = _check_every(every), bool(warn)
         if raise_after is not None and (isinstance(raise_after, bool) or int(raise_after) < 1):
             raise ValueError(f"raise_after must be None or an int >= 1, got {raise_after!r}")

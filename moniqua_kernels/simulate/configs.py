@@ -75,8 +75,26 @@ CONFIGS: dict[str, AlgorithmConfig] = {
         description="SQuARM-SGD: Nesterov 0.9, H=2, contractive top-10% + QSGD 4 bits, "
                     "trigger c_t = 0.01 sqrt(t+1)"),
 }
+# The baselines of Moniqua's paper (Tang et al. 2018: DCD-PSGD, ECD-PSGD; Tang et al.
+# 2019: DeepSqueeze), at about 1 bit (sign; ECD needs an unbiased compressor, so its
+# smallest here is ternary QSGD, 2 bits) and at 4 bits (QSGD).  DCD and ECD have no step
+# size of their own; DeepSqueeze's consensus step eta was picked on digits seed 0 from
+# {0.05, 0.2} per compressor (0.2 with ternary QSGD or sign let the models drift apart).
+for _bits, _spec in ((1, "sign"), (4, "qsgd:4")):
+    CONFIGS[f"dcd-{_spec.replace(':', '')}"] = AlgorithmConfig(
+        "dcd", {"compressor": _spec}, overlap=False,
+        description=f"DCD-PSGD (difference compression), {_spec}")
+    CONFIGS[f"deepsqueeze-{_spec.replace(':', '')}"] = AlgorithmConfig(
+        "deepsqueeze", {"compressor": _spec, "gamma": 0.05 if _bits == 1 else 0.2},
+        overlap=False, description=f"DeepSqueeze (error-compensated), {_spec}, eta "
+                                   f"{0.05 if _bits == 1 else 0.2}")
+for _spec in ("qsgd:2", "qsgd:4"):
+    CONFIGS[f"ecd-{_spec.replace(':', '')}"] = AlgorithmConfig(
+        "ecd", {"compressor": _spec}, overlap=False,
+        description=f"ECD-PSGD (extrapolation compression), {_spec}")
 # Bare algorithm names run their default config.
-ALIASES = {"moniqua": "moniqua-1bit", "choco": "choco-sign"}
+ALIASES = {"moniqua": "moniqua-1bit", "choco": "choco-sign", "dcd": "dcd-qsgd4",
+           "ecd": "ecd-qsgd4", "deepsqueeze": "deepsqueeze-sign"}
 
 
 def list_configs() -> dict[str, str]:
