@@ -30,7 +30,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 CHECKPOINT_VERSION = 2  # 2: loads with weights_only=True; records world size and rank
-ALGORITHMS = ("dpsgd", "allreduce", "moniqua", "choco", "squarm", "dcd", "ecd", "deepsqueeze")
+ALGORITHMS = ("dpsgd", "allreduce", "moniqua", "choco", "squarm", "dcd", "ecd", "deepsqueeze",
+              "adpsgd")
 COMPRESSED = ("choco", "squarm", "dcd", "ecd", "deepsqueeze")  # take --compressor
 
 
@@ -126,7 +127,8 @@ def _check_args(p: argparse.ArgumentParser, args) -> None:
     for name in moniqua_only:
         if getattr(args, name) is not None and args.algorithm != "moniqua":
             p.error(f"--{name.replace('_', '-')} applies to --algorithm moniqua only")
-    if args.gamma is not None and args.algorithm in ("dpsgd", "allreduce", "dcd", "ecd"):
+    if args.gamma is not None and args.algorithm in ("dpsgd", "allreduce", "dcd", "ecd",
+                                                     "adpsgd"):
         p.error(f"--gamma: {args.algorithm} has no consensus step size")
     if args.compressor is not None and args.algorithm not in COMPRESSED:
         p.error(f"--compressor applies to --algorithm {', '.join(COMPRESSED)}")
@@ -392,6 +394,9 @@ def _run(args, rank, world, device) -> dict:
         except ImportError:
             bar = None
     log = open(args.log_file, "a") if (rank == 0 and args.log_file) else None
+    # Asynchronous AD-PSGD: no rank waits for another's steps, so the logged numbers are
+    # rank 0's own, and the communication thread stops (close) before the evaluation.
+    asynchronous = getattr(algorithm, "engine", None) is not None
     t0 = time.perf_counter()
     try:
         for step in range(start, args.steps):
@@ -406,8 +411,9 @@ def _run(args, rank, world, device) -> dict:
             if (step + 1) % args.log_every == 0 or step + 1 == args.steps:
                 stats = torch.tensor([loss.item(), (out.argmax(1) == yb).float().mean().item(),
                                       float(algorithm.last_bytes_sent)], dtype=torch.float64)
-                dist.all_reduce(stats)  # a scalar reduction, only on logging steps
-                stats /= world
+                if not asynchronous:  # asynchronous ranks never wait for each other
+                    dist.all_reduce(stats)  # a scalar reduction, only on logging steps
+                    stats /= world
                 row = {"step": step + 1, "loss": stats[0].item(),
                        "batch_accuracy": stats[1].item(),
                        "bytes_per_worker_step": stats[2].item(),
@@ -430,6 +436,8 @@ def _run(args, rank, world, device) -> dict:
         if log is not None:
             log.close()
     wall = time.perf_counter() - t0
+    if hasattr(algorithm, "close"):
+        algorithm.close()
     acc, test_loss = _evaluate(model, x_test, y_test)
     # The averaged model: what consensus converges to.
     averaged = [p.detach().clone() for p in model.parameters()]

@@ -24,7 +24,7 @@ CHOCO_RANDOMK = simulate.AlgorithmConfig("choco", {"compressor": "randomk:0.3+qs
                                                    "gamma": 0.3}, overlap=False)
 NAMES = ["dpsgd", "allreduce", EXACT_ALLREDUCE, "moniqua-1bit", "moniqua-2bit",
          "moniqua-d2-4bit", "moniqua-adpsgd-1bit", "choco-sign", "choco-qsgd4", "squarm",
-         CHOCO_RANDOMK, "dcd-qsgd4", "ecd-qsgd4", "deepsqueeze-sign"]
+         CHOCO_RANDOMK, "dcd-qsgd4", "ecd-qsgd4", "deepsqueeze-sign", "adpsgd"]
 
 
 def _key(name):

@@ -11,6 +11,7 @@ sends (``bytes_sent``, ``last_bytes_sent``).
 """
 from . import theta, topology, transport
 from .base import GossipAlgorithm, ring_allreduce_bytes, stream_seed
+from .adpsgd import ADPSGD
 from .choco import Choco, SQuARM
 from .dcd import DCD
 from .deepsqueeze import DeepSqueeze
@@ -24,9 +25,11 @@ from .topology import Topology, TopologyError
 from .transport import DistTransport, InMemoryNetwork, InMemoryTransport, PeerError
 
 ALGORITHMS = {"dpsgd": DPSGD, "allreduce": AllReduce, "moniqua": Moniqua, "choco": Choco,
-              "squarm": SQuARM, "dcd": DCD, "ecd": ECD, "deepsqueeze": DeepSqueeze}
+              "squarm": SQuARM, "dcd": DCD, "ecd": ECD, "deepsqueeze": DeepSqueeze,
+              "adpsgd": ADPSGD}
 
 __all__ = ["DPSGD", "AllReduce", "Moniqua", "Choco", "SQuARM", "DCD", "ECD", "DeepSqueeze",
+           "ADPSGD",
            "qsgd_hook", "QSGDHookState",
            "GossipAlgorithm", "Topology", "TopologyError", "PeerError", "DistTransport",
            "InMemoryNetwork", "InMemoryTransport", "FlatParams", "ThetaMonitor",

@@ -11,12 +11,14 @@ Variants (``variant=``):
           z_t = y_t + x_t - y_{t-1}, y = the model after the local optimizer step, which
           for plain SGD is D2's 2 x_t - x_{t-1} - lr (g_t - g_{t-1}).  Needs plain SGD and
           W's smallest eigenvalue > -1/3; keeps two model-sized buffers.
-  adpsgd  Moniqua on AD-PSGD: pairwise averaging (weights 1/2) over a random matching of
-          the topology's edges, a new matching every step from the shared seed, with the
-          begin()/backward/end() order giving AD-PSGD's "average, then apply the gradient
-          of the model before averaging".  On torch.distributed this is a synchronous
-          emulation: the pairs of a step meet at the same step; there is no staleness
-          beyond that one step and no worker runs ahead of the others.
+  adpsgd  Moniqua on AD-PSGD (Lian et al. 2018): pairwise averaging.  asynchronous=True
+          (default; torch.distributed): a background thread averages with a random
+          neighbour whenever the worker stepped, active/passive bipartite split, no
+          barrier, a slow worker does not slow the others; theta adapts per pair
+          (gossip/adpsgd.py).  asynchronous=False: the synchronous emulation for the
+          simulator: weights 1/2 over a random matching of the topology's edges, a new
+          matching every step from the shared seed, the pairs of a step meeting at the
+          same step (no worker runs ahead).
 """
 from __future__ import annotations
 
@@ -92,10 +94,12 @@ class Moniqua(GossipAlgorithm):
 
     def __init__(self, model_or_params, topology="ring", process_group=None, *, theta=None,
                  bits: int = 1, rounding: str = "dither", gamma=None,
-                 variant: str = "dpsgd", monitor=True, **kw):
+                 variant: str = "dpsgd", monitor=True, asynchronous: bool = True, **kw):
         if variant not in VARIANTS:
             raise ValueError(f"variant={variant!r}; use one of {', '.join(VARIANTS)}")
         self.variant = variant
+        self.asynchronous = variant == "adpsgd" and bool(asynchronous)
+        self.engine = None
         self._matching_seed = int(kw.get("seed", 0))
         ops.moniqua_modulus(1.0, bits, rounding)  # validates bits and rounding
         self.bits, self.rounding = bits, rounding
@@ -149,12 +153,32 @@ class Moniqua(GossipAlgorithm):
 
     def _make_topology(self, topology):
         base = topology_mod.make(topology, self.world_size)
-        if self.variant == "adpsgd":
+        self._base = base
+        if self.variant == "adpsgd" and not self.asynchronous:
             return topology_mod.random_matching(base, self._matching_seed)
         return base
 
+    def _after_init(self) -> None:
+        super()._after_init()
+        if self.asynchronous:
+            from .adpsgd import AsyncPairwise, _MoniquaCodec
+            # theta=None: pairwise adaptive (each active measures its pairs); otherwise
+            # the schedule, evaluated at the active's step
+            schedule = None if self._adaptive else self.theta_schedule
+            self.engine = AsyncPairwise(self, _MoniquaCodec(self.bits, self.rounding),
+                                        self._base, theta=schedule,
+                                        margin=getattr(self.theta_schedule, "margin", 2.0),
+                                        monitor=self.monitor, weight=0.5 * self.gamma)
+
+    def close(self) -> None:
+        """Stop the asynchronous communication thread (variant='adpsgd'); a no-op
+        otherwise."""
+        if self.engine is not None:
+            self.bytes_sent += self.engine.close()
+
     def fingerprint(self) -> dict:
         return {**super().fingerprint(), "variant": self.variant, "bits": self.bits,
+                "asynchronous": self.asynchronous,
                 "rounding": self.rounding, "gamma": self.gamma,
                 "theta": describe(self.theta_schedule),
                 "monitor": None if self.monitor is None else self.monitor.every}
@@ -164,6 +188,8 @@ class Moniqua(GossipAlgorithm):
         return ops.moniqua_modulus(self.theta_schedule(self.step_count), self.bits, self.rounding)
 
     def _begin(self):
+        if self.engine is not None:
+            return
         t = self.step_count
         if self.variant == "d2":
             # y_t = the model after the local step; z_t = y_t + (x_t - y_{t-1}) is gossiped.
@@ -199,6 +225,10 @@ class Moniqua(GossipAlgorithm):
             self._pending.append(self._exchange([(k, q) for k in out], recvs, tag=b.index))
 
     def _end(self):
+        if self.engine is not None:
+            self._step_bytes += self.engine.step()
+            self.theta = self.engine.theta
+            return
         seeds = [self._seed(j) for j, _ in self._peers] + [self._own_seed]
         weights = [w for _, w in self._peers]
         for b, q, pending in zip(self.buckets, self._own, self._pending):

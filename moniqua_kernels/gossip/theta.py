@@ -271,7 +271,9 @@ class ThetaMonitor:
     def due(self, step: int) -> bool:
         return check_steps(step, self.every)
 
-    def record(self, step: int, max_diff: float, theta: float, rank: int) -> bool:
+    def record(self, step: int, max_diff: float, theta: float, rank: int,
+               speak: Optional[bool] = None) -> bool:
+        """Record a check; warn (rank 0, or where ``speak``) and raise as documented."""
         self.history.append((step, max_diff, theta))
         if max_diff <= theta:
             self._in_a_row = 0
@@ -284,7 +286,7 @@ class ThetaMonitor:
                 "(theta=None), lower the learning rate or gamma, or use more bits.")
         if self.raise_after is not None and self._in_a_row >= self.raise_after:
             raise ThetaViolationError(f"{what} ({self._in_a_row} checks in a row)")
-        if self.warn and rank == 0:
+        if self.warn and (rank == 0 if speak is None else speak):
             warnings.warn(what, ThetaViolation, stacklevel=4)
         return False
 

@@ -53,12 +53,17 @@ CONFIGS: dict[str, AlgorithmConfig] = {
     "moniqua-d2-4bit": AlgorithmConfig(
         "moniqua", {"variant": "d2", "bits": 4}, overlap=False,
         description="Moniqua on D2, 4 bits, defaults (plain SGD; needs >= 4 bits here)"),
+    # AD-PSGD in the simulator is its synchronous emulation (time does not exist here);
+    # the asynchronous one runs on torch.distributed (gossip/adpsgd.py).
+    "adpsgd": AlgorithmConfig("adpsgd", {"asynchronous": False},
+                              description="AD-PSGD, full precision (synchronous emulation: "
+                                          "random pairwise matchings)"),
     "moniqua-adpsgd-1bit": AlgorithmConfig(
-        "moniqua", {"variant": "adpsgd", "bits": 1},
+        "moniqua", {"variant": "adpsgd", "bits": 1, "asynchronous": False},
         description="Moniqua on AD-PSGD (synchronous emulation: random pairwise "
                     "matchings), 1 bit, defaults"),
     "moniqua-adpsgd-4bit": AlgorithmConfig(
-        "moniqua", {"variant": "adpsgd", "bits": 4},
+        "moniqua", {"variant": "adpsgd", "bits": 4, "asynchronous": False},
         description="Moniqua on AD-PSGD (synchronous emulation), 4 bits, defaults"),
     # CHOCO's consensus step size is tuned per compressor, as the CHOCO-SGD paper tunes
     # it by grid search (its theoretical value is far smaller); these two were picked on
