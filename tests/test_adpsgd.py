@@ -76,6 +76,9 @@ def test_straggler_does_not_slow_the_others():
     for the others; accuracy 96.94% both, 8-bit Moniqua on AD-PSGD too)."""
     res = run_ranks(_straggler_run, 4, timeout=120)
     assert all(isinstance(r, dict) for r in res), res
+    for name in res[0]:  # shown with pytest -s: the numbers the README quotes
+        print(f"{name}: steps/s per rank {[round(r[name][0], 1) for r in res]}, averaged-model "
+              f"accuracy {100 * res[0][name][1]:.2f}%")
     others = [r for k, r in enumerate(res) if k != STRAGGLER]
     for name in ("adpsgd", "moniqua-adpsgd-8bit"):
         for r in others:

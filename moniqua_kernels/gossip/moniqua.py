@@ -80,7 +80,7 @@ class Moniqua(GossipAlgorithm):
       rounding  'dither' (default; unbiased at 1 bit, shared randomness), 'stochastic'
                 (bits >= 2) or 'nearest'
       gamma     consensus step size; None (default): ``theta.default_gamma`` from bits,
-                rounding and the topology's spectral gap (1.0 is the paper's D-PSGD
+                rounding and the topology's noise factor (1.0 is the paper's D-PSGD
                 update, which the decode noise of 1-2 bits does not survive)
       variant   'dpsgd' | 'd2' | 'adpsgd'
       monitor   True (default): a ThetaMonitor (checks at steps 0-7, 8, 16, ..., then
@@ -110,17 +110,17 @@ class Moniqua(GossipAlgorithm):
                 raise ValueError(f"gamma must lie in (0, 1], got {gamma!r}")
         super().__init__(model_or_params, topology, process_group, **kw)
         self.flat.assign_stream_offsets(lambda n: (n + 3) // 4 * 4)
-        gap = self.topology.spectral_gap()
+        noise = self.topology.noise_factor()
         if variant == "d2":
-            check_d2(bits, rounding, gap, self.topology.name)
+            check_d2(bits, rounding, self.topology.spectral_gap(), self.topology.name)
         if theta is None:
-            margin = 2.0 if variant == "d2" else theta_mod.default_margin(bits, rounding, gap)
+            margin = 2.0 if variant == "d2" else theta_mod.default_margin(bits, rounding, noise)
             theta = theta_mod.Adaptive(margin=margin)
         self.theta_schedule = as_schedule(theta)
         self._adaptive = bool(getattr(self.theta_schedule, "measures", False))
         if gamma is None:
             margin = getattr(self.theta_schedule, "margin", 2.0)
-            gamma = theta_mod.default_gamma(bits, rounding, gap, margin)
+            gamma = theta_mod.default_gamma(bits, rounding, noise, margin)
             if variant == "d2":
                 # 3/4 of the largest gamma D2's eigenvalue condition allows (below)
                 gamma = min(gamma, 0.75 * (4.0 / 3.0) / (1.0 - self.topology.min_eigenvalue()))

@@ -17,21 +17,21 @@ over every coordinate and edge is max-all-reduced, so every worker sees the same
 (and Adaptive gives the same theta everywhere).
 
 Gamma and margin (``default_gamma``, ``default_margin``).  The mix injects the decode
-error (uniform in +-eps theta for dither, eps = delta B / theta) with weight gamma; on the
-slowest mode of W it contracts by gamma (1 - rho) per step, so the spread this noise
-alone causes is about (4/3) eps theta sqrt(gamma / (1 - rho)) at its max over a few
-thousand coordinates.  With an adaptive theta = margin x spread, that is a feedback
-loop of gain ~ eps margin sqrt(gamma / (1 - rho)): too high and theta feeds on its own
-noise, the spread growing without bound (measured: 4 bits, gamma 1, ring of 8, margin 4:
-consensus distance 14 after 600 steps, 187 after 1500, against 0.01 and 0.003 with
-margin 2).  Below it the noise multiplies the gradient-driven spread, which itself
-grows as 1 / gamma; the total ~ 1 / (c (1 - (4/3) sqrt(c))) for gain sqrt(c) is smallest
-at c = 1/4.  The defaults: gamma = min(1, GAMMA_C (1 - rho) / (eps margin)^2), a gain of
-sqrt(GAMMA_C) where gamma < 1 (GAMMA_C = 1/4, measured: see its comment); the margin as
-large as a gain of MARGIN_GAIN = 0.3 at gamma = 1 allows, between 2 and 4 (a larger
-margin absorbs the step-to-step bursts of the spread that nearly exact mixing shows;
-at gamma = 1 the loop turned unstable at a lower gain than where gamma damps the
-noise, see the measurements at MARGIN_GAIN).
+error (uniform in +-eps theta for dither, eps = delta B / theta) with weight gamma; a mode
+of W with eigenvalue l contracts by gamma (1 - l) per step, so the noise alone spreads
+the models by a variance ~ gamma (eps theta)^2 S, S = (1/n) sum_l 1 / (1 - l) over W's
+non-consensus modes (``Topology.noise_factor``: 0.94 for a ring of 4, 1.97 for a ring
+of 8).  With an adaptive theta = margin x spread, that is a feedback loop of gain
+~ eps margin sqrt(gamma S): too high and theta feeds on its own noise, the spread growing
+without bound (measured: 4 bits, gamma 1, ring of 8, margin 4: consensus distance 14
+after 600 steps, 187 after 1500, against 0.01 and 0.003 with margin 2).  Below it the
+noise multiplies the gradient-driven spread, which itself grows as 1 / gamma, so the
+gain should not be much smaller either.  The defaults: gamma = min(1, GAMMA_C / (S (eps
+margin)^2)), a gain of sqrt(GAMMA_C) where gamma < 1 (GAMMA_C = 0.1, measured: see its
+comment); the margin as large as a gain of MARGIN_GAIN at gamma = 1 allows, between 2
+and 4 (a larger margin absorbs the step-to-step bursts of the spread that nearly exact
+mixing shows; at gamma = 1 the loop turned unstable at a lower gain than where gamma
+damps the noise, see the measurements at MARGIN_GAIN).
 """
 from __future__ import annotations
 
@@ -200,26 +200,30 @@ def as_schedule(theta) -> Callable[[int], float]:
                     f"got {type(theta).__name__}")
 
 
-# Measured (margin 2; consensus distance after 600 / 1500 steps and averaged-model
-# accuracy at 1500; 8 workers on a ring, 1 - rho = 0.195, digits MLP, seed 0):
-#   c = 0.1:  1 bit 2.55 / 1.52, 96.94%;  2 bits 0.28 / 0.09, 97.49%
-#   c = 0.25: 1 bit 1.75 / 0.84, 97.21%;  2 bits 0.21 / 0.05, 97.49%
-#   c = 0.5:  1 bit 3.11 / 1.87, 97.49%;  2 bits 0.44 / 0.29, 97.77%
-# and on 4 workers (ring, 1 - rho = 0.667, synthetic MLP with 16 hidden units, batch 8,
-# seeds 3-5), consensus distance after 300 steps: c = 0.25: 1 bit 0.65-0.97, 2 bits
-# 0.33-0.41; c = 0.5: 1 bit 5.4-12, 2 bits 16-38 and still growing (D-PSGD: 0.014).
-# (c = 1, the first guess, let the 1-bit spread grow to 36 after 600 steps on digits.)
-# 0.25 is also the derivation's optimum (module docstring).
-GAMMA_C = 0.25
-# The adaptive margin: the loop gain eps x margin x sqrt(1 / (1 - rho)) at gamma = 1 held
-# at MARGIN_GAIN, clipped to MARGIN_RANGE.  Measured at gamma 1 (4 bits, ring of 8,
-# digits MLP, seed 0; consensus distance after 600 / 1500 steps): gain 0.30 (margin 2)
-# 0.011 / 0.003; 0.45 (margin 3) 0.11 / 0.03; 0.50 (3.3) 0.51 / 0.61; 0.60 (4) 14 / 187.
+# Measured (margin 2, 1 bit unless said; consensus distance after n1 / n2 steps, D-PSGD's
+# ~0.003; digits MLP, seed 0), gamma = c (1 - rho) / (eps margin)^2, the first form of
+# the rule:
+#   ring of 8 (1 - rho = 0.195, S = 1.97), 600 / 1500 steps:
+#     gamma 0.0049: 2.55 / 1.52;  0.0122: 1.75 / 0.84 (accuracy 97.21%);  0.0244: 3.1 / 1.9
+#     2 bits, gamma 0.044: 0.28 / 0.09;  0.110: 0.21 / 0.05;  0.220: 0.44 / 0.29
+#   ring of 4 (1 - rho = 0.667, S = 0.94), 400 / 1000 steps:
+#     gamma 0.0083: 1.19 / 0.70;  0.0167: 1.10 / 0.52;  0.0255: 1.99 / 1.73;
+#     0.0417: 14 / 33 (growing: unstable);  2 bits, gamma 0.23: 0.60 / 0.57, 0.375: 5.2 / 9.8
+# So the stable gamma hardly depends on 1 - rho: the slowest mode alone (that first
+# form) over-credits the better connected ring.  With S, gamma = GAMMA_C / (S (eps
+# margin)^2) = 0.0127 on the ring of 8 (its best measured value) and 0.0267 on the ring of
+# 4 (between 0.0255, stable, and 0.0417, not).  (The first guess, c = 1, let the 1-bit
+# spread on 8 workers grow to 36 in 600 steps.)
+GAMMA_C = 0.1
+# The adaptive margin: the loop gain eps x margin x sqrt(S) at gamma = 1 held at
+# MARGIN_GAIN, clipped to MARGIN_RANGE.  Measured at gamma 1 (4 bits, ring of 8, S = 1.97,
+# digits MLP, seed 0; consensus distance after 600 / 1500 steps): gain 0.19 (margin 2)
+# 0.011 / 0.003; 0.28 (margin 3) 0.11 / 0.03; 0.31 (3.3) 0.51 / 0.61; 0.37 (4) 14 / 187.
 # At least 2: a spread that doubles between two early checks stays inside theta.  At
 # most 4: 8 bits, gamma 1, margin 2: the spread exceeded the theta in use at 126 of 600
 # steps (bursts of nearly exact mixing, which follow the last few minibatches); with
 # margin 4 at none.
-MARGIN_GAIN = 0.3
+MARGIN_GAIN = 0.19
 MARGIN_RANGE = (2.0, 4.0)
 
 
@@ -229,21 +233,22 @@ def relative_error(bits: int, rounding: str) -> float:
     return 2.0 * delta / (1.0 - 2.0 * delta)
 
 
-def default_margin(bits: int, rounding: str, spectral_gap: float) -> float:
-    """MARGIN_GAIN sqrt(1 - rho) / eps clipped to MARGIN_RANGE: the largest margin whose
-    feedback at gamma = 1 stays at MARGIN_GAIN (module docstring)."""
+def default_margin(bits: int, rounding: str, noise_factor: float) -> float:
+    """MARGIN_GAIN / (eps sqrt(S)) clipped to MARGIN_RANGE: the largest margin whose
+    feedback at gamma = 1 stays at MARGIN_GAIN (module docstring); S from
+    Topology.noise_factor()."""
     eps = relative_error(bits, rounding)
     low, high = MARGIN_RANGE
-    return float(min(high, max(low, MARGIN_GAIN * math.sqrt(max(spectral_gap, 1e-6)) / eps)))
+    return float(min(high, max(low, MARGIN_GAIN / (eps * math.sqrt(max(noise_factor, 1e-6))))))
 
 
-def default_gamma(bits: int, rounding: str, spectral_gap: float, margin: float = 2.0,
+def default_gamma(bits: int, rounding: str, noise_factor: float, margin: float = 2.0,
                   c: float = None) -> float:
-    """min(1, c (1 - rho) / (eps margin)^2): the consensus step size at which the decode
-    noise cannot drive an adaptive theta up (module docstring)."""
+    """min(1, c / (S (eps margin)^2)): the consensus step size at which the decode noise
+    cannot drive an adaptive theta up (module docstring); S from Topology.noise_factor()."""
     c = GAMMA_C if c is None else c
     eps = relative_error(bits, rounding)
-    return float(min(1.0, c * max(spectral_gap, 1e-6) / (eps * margin) ** 2))
+    return float(min(1.0, c / (max(noise_factor, 1e-6) * (eps * margin) ** 2)))
 
 
 class ThetaMonitor:
