@@ -1,13 +1,14 @@
 """Decentralized training on torch.distributed (and in one process, see simulate).
 
     import moniqua_kernels as mk
-    g = mk.gossip.Moniqua(model, topology="ring", theta=0.05, bits=1)
+    g = mk.gossip.Moniqua(model, topology="ring", bits=1)   # theta, gamma: defaults
     ... opt.step(); g.step()
 
-Algorithms: DPSGD, AllReduce, Moniqua(variant="dpsgd"|"d2"|"adpsgd"), Choco, SQuARM, and
-the baselines Moniqua's paper compares with: DCD (DCD-PSGD), ECD (ECD-PSGD), DeepSqueeze;
-DDP hook: qsgd_hook with QSGDHookState.  Every algorithm counts the bytes each worker
-sends (``bytes_sent``, ``last_bytes_sent``).
+Algorithms: DPSGD, AllReduce, Moniqua(variant="dpsgd"|"d2"|"adpsgd"), Choco, SQuARM, the
+baselines Moniqua's paper compares with: DCD (DCD-PSGD), ECD (ECD-PSGD), DeepSqueeze, and
+ADPSGD (asynchronous on torch.distributed); DDP hook: qsgd_hook with QSGDHookState.
+Every algorithm counts the bytes each worker sends (``bytes_sent``, ``last_bytes_sent``)
+and starts with a handshake (``ConfigMismatch`` when the ranks' settings differ).
 """
 from . import theta, topology, transport
 from .base import GossipAlgorithm, ring_allreduce_bytes, stream_seed
@@ -18,9 +19,10 @@ from .deepsqueeze import DeepSqueeze
 from .ecd import ECD
 from .dpsgd import DPSGD, AllReduce
 from .flat import FlatParams
+from .handshake import ConfigMismatch
 from .hooks import QSGDHookState, qsgd_hook
 from .moniqua import Moniqua
-from .theta import LRProportional, ThetaMonitor, ThetaViolation
+from .theta import Adaptive, LRProportional, ThetaMonitor, ThetaViolation, ThetaViolationError
 from .topology import Topology, TopologyError
 from .transport import DistTransport, InMemoryNetwork, InMemoryTransport, PeerError
 
@@ -33,5 +35,6 @@ __all__ = ["DPSGD", "AllReduce", "Moniqua", "Choco", "SQuARM", "DCD", "ECD", "De
            "qsgd_hook", "QSGDHookState",
            "GossipAlgorithm", "Topology", "TopologyError", "PeerError", "DistTransport",
            "InMemoryNetwork", "InMemoryTransport", "FlatParams", "ThetaMonitor",
-           "ThetaViolation", "LRProportional", "stream_seed", "ring_allreduce_bytes",
+           "ThetaViolation", "ThetaViolationError", "Adaptive", "LRProportional",
+           "ConfigMismatch", "stream_seed", "ring_allreduce_bytes",
            "ALGORITHMS", "theta", "topology", "transport"]
