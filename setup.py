@@ -23,7 +23,7 @@ def native_extensions():
     import torch
     from torch.utils import cpp_extension
 
-    sources = cpu_sources + sorted(glob.glob(os.path.join("csrc", "*.cpp")))
+    sources = [os.path.join("csrc", "ops.cpp")] + cpu_sources
     include_dirs = [os.path.join(ROOT, "csrc", "include"), os.path.join(ROOT, "csrc")]
     # -ffp-contract=off: no FMA contraction (DESIGN section 4).  -fno-trapping-math only
     # gives up FP exception flags, never changes a result; without it GCC will not
@@ -32,9 +32,8 @@ def native_extensions():
     use_cuda = bool(torch.version.cuda) and cpp_extension.CUDA_HOME is not None \
         and os.environ.get("MONIQUA_NO_CUDA", "0") != "1"
     if use_cuda:
-        # The kernels (*.cu, torch-free) and their torch binding (*.cpp).
+        # The kernels (*.cu, torch-free); csrc/ops.cpp launches them (MONIQUA_WITH_CUDA).
         sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
-        sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cpp")))
         nvcc_flags = ["-O3", "-std=c++17", "--fmad=false"]
         if os.environ.get("MONIQUA_PTXAS_VERBOSE", "0") == "1":  # register/spill report
             nvcc_flags.append("-Xptxas=-v")

@@ -28,27 +28,29 @@ B, SEED, OFFSET = 2.0, 1234, 0
 
 
 def launch(op, x, payloads, bits, rounding, block, warps):
-    """One launch of op's kernel with the given shape: (output, compiled kernel)."""
+    """One launch of op's kernel with the given shape (n a multiple of every block:
+    full blocks only, checks off): (output, compiled kernel)."""
     n = x.numel()
     nbytes = packed_nbytes(n, bits)
     b32, inv_b = tm._constants(B)
-    r = common.ROUNDING_IDS[rounding]
-    grid = (triton.cdiv(n, block),)
-    opts = {"num_warps": warps, "enable_fp_fusion": False}
+    halves = common.stream_args(SEED, OFFSET)
+    meta = dict(BITS=bits, ROUNDING=common.ROUNDING_IDS[rounding], MASKED=False, BLOCK=block,
+                num_warps=warps, enable_fp_fusion=False)
+    grid = (n // block,)
     if op == "encode":
         out = torch.empty(nbytes, dtype=torch.uint8, device=x.device)
-        k = tm._moniqua_encode_kernel[grid](x, out, n, nbytes, inv_b, SEED, OFFSET, BITS=bits,
-                                            ROUNDING=r, BLOCK=block, **opts)
+        k = tm._moniqua_encode_kernel[grid](x, out, n, nbytes, inv_b, *halves, None, None, 0,
+                                            **meta)
         return out, k
     if op == "decode":
         out = torch.empty_like(x)
-        k = tm._moniqua_decode_kernel[grid](payloads[0], x, out, n, nbytes, b32, inv_b, SEED,
-                                            OFFSET, BITS=bits, ROUNDING=r, BLOCK=block, **opts)
+        k = tm._moniqua_decode_kernel[grid](payloads[0], x, out, n, nbytes, b32, inv_b, *halves,
+                                            None, None, 0, **meta)
         return out, k
     xm = x.clone()
     k = tm._moniqua_mix_kernel[grid](xm, tuple(payloads[:2]), (0.25, 0.25), payloads[2], n,
-                                     nbytes, b32, inv_b, 1.0, (SEED,) * 3, (OFFSET,) * 3,
-                                     BITS=bits, ROUNDING=r, BLOCK=block, **opts)
+                                     nbytes, b32, inv_b, 1.0, *((h,) * 3 for h in halves), None,
+                                     None, 0, **meta)
     return xm, k
 
 

@@ -1,21 +1,22 @@
-"""Backend registry: which implementation serves an op on a device, and why not.
+"""Backend registry: which kernel serves an op on a device, and why not.
 
 Backends, by name:
-  reference  the pure-torch spec (moniqua_kernels.reference); every device.
-  cpu        native C++/OpenMP kernels from the _C extension; CPU tensors.
-  cuda       native CUDA C++ kernels from the _C extension; CUDA tensors.
+  reference  the pure-torch spec (reference/kernels.py); every device.
+  cpu        native C++ kernels of the _C extension; CPU tensors.
+  cuda       native CUDA C++ kernels of the _C extension (built with CUDA); CUDA tensors.
   triton     Triton kernels (moniqua_kernels.triton); CUDA tensors, and CPU tensors
              when TRITON_INTERPRET=1 and the backend is selected explicitly.
 
-Selection: ``set_backend(name)`` (or the ``use_backend`` context manager) wins over
-the environment variable ``MONIQUA_BACKEND=auto|reference|cpu|cuda|triton``; ``auto``
-takes the first backend of the device's preference list that can serve the op.  A
-forced backend that cannot serve a call raises ``BackendUnavailableError`` listing why
-each backend cannot.  A missing native library or Triton never breaks import: it is
-looked up on first use, and ``auto`` warns once and falls back.
+Kernels are registered against the op table (ops/_table.py) with ``register_kernel``:
+the reference's by the table itself, the others by their module when it is first
+needed (a missing native library or Triton never breaks import).
 
-Every backend module exposes ``OPS``: a dict from op name to a callable with the
-reference's signature; the callables receive validated, contiguous tensors.
+Selection: ``set_backend(name)`` (or the ``use_backend`` context manager) wins over the
+environment variable ``MONIQUA_BACKEND=auto|reference|cpu|cuda|triton``.  ``auto``
+takes the first backend of the device's preference list that can serve the op (on CUDA
+the order per op comes from the measured table ``AUTO_CUDA``); it warns once when a
+preferred backend is missing, naming the fix.  A forced backend that cannot serve a
+call raises ``BackendUnavailableError`` listing why each backend cannot.
 """
 from __future__ import annotations
 
@@ -24,7 +25,6 @@ import importlib
 import os
 import threading
 import warnings
-from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 import torch
@@ -32,72 +32,96 @@ import torch
 BACKEND_NAMES = ("reference", "cpu", "cuda", "triton")
 ENV_VAR = "MONIQUA_BACKEND"
 
-# auto's preference per device type.  On CUDA the order per op comes from the measured
-# table in _AUTO_CUDA_ORDER when the native-kernels work has filled it in.
 _AUTO_ORDER = {"cpu": ("cpu", "reference"), "cuda": ("triton", "cuda", "reference")}
-_AUTO_CUDA_ORDER: dict[str, tuple[str, ...]] = {}
+# auto on CUDA, per op: the faster GPU backend first.  Measured on an H100 (benchmarks/
+# results/NVIDIA_H100_80GB_HBM3/run2, n = 2^26, % of copy bandwidth, Triton / CUDA C++):
+# encode 1-bit dither fp32 91 / 90, bf16 58 / 54, 8-bit bf16 83 / 74; decode 1-bit
+# dither fp32 99 / 87, nearest 97 / 78; mix 1-bit dither fp32 58 / 48, nearest 93 / 72;
+# sign 81 / 80; QSGD 4-bit 57 / 24; philox 106 / 92.  Triton is as fast or faster for
+# every op timed, so every op keeps _AUTO_ORDER["cuda"]; an op the CUDA kernels serve
+# faster on some card gets an entry here, with its measurement.
+AUTO_CUDA: dict[str, tuple[str, ...]] = {}
 
+# Where each backend's kernels come from, and the fix when they cannot load.
+_MODULES = {"cpu": "moniqua_kernels._native", "cuda": "moniqua_kernels._native",
+            "triton": "moniqua_kernels.triton"}
+_FIXES = {
+    "cpu": "build the native extension: pip install --no-build-isolation -e . "
+           "(without MONIQUA_SKIP_EXT=1)",
+    "cuda": "build the native extension against a CUDA build of torch with CUDA_HOME set: "
+            "pip install --no-build-isolation -e .",
+    "triton": "install Triton: pip install triton",
+}
+_DEVICES = {"reference": None, "cpu": ("cpu",), "cuda": ("cuda",), "triton": ("cuda",)}
 
-_LOAD_LOCK = threading.Lock()
+_kernels: dict[str, dict[str, Callable]] = {name: {} for name in BACKEND_NAMES}
+_load_errors: dict[str, str] = {}
+_loaded: set[str] = set()
+_lock = threading.Lock()
+_forced: Optional[str] = None
+_warned: set[str] = set()
+_cache: dict[tuple, Callable] = {}
 
 
 class BackendUnavailableError(RuntimeError):
     """The selected backend cannot run this op on this device."""
 
 
-@dataclass
-class _Backend:
-    name: str
-    module: str  # module exposing OPS
-    devices: tuple[str, ...]
-    _ops: Optional[dict] = field(default=None, repr=False)
-    _load_error: Optional[str] = field(default=None, repr=False)
-    _loaded: bool = field(default=False, repr=False)
-
-    def ops(self) -> Optional[dict]:
-        if not self._loaded:
-            # Threads (the simulator's workers) may race to the first call: one loads,
-            # the others wait, and nobody sees a half-loaded backend.
-            with _LOAD_LOCK:
-                if not self._loaded:
-                    try:
-                        self._ops = importlib.import_module(self.module).OPS
-                    except Exception as exc:  # ImportError, a broken .so, an old Triton
-                        self._load_error = f"{type(exc).__name__}: {exc}"
-                    self._loaded = True
-        return self._ops
-
-    def reason_unavailable(self, op: str, device: torch.device, explicit: bool) -> Optional[str]:
-        """None when this backend can run op on device, else the reason it cannot."""
-        dev = device.type
-        if self.name == "triton" and dev == "cpu":
-            if os.environ.get("TRITON_INTERPRET") != "1":
-                return "Triton runs CPU tensors only under TRITON_INTERPRET=1"
-            if not explicit:
-                return "the Triton interpreter serves CPU tensors only when selected explicitly"
-        elif dev not in self.devices:
-            return f"serves {', '.join(self.devices)} tensors, not {dev}"
-        ops = self.ops()
-        if ops is None:
-            return f"{self.module} could not be imported ({self._load_error})"
-        if op not in ops:
-            return f"has no kernel for {op}"
-        return None
+def register_kernel(op: str, backend: str, fn: Callable) -> None:
+    """Make fn (taking exactly the op's schema arguments) backend's kernel for op."""
+    from .ops._table import OPS
+    if op not in OPS:
+        raise KeyError(f"{op!r} is not an op of the table; declare it in ops/_table.py")
+    _kernels[backend][op] = fn
+    _cache.clear()
 
 
-_BACKENDS = {
-    "reference": _Backend("reference", "moniqua_kernels.reference._ops", ("cpu", "cuda", "meta", "mps", "xpu")),
-    "cpu": _Backend("cpu", "moniqua_kernels._native", ("cpu",)),
-    "cuda": _Backend("cuda", "moniqua_kernels._native_cuda", ("cuda",)),
-    "triton": _Backend("triton", "moniqua_kernels.triton", ("cuda",)),
-}
+def _load(backend: str) -> None:
+    if backend in _loaded:
+        return
+    # Threads (the simulator's workers) may race to the first call: one loads, the
+    # others wait, and nobody sees a half-registered backend.
+    with _lock:
+        if backend in _loaded:
+            return
+        if backend == "reference":  # the spec kernels, declared with the ops
+            from .ops._table import OPS
+            for op, definition in OPS.items():
+                _kernels["reference"].setdefault(op, definition.reference)
+            _loaded.add(backend)
+            return
+        try:
+            importlib.import_module(_MODULES[backend])
+        except Exception as exc:  # ImportError, a broken .so, an old Triton
+            _load_errors[backend] = f"{type(exc).__name__}: {exc}"
+        _loaded.add(backend)
+        if backend == "cpu":  # one module serves both native backends
+            _loaded.add("cuda")
+            if "cpu" in _load_errors:
+                _load_errors["cuda"] = _load_errors["cpu"]
 
-_forced: Optional[str] = None
-_warned: set[str] = set()
+
+def reason_unavailable(backend: str, op: str, device: torch.device,
+                       explicit: bool) -> Optional[str]:
+    """None when backend can run op on device, else the reason it cannot."""
+    dev = device.type
+    if backend == "triton" and dev == "cpu":
+        if os.environ.get("TRITON_INTERPRET") != "1":
+            return "Triton runs CPU tensors only under TRITON_INTERPRET=1"
+        if not explicit:
+            return "the Triton interpreter serves CPU tensors only when selected explicitly"
+    elif _DEVICES[backend] is not None and dev not in _DEVICES[backend]:
+        return f"serves {', '.join(_DEVICES[backend])} tensors, not {dev}"
+    _load(backend)
+    if backend in _load_errors:
+        return f"{_MODULES.get(backend)} could not be loaded ({_load_errors[backend]})"
+    if op not in _kernels[backend]:
+        return f"has no kernel for {op}"
+    return None
 
 
 def _check_name(name: str) -> str:
-    if name != "auto" and name not in _BACKENDS:
+    if name != "auto" and name not in BACKEND_NAMES:
         raise ValueError(
             f"unknown backend {name!r}; choose one of auto, {', '.join(BACKEND_NAMES)}")
     return name
@@ -109,16 +133,32 @@ def set_backend(name: Optional[str]) -> None:
     _forced = None if name in (None, "auto") else _check_name(name)
 
 
+# os.environ.get costs ~1.7 us (it encodes the key every call), more than a small op's
+# own Python cost; os.environ's underlying dict gives the same answer in ~0.05 us.
+_ENV_DATA = getattr(os.environ, "_data", None)
+_ENV_KEY = os.environ.encodekey(ENV_VAR) if hasattr(os.environ, "encodekey") else None
+
+
+def _env_choice() -> Optional[str]:
+    if _ENV_DATA is not None and _ENV_KEY is not None:
+        raw = _ENV_DATA.get(_ENV_KEY)
+        return None if raw is None else os.environ.decodevalue(raw)
+    return os.environ.get(ENV_VAR)
+
+
 def get_backend() -> str:
     """The selection in force: set_backend's, else MONIQUA_BACKEND's, else 'auto'."""
     if _forced is not None:
         return _forced
-    return _check_name(os.environ.get(ENV_VAR, "auto").strip() or "auto")
+    raw = _env_choice()
+    if raw is None or raw == "auto":
+        return "auto"
+    return _check_name(raw.strip() or "auto")
 
 
 @contextlib.contextmanager
-def use_backend(name: str):
-    """Context manager: run the block with a forced backend."""
+def use_backend(name: Optional[str]):
+    """Context manager: run the block with a forced backend (None: automatic)."""
     global _forced
     previous = _forced
     set_backend(name)
@@ -131,47 +171,57 @@ def use_backend(name: str):
 def available(op: str, device) -> dict[str, Optional[str]]:
     """{backend: None if it can serve op on device when selected, else the reason}."""
     device = torch.device(device)
-    return {name: b.reason_unavailable(op, device, explicit=True) for name, b in _BACKENDS.items()}
+    return {name: reason_unavailable(name, op, device, explicit=True)
+            for name in BACKEND_NAMES}
+
+
+def kernel(op: str, device: torch.device) -> Callable:
+    """The kernel that serves op on device under the current selection (cached)."""
+    key = (op, device, get_backend())
+    fn = _cache.get(key)
+    if fn is None:
+        name, fn = select(op, device)
+        _cache[key] = fn
+    return fn
 
 
 def select(op: str, device) -> tuple[str, Callable]:
-    """(backend name, implementation) for op on device under the current selection."""
+    """(backend name, kernel) for op on device under the current selection."""
     device = torch.device(device)
     choice = get_backend()
     if choice != "auto":
-        backend = _BACKENDS[choice]
-        reason = backend.reason_unavailable(op, device, explicit=True)
+        reason = reason_unavailable(choice, op, device, explicit=True)
         if reason is None:
-            return choice, backend.ops()[op]
+            return choice, _kernels[choice][op]
         reasons = "; ".join(
             f"{name}: {r or 'available'}" for name, r in available(op, device).items())
         raise BackendUnavailableError(
             f"backend {choice!r} (from set_backend or {ENV_VAR}) cannot run {op} on a "
             f"{device.type} tensor: {reason}. Backends for this call: {reasons}. "
             f"Use {ENV_VAR}=auto to let the package choose.")
-    order = _AUTO_CUDA_ORDER.get(op) if device.type == "cuda" else None
-    order = order or _AUTO_ORDER.get(device.type, ("reference",))
+    order = (AUTO_CUDA.get(op) if device.type == "cuda" else None) or \
+        _AUTO_ORDER.get(device.type, ("reference",))
     skipped = []
     for name in order:
-        reason = _BACKENDS[name].reason_unavailable(op, device, explicit=False)
+        reason = reason_unavailable(name, op, device, explicit=False)
         if reason is None:
             if skipped:
                 _warn_fallback(op, device, skipped, name)
-            return name, _BACKENDS[name].ops()[op]
+            return name, _kernels[name][op]
         skipped.append((name, reason))
-    raise BackendUnavailableError(  # only for devices with no reference support
+    raise BackendUnavailableError(  # only for devices the reference cannot serve
         f"no backend can run {op} on {device.type}: "
         + "; ".join(f"{n}: {r}" for n, r in skipped))
 
 
 def _warn_fallback(op, device, skipped, chosen) -> None:
-    # Warn once per preferred backend: a missing kernel for one op is not news.
-    name, reason = skipped[0]
-    if name in _warned or "has no kernel" in reason:
-        return
-    _warned.add(name)
-    warnings.warn(
-        f"moniqua_kernels: the {name} backend is unavailable ({reason}); "
-        f"{op} on {device.type} falls back to {chosen}. Build the extension with "
-        f"`pip install -e .` (without MONIQUA_SKIP_EXT=1) for the fast path.",
-        RuntimeWarning, stacklevel=4)
+    # Warn once per missing backend, with the fix for that backend; an op that a backend
+    # simply has no kernel for is not news.
+    for name, reason in skipped:
+        if name in _warned or "has no kernel" in reason:
+            continue
+        _warned.add(name)
+        warnings.warn(
+            f"moniqua_kernels: the {name} backend is unavailable ({reason}); {op} on "
+            f"{device.type} falls back to {chosen}. To get it: {_FIXES[name]}.",
+            RuntimeWarning, stacklevel=4)

@@ -40,6 +40,7 @@ import subprocess
 import sys
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -61,13 +62,10 @@ MODULUS, SEED, OFFSET = 2.0, 1234, 0
 QSGD_BUCKET = 512
 MIX_WEIGHTS, MIX_GAMMA = (1 / 3, 1 / 3), 1.0
 # The registered op behind each benchmark (what the backend registry is asked about).
-REGISTRY_OP = {"moniqua_encode": "moniqua_encode", "moniqua_decode": "moniqua_decode",
-               "moniqua_mix": "moniqua_mix_", "qsgd_encode": "qsgd_encode",
-               "sign_encode": "sign_encode", "philox_uniform": "philox_uniform"}
 MONIQUA_OPS = ("moniqua_encode", "moniqua_decode", "moniqua_mix")
 
-QUICK = {"sizes": [1 << 16], "bits": [1, 8], "dtypes": ["fp32"], "roundings": ["dither"],
-         "compile": False}
+QUICK = {"sizes": [1 << 10, 1 << 16], "bits": [1, 8], "dtypes": ["fp32"],
+         "roundings": ["dither"], "compile": False}
 FULL_GPU = {"sizes": [1 << k for k in range(20, 29, 2)], "bits": [1, 2, 4, 8],
             "dtypes": ["fp32", "bf16"], "roundings": ["dither", "nearest"], "compile": True,
             "baseline_sizes": [1 << 26]}
@@ -123,105 +121,133 @@ def torch_sign_encode(x):
 
 # ----------------------------------------------------------------------------- cases
 
+@dataclass(frozen=True)
+class BenchOp:
+    """How to benchmark one op: the bytes it must move, and builders of each provider's
+    call from a Case (inputs made by Case).  kernel(c) gives the registered kernel's
+    arguments (schema order; checks off: the kernel alone)."""
+    registry: str
+    nbytes: Callable[["Case"], int]
+    kernel: Callable[["Case"], tuple]
+    public: Callable[["Case"], Callable[[], object]]
+    reference: Callable
+    ref_args: Callable[["Case"], tuple]
+    obvious: Optional[Callable[["Case"], Optional[Callable]]] = None
+
+
+def _nb(c):
+    return packed_nbytes(c.n, c.bits)
+
+
+def _u8(n, device):
+    return torch.empty(n, dtype=torch.uint8, device=device)
+
+
+def _mix_kernel_args(c):
+    return (c.xm, c.payloads[:2], list(MIX_WEIGHTS), c.payloads[2], MODULUS, c.bits,
+            c.rounding, MIX_GAMMA, [SEED] * 3, [OFFSET] * 3, None, None)
+
+
+TABLE = {
+    "moniqua_encode": BenchOp(
+        "moniqua_encode", lambda c: c.n * c.esize + _nb(c),
+        lambda c: (c.x, MODULUS, c.bits, c.rounding, SEED, OFFSET, None, _u8(_nb(c), c.device),
+                   None),
+        lambda c: lambda: mk.moniqua_encode(c.x, MODULUS, bits=c.bits, rounding=c.rounding,
+                                            seed=SEED),
+        ref_moniqua.moniqua_encode, lambda c: (c.x, MODULUS, c.bits, c.rounding, SEED, OFFSET),
+        lambda c: (None if c.rounding == "nearest" else
+                   (torch_moniqua_encode, (c.x, MODULUS, c.bits)))),
+    "moniqua_decode": BenchOp(
+        "moniqua_decode", lambda c: _nb(c) + 2 * c.n * c.esize,  # payload, y in; values out
+        lambda c: (c.payloads[0], c.y, MODULUS, c.bits, c.rounding, SEED, OFFSET, None,
+                   torch.empty_like(c.y), None),
+        lambda c: lambda: mk.moniqua_decode(c.payloads[0], c.y, MODULUS, bits=c.bits,
+                                            rounding=c.rounding, seed=SEED),
+        ref_moniqua.moniqua_decode,
+        lambda c: (c.payloads[0], c.y, MODULUS, c.bits, c.rounding, SEED, OFFSET),
+        lambda c: (None if c.rounding != "dither" else
+                   (torch_moniqua_decode, (c.payloads[0], c.y, MODULUS, c.bits)))),
+    "moniqua_mix": BenchOp(
+        "moniqua_mix_", lambda c: 3 * _nb(c) + 2 * c.n * c.esize,  # 3 payloads, x in and out
+        _mix_kernel_args,
+        lambda c: lambda: mk.moniqua_mix_(c.xm, c.payloads[:2], MIX_WEIGHTS, c.payloads[2],
+                                          MODULUS, bits=c.bits, rounding=c.rounding,
+                                          gamma=MIX_GAMMA, seeds=[SEED] * 3,
+                                          offsets=[OFFSET] * 3),
+        ref_moniqua.moniqua_mix_,
+        lambda c: (c.xm, c.payloads[:2], list(MIX_WEIGHTS), c.payloads[2], MODULUS, c.bits,
+                   c.rounding, MIX_GAMMA, [SEED] * 3, [OFFSET] * 3),
+        lambda c: (None if c.rounding != "dither" else
+                   (torch_moniqua_mix_, (c.xm, c.payloads[:2], MIX_WEIGHTS, c.payloads[2],
+                                         MODULUS, c.bits, MIX_GAMMA)))),
+    "qsgd_encode": BenchOp(
+        "qsgd_encode", lambda c: c.n * c.esize + _nb(c) + 4 * math.ceil(c.n / QSGD_BUCKET),
+        lambda c: (c.x, c.bits, QSGD_BUCKET, "max", SEED, OFFSET, None,
+                   torch.empty(math.ceil(c.n / QSGD_BUCKET), device=c.device),
+                   _u8(_nb(c), c.device), None),
+        lambda c: lambda: mk.qsgd_encode(c.x, bits=c.bits, seed=SEED),
+        ref_qsgd.qsgd_encode, lambda c: (c.x, c.bits, QSGD_BUCKET, "max", SEED, OFFSET)),
+    "sign_encode": BenchOp(
+        "sign_encode", lambda c: c.n * c.esize + _nb(c) + 4,
+        lambda c: (c.x, torch.empty((), device=c.device), _u8(_nb(c), c.device), None),
+        lambda c: lambda: mk.sign_encode(c.x),
+        ref_sign.sign_encode, lambda c: (c.x,),
+        lambda c: (torch_sign_encode, (c.x,))),
+    "philox_uniform": BenchOp(
+        "philox_uniform", lambda c: 4 * c.n,
+        lambda c: (SEED, OFFSET, None, torch.empty(c.n, device=c.device)),
+        lambda c: lambda: mk.philox_uniform(c.n, SEED, device=c.device),
+        ref_philox.philox_uniform, lambda c: (c.n, SEED, OFFSET, c.device),
+        lambda c: (torch.rand, (c.n,), {"device": c.device})),
+}
+
+
 class Case:
-    """One (op, bits, rounding, dtype, n): inputs, the bytes the op must move, callables."""
+    """One (op, bits, rounding, dtype, n): inputs, the bytes the op must move, and each
+    provider's callable (from TABLE)."""
 
     def __init__(self, op: str, bits: int, rounding: str, dtype: torch.dtype, n: int,
                  device: str):
+        if op not in TABLE:
+            raise ValueError(f"unknown op {op!r}; choose from {', '.join(OPS)}")
         self.op, self.bits, self.rounding, self.dtype, self.n, self.device = (
             op, bits, rounding, dtype, n, device)
+        self.spec = TABLE[op]
         g = torch.Generator(device="cpu").manual_seed(n)
         self.x = torch.randn(n, generator=g).to(device=device, dtype=dtype)
-        esize = self.x.element_size()
-        nb = packed_nbytes(n, bits)
+        self.esize = self.x.element_size()
         if op in ("moniqua_decode", "moniqua_mix"):
             self.y = (self.x.float() + 0.1).to(dtype)
+            self.xm = self.x.clone()
             with mk.use_backend("reference"):
                 self.payloads = [mk.moniqua_encode(self.x + 0.05 * j, MODULUS, bits, rounding,
                                                    SEED + j, OFFSET, check_finite=False)
                                  for j in range(3)]
-        self.nbytes = {
-            "moniqua_encode": n * esize + nb,
-            "moniqua_decode": nb + 2 * n * esize,   # payload and y in, decoded values out
-            "moniqua_mix": 3 * nb + 2 * n * esize,  # 2 neighbours + own payload, x in/out
-            "qsgd_encode": n * esize + nb + 4 * math.ceil(n / QSGD_BUCKET),
-            "sign_encode": n * esize + nb + 4,
-            "philox_uniform": 4 * n,
-        }[op]
-
-    def _args(self, x=None):
-        """The registered op's arguments (the reference's signature) for this case."""
-        b, r = self.bits, self.rounding
-        if self.op == "moniqua_encode":
-            return (self.x, MODULUS, b, r, SEED, OFFSET)
-        if self.op == "moniqua_decode":
-            return (self.payloads[0], self.y, MODULUS, b, r, SEED, OFFSET)
-        if self.op == "moniqua_mix":
-            return (x, self.payloads[:2], list(MIX_WEIGHTS), self.payloads[2], MODULUS, b, r,
-                    MIX_GAMMA, [SEED] * 3, [OFFSET] * 3)
-        if self.op == "qsgd_encode":
-            return (self.x, b, QSGD_BUCKET, "max", SEED, OFFSET)
-        if self.op == "sign_encode":
-            return (self.x,)
-        return (self.n, SEED, OFFSET, self.x.device)
+        self.nbytes = self.spec.nbytes(self)
 
     def kernel(self, fn: Callable) -> Callable[[], object]:
-        """A backend's registered implementation called directly: the kernel alone."""
-        if self.op == "moniqua_mix":
-            xm = self.x.clone()
-            args = self._args(xm)
-            return lambda: fn(*args)
-        args = self._args()
+        """A backend's registered kernel called directly, checks off: the kernel alone."""
+        args = self.spec.kernel(self)
         return lambda: fn(*args)
 
     def public(self) -> Callable[[], object]:
         """The public op with its default arguments (auto backend, finite check on)."""
-        x, b, r = self.x, self.bits, self.rounding
-        if self.op == "moniqua_encode":
-            return lambda: mk.moniqua_encode(x, MODULUS, bits=b, rounding=r, seed=SEED)
-        if self.op == "moniqua_decode":
-            p, y = self.payloads[0], self.y
-            return lambda: mk.moniqua_decode(p, y, MODULUS, bits=b, rounding=r, seed=SEED)
-        if self.op == "moniqua_mix":
-            xm, p = x.clone(), self.payloads
-            return lambda: mk.moniqua_mix_(xm, p[:2], MIX_WEIGHTS, p[2], MODULUS, bits=b,
-                                           rounding=r, gamma=MIX_GAMMA, seeds=[SEED] * 3,
-                                           offsets=[OFFSET] * 3)
-        if self.op == "qsgd_encode":
-            return lambda: mk.qsgd_encode(x, bits=b, seed=SEED)
-        if self.op == "sign_encode":
-            return lambda: mk.sign_encode(x)
-        return lambda: mk.philox_uniform(self.n, SEED, device=x.device)
+        return self.spec.public(self)
 
     def reference(self, wrap=lambda f: f) -> Callable[[], object]:
         """The reference function called directly; wrap=torch.compile for 'compile'."""
-        f = wrap({"moniqua_encode": ref_moniqua.moniqua_encode,
-                  "moniqua_decode": ref_moniqua.moniqua_decode,
-                  "moniqua_mix": ref_moniqua.moniqua_mix_,
-                  "qsgd_encode": ref_qsgd.qsgd_encode,
-                  "sign_encode": ref_sign.sign_encode,
-                  "philox_uniform": ref_philox.philox_uniform}[self.op])
-        args = self._args(self.x.clone() if self.op == "moniqua_mix" else None)
+        f, args = wrap(self.spec.reference), self.spec.ref_args(self)
         return lambda: f(*args)
 
     def obvious(self, wrap=lambda f: f) -> tuple[Optional[Callable], Optional[str]]:
         """The obvious torch code for the op (or None and why there is none)."""
-        b, x = self.bits, self.x
-        if self.op == "moniqua_encode" and self.rounding != "nearest":
-            f = wrap(torch_moniqua_encode)
-            return (lambda: f(x, MODULUS, b)), None
-        if self.op == "moniqua_decode" and self.rounding == "dither":
-            f, p, y = wrap(torch_moniqua_decode), self.payloads[0], self.y
-            return (lambda: f(p, y, MODULUS, b)), None
-        if self.op == "moniqua_mix" and self.rounding == "dither":
-            f, xm, p = wrap(torch_moniqua_mix_), x.clone(), self.payloads
-            return (lambda: f(xm, p[:2], MIX_WEIGHTS, p[2], MODULUS, b, MIX_GAMMA)), None
-        if self.op == "sign_encode":
-            f = wrap(torch_sign_encode)
-            return (lambda: f(x)), None
-        if self.op == "philox_uniform":
-            return (lambda: torch.rand(self.n, device=x.device)), None
-        return None, "no obvious-torch version of this op and rounding in the harness"
+        made = self.spec.obvious(self) if self.spec.obvious else None
+        if made is None:
+            return None, "no obvious-torch version of this op and rounding in the harness"
+        f, args, kwargs = (made + ({},))[:3]
+        f = wrap(f)
+        return (lambda: f(*args, **kwargs)), None
 
     def copy(self) -> Callable[[], object]:
         dst = torch.empty_like(self.x)
@@ -283,7 +309,7 @@ def providers(case: Case, device: str, use_compile: bool, include_interpreter: b
               baselines: bool):
     """(name, callable or None, reason when None) for every provider of a case."""
     rows = []
-    op = REGISTRY_OP[case.op]
+    op = case.spec.registry
     for name, reason in mk.available(op, device).items():
         if reason is None and name == "triton" and device == "cpu" and not include_interpreter:
             reason = ("TRITON_INTERPRET=1 runs Triton through a numpy interpreter on CPU: "
@@ -293,7 +319,9 @@ def providers(case: Case, device: str, use_compile: bool, include_interpreter: b
         if reason is None and name == "reference" and not baselines:
             reason = "the reference runs only at --baseline-sizes"
         if reason is None:
-            rows.append((name, case.kernel(backends._BACKENDS[name].ops()[op]), None))
+            with mk.use_backend(name):
+                rows.append((name, case.kernel(backends.kernel(op, torch.device(device))),
+                             None))
         else:
             rows.append((name, None, reason))
     rows.append(("public", case.public(), None))
@@ -341,6 +369,11 @@ def environment(device: str) -> dict:
         versions["cuda"] = torch.version.cuda
     else:
         name = _cpu_name()
+        try:  # the instruction set the native CPU kernels dispatched to
+            from moniqua_kernels import _native
+            versions["cpu_kernels_isa"] = _native.isa()
+        except ImportError:
+            versions["cpu_kernels_isa"] = None
     return {
         "device": device, "device_name": name, "versions": versions,
         "git_commit": git("rev-parse", "HEAD"), "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
@@ -373,6 +406,12 @@ def add_ratios(results: list[dict]) -> None:
         by_case.setdefault(key, {})[r["provider"]] = r
     for rows in by_case.values():
         copy, eager, comp = (rows.get(k, {}).get("seconds") for k in ("copy", "eager", "compile"))
+        if "public" in rows and rows["public"].get("seconds"):
+            # the public op's cost over the kernel that auto picks, called directly
+            auto = backends.select(rows["public"]["registry"],
+                                   torch.device(rows["public"]["device"]))[0]
+            kern = rows.get(auto, {}).get("seconds")
+            rows["public"]["x_kernel"] = rows["public"]["seconds"] / kern if kern else None
         for r in rows.values():
             if r.get("seconds") is None:
                 continue
@@ -397,8 +436,10 @@ def markdown(env: dict, results: list[dict]) -> str:
              f"{_fmt(env['load_avg_1m'], '.1f')})",
              "- GB/s = (bytes the op must read + write) / median time; % copy = that over the "
              "bandwidth of `y.copy_(x)` (2 x the input's bytes / its time) in the same run", "",
+             "- x kernel: the public op (default arguments) over the kernel the registry picks, "
+             "called directly with checks off", "",
              "| op | bits | rounding | dtype | n | provider | median us | GB/s | % copy | "
-             "x eager | x compile |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "x eager | x compile | x kernel |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     skipped = {}
     for r in results:
         if r.get("seconds") is None:
@@ -408,7 +449,8 @@ def markdown(env: dict, results: list[dict]) -> str:
         lines.append(f"| {r['op']} | {r['bits']} | {r['rounding']} | {r['dtype']} | {r['n']} | "
                      f"{r['provider']} | "
                      f"{r['seconds'] * 1e6:.1f} | {r['gbps']:.2f} | {pct} | "
-                     f"{_fmt(r['x_eager'], '.2f')} | {_fmt(r['x_compile'], '.2f')} |")
+                     f"{_fmt(r['x_eager'], '.2f')} | {_fmt(r['x_compile'], '.2f')} | "
+                     f"{_fmt(r.get('x_kernel'), '.2f')} |")
     if skipped:
         lines += ["", "## Not measured", ""]
         for (provider, reason), ops in skipped.items():
@@ -576,7 +618,8 @@ def _time_case(op, b, rounding, dname, n, device, args, use_compile, baselines, 
         if wanted is not None and name in backends.BACKEND_NAMES and name not in wanted:
             continue
         nbytes = case.copy_nbytes if name == "copy" else case.nbytes
-        row = dict(head, provider=name, bytes=nbytes)
+        row = dict(head, provider=name, bytes=nbytes, registry=case.spec.registry,
+                   device=device)
         if fn is not None and deadline is not None and time.monotonic() > deadline:
             fn, reason = None, "not run: --budget-s spent"
         if fn is not None:

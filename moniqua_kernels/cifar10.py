@@ -91,10 +91,37 @@ def load(root: str, train: bool = True, limit: Optional[int] = None
     labels = np.concatenate([p[1] for p in parts])
     if limit is not None:
         images, labels = images[:limit], labels[:limit]
-    x = torch.from_numpy(images).float().div_(255.0)
+    return _normalise(torch.from_numpy(images), torch.from_numpy(labels))
+
+
+def _normalise(images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 [N, 3, 32, 32] -> float32 normalised with the training set's statistics."""
+    x = images.float().div_(255.0)
     mean = torch.tensor(MEAN).view(1, 3, 1, 1)
     std = torch.tensor(STD).view(1, 3, 1, 1)
-    return (x - mean) / std, torch.from_numpy(labels)
+    return (x - mean) / std, labels.to(torch.int64)
+
+
+def load_torchvision(root: str, train: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same tensors as load(), read by torchvision's CIFAR10 class (download=False:
+    it reads ROOT/cifar-10-batches-py and checks each file's MD5 sum against the
+    official archive's, so only the real CIFAR-10 files load this way).
+
+    Needs the ``[vision]`` extra (torchvision built for the installed torch)."""
+    try:
+        from torchvision.datasets import CIFAR10
+    except ImportError as exc:
+        raise ImportError("the torchvision CIFAR-10 loader needs torchvision: pip install "
+                          "'moniqua_kernels[vision]' (a torchvision built for this torch), or "
+                          f"use the built-in reader ({type(exc).__name__}: {exc})") from exc
+    parent = os.path.dirname(os.path.abspath(find_root(root)))
+    try:
+        ds = CIFAR10(parent, train=train, download=False)
+    except RuntimeError as exc:  # torchvision's "Dataset not found or corrupted"
+        raise ValueError(f"torchvision could not read CIFAR-10 under {parent!r}: {exc} "
+                         "(its MD5 check accepts only the official files)") from None
+    images = torch.as_tensor(np.asarray(ds.data, dtype=np.uint8)).permute(0, 3, 1, 2)  # HWC
+    return _normalise(images.contiguous(), torch.as_tensor(ds.targets))
 
 
 def write_batch(path: str, images: np.ndarray, labels, batch_label: str = "batch") -> None:

@@ -25,8 +25,10 @@ from typing import Optional, Sequence
 import torch
 
 from . import ops
+from .ops import _validate
 from .reference.packing import packed_nbytes
 from .reference.qsgd import qsgd_levels
+from .reference.qsgd_elias import elias_max_nbytes
 from .reference.sparse import topk_count, topk_index_dtype
 
 Layout = list  # [(name, dtype, numel)], the order of the tensors on the wire
@@ -72,6 +74,7 @@ class Compressor:
     name = "compressor"
     needs_reference = False  # True when decode needs the receiver's own tensor
     unbiased = False
+    fixed_size = True        # nbytes(n) is known before encoding (False: QSGD elias)
 
     def layout(self, n: int, dtype: torch.dtype, seed: int = 0, offset: int = 0) -> Layout:
         raise NotImplementedError
@@ -189,29 +192,73 @@ class Moniqua(Compressor):
 
 
 class QSGD(Compressor):
-    """Bucketed QSGD with s = 2^(bits-1) - 1 levels and a max or l2 scale per bucket."""
+    """Bucketed QSGD with s = 2^(bits-1) - 1 levels and a max or l2 scale per bucket.
+
+    coding: "fixed" packs a bits-wide code per element; "elias" sends only the nonzero
+    levels, Elias-coded with their gaps (the paper's coding, reference/qsgd_elias.py):
+    the same decoded values, a data-dependent size (payload.nbytes; max_nbytes(n)
+    bounds it).  Elias pays off with the l2 scale and few levels; measured sizes are in
+    docs/wire-format.md.
+    """
     name = "qsgd"
     unbiased = True
 
-    def __init__(self, bits: int = 4, bucket_size: int = 512, norm: str = "max"):
-        ops._check_qsgd(bits, bucket_size, norm)
-        self.bits, self.bucket_size, self.norm = bits, bucket_size, norm
+    def __init__(self, bits: int = 4, bucket_size: int = 512, norm: str = "max",
+                 coding: str = "fixed"):
+        _validate.check_qsgd(bits, bucket_size, norm)
+        if coding not in ("fixed", "elias"):
+            raise ValueError(f"coding={coding!r} is not supported; use 'fixed' or 'elias'")
+        self.bits, self.bucket_size, self.norm, self.coding = bits, bucket_size, norm, coding
 
     @property
     def levels(self) -> int:
         return qsgd_levels(self.bits)
 
+    @property
+    def fixed_size(self) -> bool:
+        return self.coding == "fixed"
+
+    def _buckets(self, n: int) -> int:
+        return (n + self.bucket_size - 1) // self.bucket_size
+
     def layout(self, n, dtype, seed=0, offset=0):
-        return [("scales", torch.float32, (n + self.bucket_size - 1) // self.bucket_size),
+        if self.coding == "elias":
+            raise ValueError("QSGD(coding='elias') payloads have a data-dependent size: use "
+                             "payload.nbytes after encoding, or max_nbytes(n) as a bound")
+        return [("scales", torch.float32, self._buckets(n)),
                 ("codes", torch.uint8, packed_nbytes(n, self.bits))]
 
+    def max_nbytes(self, n: int) -> int:
+        """Bytes on the wire for n elements: exact for 'fixed', a bound for 'elias'."""
+        if self.coding == "fixed":
+            return self.nbytes(n)
+        return 4 * self._buckets(n) + elias_max_nbytes(n, self.bits, self.bucket_size)
+
+    def from_wire(self, buf, shape, dtype, seed=0, offset=0):
+        if self.coding == "fixed":
+            return super().from_wire(buf, shape, dtype, seed, offset)
+        shape = torch.Size([shape]) if isinstance(shape, int) else torch.Size(shape)
+        head = 4 * self._buckets(_numel(shape))
+        if buf.dtype != torch.uint8 or buf.numel() < head:
+            raise ValueError(f"qsgd (elias): wire buffer has {buf.numel()} {buf.dtype} "
+                             f"entries, fewer than the {head} bytes of scales for shape "
+                             f"{tuple(shape)}")
+        return Payload(self.name, shape, dtype, seed, offset,
+                       {"scales": buf[:head].view(torch.float32), "codes": buf[head:]})
+
     def _encode(self, x, seed, offset):
-        scales, codes = ops.qsgd_encode(x, self.bits, self.bucket_size, self.norm, seed, offset)
+        if self.coding == "elias":
+            scales, codes = ops.qsgd_elias_encode(x, self.bits, self.bucket_size, self.norm,
+                                                  seed, offset)
+        else:
+            scales, codes = ops.qsgd_encode(x, self.bits, self.bucket_size, self.norm, seed,
+                                            offset)
         return {"scales": scales, "codes": codes}
 
     def _decode(self, payload, reference):
-        return ops.qsgd_decode(payload.tensors["scales"], payload.tensors["codes"], payload.n,
-                               self.bits, self.bucket_size)
+        decode = ops.qsgd_elias_decode if self.coding == "elias" else ops.qsgd_decode
+        return decode(payload.tensors["scales"], payload.tensors["codes"], payload.n,
+                      self.bits, self.bucket_size)
 
     def variance_factor(self, n: int) -> float:
         """beta with E||Q(v) - v||^2 <= beta ||v||^2 for any v of n elements (per bucket of
@@ -272,7 +319,7 @@ class RandomK(Compressor):
     name = "randomk"
 
     def __init__(self, ratio: float, rescale: bool = False):
-        self.ratio = ops._check_ratio(ratio)
+        self.ratio = _validate.check_ratio(ratio)
         self.rescale = bool(rescale)
 
     @property
@@ -301,7 +348,7 @@ class TopK(Compressor):
     name = "topk"
 
     def __init__(self, ratio: float):
-        self.ratio = ops._check_ratio(ratio)
+        self.ratio = _validate.check_ratio(ratio)
 
     def stream_span(self, n):
         return 0
@@ -396,7 +443,7 @@ class Compose(Compressor):
 def from_spec(spec: str) -> Compressor:
     """Build a compressor from a short spec: 'moniqua:1:dither:0.5' style strings.
 
-    moniqua:BITS[:ROUNDING[:THETA]]  qsgd:BITS[:BUCKET[:NORM]]  sign  identity
+    moniqua:BITS[:ROUNDING[:THETA]]  qsgd:BITS[:BUCKET[:NORM[:CODING]]]  sign  identity
     randomk:RATIO[:rescale]  topk:RATIO  and SPARSIFIER+QUANTIZER for Compose.
     """
     if "+" in spec:
@@ -410,7 +457,8 @@ def from_spec(spec: str) -> Compressor:
             return Moniqua(float(args[2]) if len(args) > 2 else 1.0, bits, rounding)
         if name == "qsgd":
             return QSGD(int(args[0]) if args else 4, int(args[1]) if len(args) > 1 else 512,
-                        args[2] if len(args) > 2 else "max")
+                        args[2] if len(args) > 2 else "max",
+                        args[3] if len(args) > 3 else "fixed")
         if name == "sign":
             return ScaledSign()
         if name == "identity":

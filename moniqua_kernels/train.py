@@ -31,8 +31,8 @@ import torch.nn.functional as F
 
 CHECKPOINT_VERSION = 2  # 2: loads with weights_only=True; records world size and rank
 ALGORITHMS = ("dpsgd", "allreduce", "moniqua", "choco", "squarm", "dcd", "ecd", "deepsqueeze",
-              "adpsgd")
-COMPRESSED = ("choco", "squarm", "dcd", "ecd", "deepsqueeze")  # take --compressor
+              "adpsgd", "ddp")
+COMPRESSED = ("choco", "squarm", "dcd", "ecd", "deepsqueeze", "ddp")  # take --compressor
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,7 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="example: torchrun --nproc_per_node 4 -m moniqua_kernels train "
                "--algorithm moniqua --bits 1 --theta 0.05 --dataset digits --steps 500")
     a = p.add_argument_group("algorithm")
-    a.add_argument("--algorithm", default="moniqua", choices=ALGORITHMS)
+    a.add_argument("--algorithm", default="moniqua", choices=ALGORITHMS,
+                   help="ddp: data-parallel (DistributedDataParallel) with --compressor "
+                        "on the gradient all-reduce")
     a.add_argument("--variant", choices=("dpsgd", "d2", "adpsgd"), help="Moniqua's base algorithm")
     a.add_argument("--topology", default="ring",
                    help="ring, torus, exponential, exp-onepeer, complete or star")
@@ -52,7 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--theta-lr-scale", type=float,
                    help="Moniqua's theta as this multiple of the current learning rate")
     a.add_argument("--compressor", help="CHOCO/SQuARM compressor spec, e.g. sign, qsgd:4, "
-                                        "topk:0.1+qsgd:4")
+                                        "topk:0.1+qsgd:4; for ddp also none (default), fp16 "
+                                        "or powersgd:RANK[:START_STEP] (torch's hooks)")
+    a.add_argument("--error-feedback", action=argparse.BooleanOptionalAction, default=None,
+                   help="ddp with this package's compressors: keep the compression residual "
+                        "(default on)")
     a.add_argument("--gamma", type=float,
                    help="consensus step size (Moniqua: default from bits and the topology)")
     a.add_argument("--theta-check-every", type=int, default=None, metavar="K",
@@ -78,6 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     t.add_argument("--timeout", type=float, default=120.0,
                    help="seconds before a silent peer is reported as failed")
+    from .recipe import add_arguments
+    add_arguments(p)  # learning-rate schedule, augmentation, shards, BatchNorm (recipe.py)
     o = p.add_argument_group("output")
     o.add_argument("--log-file", help="per-step JSON-lines log (rank 0)")
     o.add_argument("--log-every", type=int, default=10)
@@ -128,10 +136,12 @@ def _check_args(p: argparse.ArgumentParser, args) -> None:
         if getattr(args, name) is not None and args.algorithm != "moniqua":
             p.error(f"--{name.replace('_', '-')} applies to --algorithm moniqua only")
     if args.gamma is not None and args.algorithm in ("dpsgd", "allreduce", "dcd", "ecd",
-                                                     "adpsgd"):
+                                                     "adpsgd", "ddp"):
         p.error(f"--gamma: {args.algorithm} has no consensus step size")
     if args.compressor is not None and args.algorithm not in COMPRESSED:
         p.error(f"--compressor applies to --algorithm {', '.join(COMPRESSED)}")
+    if args.error_feedback is not None and args.algorithm != "ddp":
+        p.error("--error-feedback applies to --algorithm ddp")
     for name in ("H", "threshold"):
         if getattr(args, name) is not None and args.algorithm != "squarm":
             p.error("--local-steps and --threshold apply to --algorithm squarm")
@@ -153,6 +163,8 @@ def _check_args(p: argparse.ArgumentParser, args) -> None:
             p.error(f"--checkpoint-dir {args.checkpoint_dir!r}: {problem}")
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda but no CUDA device is visible; use --device cpu")
+    from .recipe import check_arguments
+    check_arguments(p, args)
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
         p.error("train runs one process per worker under torchrun, e.g. "
                 "`torchrun --nproc_per_node 4 -m moniqua_kernels train ...` "
@@ -190,8 +202,9 @@ def _dataset(args):
     if args.dataset != "cifar10":
         return data.load(args.dataset, args.seed)
     from . import cifar10
-    x_train, y_train = cifar10.load(args.data_dir, train=True)
-    x_test, y_test = cifar10.load(args.data_dir, train=False)
+    load = cifar10.load_torchvision if args.cifar_loader == "torchvision" else cifar10.load
+    x_train, y_train = load(args.data_dir, train=True)
+    x_test, y_test = load(args.data_dir, train=False)
     if args.model != "resnet20":
         x_train, x_test = x_train.flatten(1), x_test.flatten(1)
     return data.Dataset("cifar10", x_train, y_train, x_test, y_test, 10)
@@ -218,6 +231,10 @@ def _optimizer(args, model):
 
 def _algorithm(args, model, optimizer):
     from . import gossip
+    if args.algorithm == "ddp":
+        return gossip.DataParallel(
+            model, args.compressor or "none", error_feedback=args.error_feedback,
+            seed=args.seed, device_ids=[next(model.parameters()).device] if args.device == "cuda" else None)
     kwargs = {"topology": args.topology, "seed": args.seed, "timeout": args.timeout,
               "per_layer": args.per_layer}
     for name in ("variant", "bits", "rounding", "compressor", "gamma", "H", "threshold"):
@@ -373,14 +390,23 @@ def run(args) -> dict:
 
 
 def _run(args, rank, world, device) -> dict:
-    from . import data
     ds = _dataset(args)
-    shard = data.shard(ds.x_train.shape[0], world, args.seed)[rank]
+    from . import recipe
+    from .gossip import DistTransport
+    from .gossip.buffers import WithBufferGossip, average_buffers_, floating_buffers
+    shard = recipe.worker_shards(ds.y_train, world, args.seed, args.dirichlet_alpha)[rank]
     x_train, y_train = ds.x_train[shard].to(device), ds.y_train[shard].to(device)
     x_test, y_test = ds.x_test.to(device), ds.y_test.to(device)
     model = _model(args, ds).to(device)
     optimizer = _optimizer(args, model)
     algorithm = _algorithm(args, model, optimizer)
+    bn_sync = args.bn_sync or ("none" if args.algorithm == "ddp" or not floating_buffers(model)
+                               else "eval" if args.algorithm == "allreduce" else "neighbours")
+    if bn_sync == "neighbours":
+        algorithm = WithBufferGossip(algorithm, model)
+    schedule = recipe.LRSchedule(args.lr, args.steps, args.warmup_steps, args.warmup_start,
+                                 args.lr_schedule, args.lr_milestones, args.lr_decay)
+    forward = getattr(algorithm, "module", model)  # ddp: the DDP wrapper communicates
     sampler = torch.Generator().manual_seed(10_000 * (args.seed + 1) + rank)
     start, history = 0, []
     if args.resume:
@@ -402,8 +428,11 @@ def _run(args, rank, world, device) -> dict:
         for step in range(start, args.steps):
             idx = torch.randint(0, x_train.shape[0], (args.batch_size,), generator=sampler)
             xb, yb = x_train[idx.to(device)], y_train[idx.to(device)]
+            if args.augment:
+                xb = recipe.augment_cifar(xb, sampler)
+            schedule.apply(optimizer, step)
             optimizer.zero_grad(set_to_none=True)
-            out = model(xb)
+            out = forward(xb)
             loss = F.cross_entropy(out, yb)
             loss.backward()
             optimizer.step()
@@ -438,9 +467,12 @@ def _run(args, rank, world, device) -> dict:
     wall = time.perf_counter() - t0
     if hasattr(algorithm, "close"):
         algorithm.close()
+    if bn_sync == "eval":
+        average_buffers_(model, DistTransport(timeout=args.timeout))
     acc, test_loss = _evaluate(model, x_test, y_test)
     # The averaged model: what consensus converges to.
-    averaged = [p.detach().clone() for p in model.parameters()]
+    # parameters and BatchNorm statistics alike
+    averaged = [t.detach().clone() for t in (*model.parameters(), *floating_buffers(model))]
     for t in averaged:
         dist.all_reduce(t)
         t /= world
@@ -449,12 +481,13 @@ def _run(args, rank, world, device) -> dict:
     per_rank /= world
     summary = None
     if rank == 0:
-        original = [p.detach().clone() for p in model.parameters()]
+        state = (*model.parameters(), *floating_buffers(model))
+        original = [t.detach().clone() for t in state]
         with torch.no_grad():
-            for p, t in zip(model.parameters(), averaged):
+            for p, t in zip(state, averaged):
                 p.copy_(t)
             avg_acc, avg_loss = _evaluate(model, x_test, y_test)
-            for p, t in zip(model.parameters(), original):
+            for p, t in zip(state, original):
                 p.copy_(t)
         n_params = sum(p.numel() for p in model.parameters())
         steps_run = max(args.steps - start, 1)

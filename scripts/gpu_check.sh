@@ -131,32 +131,36 @@ else
       MONIQUA_PTXAS_VERBOSE=1 "$PY" -m pip install -v --no-build-isolation --no-deps \
       --no-index -e . || return 1
     echo "build seconds: $(( $(date +%s) - t0 ))"
-    "$PY" -c "import moniqua_kernels._native_cuda as m; print('cuda backend ops:', len(m.OPS))"
+    "$PY" -c "from moniqua_kernels import _C; assert _C.with_cuda(), 'built without CUDA'; print('native CUDA kernels: yes')"
   }
   phase build 300 build_phase &
   BUILD_PID=$!
 fi
 
-# 3. Triton on the GPU (compiles while the extension builds) --------------------------
+# 3. Triton on the GPU: the parity suite's triton cases (they compile while the
+#    extension builds; the build waits for nothing they do) ---------------------------
 if [ "$DRY" = 1 ]; then
-  skip tests_triton "$NO_GPU (CI runs tests/test_triton.py through Triton's interpreter)"
+  skip tests_triton "$NO_GPU (CI runs tests/test_parity.py through Triton's interpreter)"
 else
   XDIST=()
-  "$PY" -c "import xdist" 2>/dev/null && XDIST=(-n 6)
-  phase tests_triton 150 "$PY" -m pytest -q -ra tests/test_triton.py "${XDIST[@]}" \
-    "${PYTEST_OPTS[@]}" --junitxml="$OUTDIR/junit_triton.xml" -p no:cacheprovider
+  "$PY" -c "import xdist" 2>/dev/null && XDIST=(-n 4)
+  phase tests_triton 150 "$PY" -m pytest -q -ra \
+    tests/test_parity.py -k "triton_cuda" "${XDIST[@]}" "${PYTEST_OPTS[@]}" \
+    --junitxml="$OUTDIR/junit_triton.xml" -p no:cacheprovider
 fi
 [ -n "$BUILD_PID" ] && wait "$BUILD_PID"
 
-# 4. CUDA C++ parity and the GPU-only checks (graphs, compile, alignment) ---------------
+# 4. CUDA C++ parity, the op table on CUDA, and the GPU-only checks (graphs, compile,
+#    alignment, flags, n > 2^31) --------------------------------------------------------
 if [ "$DRY" = 1 ]; then
-  # The same files: without CUDA they skip, which the JUnit file records.
-  phase tests_gpu 120 "$PY" -m pytest -q -ra tests/test_gpu.py tests/test_native_cuda.py \
+  # The same files: without CUDA their GPU cases skip, which the JUnit file records.
+  phase tests_gpu 120 "$PY" -m pytest -q -ra tests/test_gpu.py \
     "${PYTEST_OPTS[@]}" --junitxml="$OUTDIR/junit_gpu.xml" -p no:cacheprovider
 else
   XDIST=()
   "$PY" -c "import xdist" 2>/dev/null && XDIST=(-n 4)
-  phase tests_gpu 110 "$PY" -m pytest -q -ra tests/test_gpu.py tests/test_native_cuda.py \
+  phase tests_gpu 200 "$PY" -m pytest -q -ra tests/test_gpu.py tests/test_ops_table.py \
+    tests/test_parity.py -k "cuda_cuda or gpu or table" \
     "${XDIST[@]}" "${PYTEST_OPTS[@]}" --junitxml="$OUTDIR/junit_gpu.xml" -p no:cacheprovider
 fi
 
@@ -165,19 +169,14 @@ if [ "$DRY" = 1 ]; then
   phase bench 120 "$PY" -m moniqua_kernels bench --device cpu --sizes 4096 --bits 1,8 \
     --dtypes fp32 --roundings dither --no-compile --out "$OUTDIR/bench" --budget-s 60
 else
-  phase bench 70 "$PY" -m moniqua_kernels bench --device cuda --sizes 2^20,2^24,2^26,2^28 \
-    --bits 1,2,4,8 --dtypes fp32,bf16 --roundings dither,nearest --baseline-sizes none \
-    --out "$OUTDIR/bench" --budget-s 60
-  phase bench_baselines 70 "$PY" -m moniqua_kernels bench --device cuda --sizes 2^26 \
-    --ops moniqua_encode,moniqua_mix,sign_encode,moniqua_decode --bits 1 --dtypes fp32,bf16 \
-    --roundings dither --baseline-sizes 2^26 --out "$OUTDIR/bench_baselines" --budget-s 55
-fi
-
-# 6. Triton launch shapes --------------------------------------------------------------
-if [ "$DRY" = 1 ]; then
-  skip tuning "$NO_GPU"
-else
-  phase tuning 50 "$PY" benchmarks/gpu_tuning.py --out "$OUTDIR" --budget-s 40
+  # Moniqua first (the goals), every op, both GPU backends and the public op.
+  phase bench 70 "$PY" -m moniqua_kernels bench --device cuda --sizes 2^22,2^26 \
+    --ops moniqua_encode,moniqua_decode,moniqua_mix --bits 1,8 --dtypes fp32,bf16 \
+    --roundings dither,nearest --baseline-sizes none --out "$OUTDIR/bench" --budget-s 60
+  phase bench_other 40 "$PY" -m moniqua_kernels bench --device cuda --sizes 2^26 \
+    --ops sign_encode,qsgd_encode,philox_uniform,moniqua_encode --bits 2,4,8 \
+    --dtypes fp32 --roundings dither --baseline-sizes none --out "$OUTDIR/bench_other" \
+    --budget-s 30
 fi
 
 # 7. Nsight Compute -----------------------------------------------------------------------
@@ -196,5 +195,15 @@ else
     ncu --import "$OUTDIR/ncu.ncu-rep" --page details > "$OUTDIR/ncu_details.txt"
   }
   phase ncu 70 ncu_phase
+fi
+
+# 8. the baselines at one size: eager, torch.compile(reference), the obvious torch code
+#    and its compile (compiling costs seconds a case: last, cut by the budget) ----------
+if [ "$DRY" = 0 ]; then
+  phase bench_baselines 90 "$PY" -m moniqua_kernels bench --device cuda --sizes 2^26 \
+    --ops moniqua_encode,moniqua_mix,sign_encode,moniqua_decode --bits 1 --dtypes fp32 \
+    --roundings dither --baseline-sizes 2^26 --out "$OUTDIR/bench_baselines" --budget-s 70
+  # 9. Triton launch shapes (block x warps), what the budget leaves
+  phase tuning 60 "$PY" benchmarks/gpu_tuning.py --out "$OUTDIR" --budget-s 45
 fi
 exit 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -83,6 +84,38 @@ def bench(out: Path) -> list[str]:
     return lines
 
 
+def ptxas(out: Path) -> list[str]:
+    """Registers, stack and spills per CUDA kernel from the build log (-Xptxas=-v)."""
+    path = out / "build.log"
+    if not path.exists():
+        return []
+    kernels, name = {}, None
+    for line in path.read_text(errors="replace").splitlines():
+        m = re.search(r"Compiling entry function '(\S+)'", line)
+        if m:
+            # ..._ZN...13encode_kernelILi1ELi2EfEEv...: the file and the template arguments
+            k = re.search(r"_\d+_([a-z]+)_cu_\w*?\d+([a-z_]+_kernel)(?:I(.*?)EEv)?", m.group(1))
+            name = (f"{k.group(1)}.cu {k.group(2)}" + (f"<{k.group(3)}>" if k.group(3) else "")
+                    if k else m.group(1)[:80])
+            kernels[name] = {}
+            continue
+        if name is None:
+            continue
+        m = re.search(r"Used (\d+) registers", line)
+        if m:
+            kernels[name]["regs"] = int(m.group(1))
+        m = re.search(r"(\d+) bytes stack frame, (\d+) bytes spill stores", line)
+        if m:
+            kernels[name].update(stack=int(m.group(1)), spill=int(m.group(2)))
+    if not kernels:
+        return []
+    lines = ["| kernel | registers | stack bytes | spill bytes |", "|---|---|---|---|"]
+    for name, k in sorted(kernels.items()):
+        lines.append(f"| {name} | {k.get('regs', '')} | {k.get('stack', '')} | "
+                     f"{k.get('spill', '')} |")
+    return lines
+
+
 NCU_COLUMNS = (("Kernel Name", "kernel"), ("gpu__time_duration.sum", "us"),
                ("dram__throughput.avg.pct_of_peak_sustained_elapsed", "DRAM %"),
                ("launch__registers_per_thread", "regs"),
@@ -138,6 +171,10 @@ def main(argv=None) -> int:
     n = ncu(out)
     if n:
         doc += ["## Nsight Compute", ""] + n + [""]
+    regs = ptxas(out)
+    if regs:
+        (out / "cuda_registers.md").write_text("\n".join(regs) + "\n")
+        doc += [f"CUDA registers per kernel: cuda_registers.md ({len(regs) - 2} kernels)", ""]
     text = "\n".join(doc) + "\n"
     (out / "summary.md").write_text(text)
     print(text)

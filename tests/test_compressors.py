@@ -77,12 +77,20 @@ def test_choco_delta_definitions():
 
 
 def test_compose_streams_do_not_overlap():
+    """The quantizer draws the positions right after the sparsifier's: its codes are
+    those of stream (seed, offset + round4(n)), and not those of the sparsifier's
+    (seed, offset), which a quantizer reusing the sparsifier's stream would give."""
     comp = Compose(RandomK(0.5), QSGD(4, 64))
     assert comp.stream_span(100) == 200
     x = torch.randn(100)
-    p = comp.encode(x, seed=3, offset=0)
+    p = comp.encode(x, seed=3, offset=8)
+    values = mk.randomk_encode(x, 0.5, 3, 8)
+    after = mk.qsgd_encode(values, 4, 64, "max", 3, 8 + 100)
+    shared = mk.qsgd_encode(values, 4, 64, "max", 3, 8)
+    assert torch.equal(p.tensors["q.codes"], after[1])
+    assert not torch.equal(after[1], shared[1])  # the check above can tell them apart
     dec = comp.decode(p)
-    kept = mk.randomk_decode(mk.randomk_encode(x, 0.5, 3, 0), 100, 0.5, 3, 0) != 0
+    kept = mk.randomk_decode(values, 100, 0.5, 3, 8) != 0
     assert torch.equal(dec != 0, kept & (dec != 0))
 
 

@@ -210,6 +210,62 @@ def test_compile_with_a_new_seed_every_step(backend):
     assert counter.frame_count <= 2, f"{counter.frame_count} compiles for 12 seeds"
 
 
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_compile_with_seed_tensors_compiles_once(backend):
+    from torch._dynamo.testing import CompileCounterWithBackend
+    torch._dynamo.reset()
+    counter = CompileCounterWithBackend("inductor")
+    x = sample(4097)
+
+    @torch.compile(backend=counter, fullgraph=True)
+    def step(x, seed, offset):
+        return mk.moniqua_encode(x, B, bits=1, seed=seed, offset=offset)
+
+    with mk.use_backend(backend):
+        for k in range(12):
+            got = step(x, torch.tensor(5 + k, device="cuda"), torch.tensor(8 * k, device="cuda"))
+            assert torch.equal(got, reference(lambda: mk.moniqua_encode(x, B, 1, "dither",
+                                                                        5 + k, 8 * k))), k
+    assert counter.frame_count == 1
+
+
+# ----------------------------------------------------------------------- error flags
+
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_non_finite_is_flagged_without_a_sync_and_reported_by_check_errors(backend):
+    mk.check_errors()
+    x = sample(10_001)
+    x[[5, 4096, 10_000]] = torch.tensor([float("nan"), float("inf"), -float("inf")],
+                                         device="cuda")
+    with mk.use_backend(backend):
+        payload = mk.moniqua_encode(x, B)  # returns: no raise, no synchronisation
+        with pytest.raises(mk.KernelInputError, match="moniqua_encode: 3 non-finite"):
+            mk.check_errors()
+        y = x.clone()
+        mk.moniqua_mix_(y, [payload], [0.5], payload, B)
+        assert torch.isnan(y[5]) and torch.isinf(y[4096])  # left as they were
+        with pytest.raises(mk.KernelInputError, match="moniqua_mix_: 3 non-finite"):
+            mk.check_errors("cuda")
+        mk.qsgd_encode(x)
+        mk.sign_encode(x)
+        with pytest.raises(mk.KernelInputError) as err:
+            mk.check_errors()
+        assert "qsgd_encode: 3 non-finite" in str(err.value)
+        assert "sign_encode: 3 non-finite" in str(err.value)
+
+
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_capture_with_checks_on_allocates_nothing_model_sized(backend):
+    """The default (checked) encode into a persistent buffer inside a graph."""
+    n = (1 << 20) + 3
+    x = sample(n)
+    buf = torch.empty((n + 7) // 8, dtype=torch.uint8, device="cuda")
+    with mk.use_backend(backend):
+        graph, _ = _capture(lambda: mk.moniqua_encode(x, B, seed=3, out=buf))
+        graph.replay()
+    assert torch.equal(buf, reference(lambda: mk.moniqua_encode(x, B, seed=3)))
+
+
 # ------------------------------------------------------------- Triton specialisation
 
 def _compiled_variants(jit_fn) -> int:
@@ -227,13 +283,23 @@ def test_triton_does_not_specialise_on_seed_offset_or_size():
     kernel = tm._moniqua_encode_kernel
     x = sample(4096 * 3)
     with mk.use_backend("triton"):
-        mk.moniqua_encode(x, B, 4, "dither", 1, 4)
+        mk.moniqua_encode(x[:4097], B, 4, "dither", 1, 4)  # full blocks and the partial one
         before = _compiled_variants(kernel)
         for seed, offset, n in ((16, 16, 4096 * 3), (2 ** 40 + 3, 2 ** 36, 4096 * 2 + 16),
                                 (-5, 0, 4097), (17, 4, 33)):
             mk.moniqua_encode(x[:n], B, 4, "dither", seed, offset)
         after = _compiled_variants(kernel)
     assert after == before, f"{after - before} extra compiles"
+    mix = tm._moniqua_mix_kernel
+    with mk.use_backend("triton"):
+        p = [mk.moniqua_encode(x, B, 1, "dither", 1, 0) for _ in range(3)]
+        mk.moniqua_mix_(x.clone(), p[:2], [0.3, 0.3], p[2], B, 1, "dither", 1.0, [1, 2, 3],
+                        [0, 0, 0])
+        before = _compiled_variants(mix)
+        for seeds in ([16, 2 ** 40 + 1, -7], [2 ** 63 - 1, 0, 1]):
+            mk.moniqua_mix_(x.clone(), p[:2], [0.3, 0.3], p[2], B, 1, "dither", 1.0, seeds,
+                            [4, 2 ** 36, 64])
+        assert _compiled_variants(mix) == before
 
 
 # ---------------------------------------------------------------------- large sizes

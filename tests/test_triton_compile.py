@@ -34,85 +34,107 @@ E, BLK = "constexpr", 4096
 
 
 def _cases():
-    """(name, module, kernel, signature, constexprs, needs_div, needs_sqrt)."""
-    enc = {"x_ptr": None, "out_ptr": "*u8", "n": "i64", "nbytes": "i64", "inv_b": "fp32",
-           "seed": "i64", "offset": "i64", "BITS": E, "ROUNDING": E, "BLOCK": E}
+    """(name, module, kernel, signature, constexprs, needs_div, needs_sqrt).
+
+    Every per-call integer is i32 (the stream's halves, first_block) or i64 (sizes) and
+    unspecialised; stream_ptr None (ints) or a pointer (a graph-safe stream tensor);
+    flag_ptr a pointer (checks on) or None."""
+    S = {"k0": "i32", "k1": "i32", "c0": "i32", "c1": "i32"}
+    enc = {"x_ptr": None, "out_ptr": "*u8", "n": "i64", "nbytes": "i64", "inv_b": "fp32", **S,
+           "stream_ptr": E, "flag_ptr": "*i64", "first_block": "i32", "BITS": E,
+           "ROUNDING": E, "MASKED": E, "BLOCK": E}
     dec = {"payload_ptr": "*u8", "y_ptr": None, "out_ptr": None, "n": "i64", "nbytes": "i64",
-           "b32": "fp32", "inv_b": "fp32", "seed": "i32", "offset": "i64", "BITS": E,
-           "ROUNDING": E, "BLOCK": E}
+           "b32": "fp32", "inv_b": "fp32", **S, "stream_ptr": E, "flag_ptr": "*i64",
+           "first_block": "i32", "BITS": E, "ROUNDING": E, "MASKED": E, "BLOCK": E}
 
     def mix(dtype, neighbours):
+        halves = {k + "s": ("i64",) * (neighbours + 1) for k in ("k0", "k1", "c0", "c1")}
         return {"x_ptr": f"*{dtype}", "payloads": ("*u8",) * neighbours,
                 "weights": ("fp32",) * neighbours, "own_ptr": "*u8", "n": "i64",
-                "nbytes": "i64", "b32": "fp32", "inv_b": "fp32", "gamma": "fp32",
-                "seeds": ("i64",) * (neighbours + 1), "offsets": ("i64",) * (neighbours + 1),
-                "BITS": E, "ROUNDING": E, "BLOCK": E}
+                "nbytes": "i64", "b32": "fp32", "inv_b": "fp32", "gamma": "fp32", **halves,
+                "streams_ptr": E, "flag_ptr": "*i64", "first_block": "i32", "BITS": E,
+                "ROUNDING": E, "MASKED": E, "BLOCK": E}
 
     def typed(sig, dtype):
         return {k: (f"*{dtype}" if v is None else v) for k, v in sig.items()}
 
+    def el(bits, rounding, masked=False):
+        return {"stream_ptr": None, "BITS": bits, "ROUNDING": rounding, "MASKED": masked,
+                "BLOCK": BLK}
+
     out = []
     for dtype, bits, rounding in (("fp32", 1, 2), ("bf16", 4, 0), ("fp16", 8, 1), ("fp32", 2, 0)):
         out.append((f"moniqua_encode {dtype} {bits}b r{rounding}", "moniqua",
-                    "_moniqua_encode_kernel", typed(enc, dtype),
-                    {"BITS": bits, "ROUNDING": rounding, "BLOCK": BLK}, False, False))
+                    "_moniqua_encode_kernel", typed(enc, dtype), el(bits, rounding), False, False))
+    out.append(("moniqua_encode masked tail", "moniqua", "_moniqua_encode_kernel",
+                typed(enc, "fp32"), el(1, 2, True), False, False))
+    graph = dict(typed(enc, "fp32"), stream_ptr="*i64")
+    out.append(("moniqua_encode stream tensor", "moniqua", "_moniqua_encode_kernel", graph,
+                {"BITS": 1, "ROUNDING": 2, "MASKED": True, "BLOCK": BLK}, False, False))
     for dtype, bits, rounding in (("fp32", 1, 2), ("bf16", 8, 1), ("fp16", 2, 0)):
         out.append((f"moniqua_decode {dtype} {bits}b r{rounding}", "moniqua",
-                    "_moniqua_decode_kernel", typed(dec, dtype),
-                    {"BITS": bits, "ROUNDING": rounding, "BLOCK": BLK}, False, False))
+                    "_moniqua_decode_kernel", typed(dec, dtype), el(bits, rounding), False, False))
     for dtype, bits, rounding, k in (("bf16", 1, 2, 2), ("fp32", 8, 0, 3), ("fp16", 4, 1, 0)):
         out.append((f"moniqua_mix {dtype} {bits}b r{rounding} {k} neighbours", "moniqua",
                     "_moniqua_mix_kernel", mix(dtype, k),
-                    {"BITS": bits, "ROUNDING": rounding, "BLOCK": BLK}, False, False))
+                    {"streams_ptr": None, "BITS": bits, "ROUNDING": rounding, "MASKED": False,
+                     "BLOCK": BLK}, False, False))
+    qs = {"k0": "i32", "k1": "i32", "c0": "i32", "c1": "i32"}
     out += [
         ("qsgd_encode fused max", "qsgd", "_qsgd_encode_kernel",
-         {"x_ptr": "*fp32", "scales_ptr": "*fp32", "out_ptr": "*u8", "n": "i64",
-          "nbytes": "i64", "d": "i32", "seed": "i64", "offset": "i64", "BITS": E, "NORM": E,
-          "DBLOCK": E}, {"BITS": 4, "NORM": 0, "DBLOCK": 512}, True, False),
+         {"x_ptr": "*fp32", "scales_ptr": "*fp32", "out_ptr": "*u8", "n": "i64", "d": "i64",
+          **qs, "stream_ptr": E, "flag_ptr": "*i64", "BITS": E, "NORM": E, "DBLOCK": E},
+         {"stream_ptr": None, "BITS": 4, "NORM": 0, "DBLOCK": 512}, True, False),
         ("qsgd_encode fused l2 bf16", "qsgd", "_qsgd_encode_kernel",
-         {"x_ptr": "*bf16", "scales_ptr": "*fp32", "out_ptr": "*u8", "n": "i64",
-          "nbytes": "i64", "d": "i32", "seed": "i32", "offset": "i32", "BITS": E, "NORM": E,
-          "DBLOCK": E}, {"BITS": 8, "NORM": 1, "DBLOCK": 512}, True, True),
+         {"x_ptr": "*bf16", "scales_ptr": "*fp32", "out_ptr": "*u8", "n": "i64", "d": "i64",
+          **qs, "stream_ptr": E, "flag_ptr": E, "BITS": E, "NORM": E, "DBLOCK": E},
+         {"stream_ptr": None, "flag_ptr": None, "BITS": 8, "NORM": 1, "DBLOCK": 512}, True, True),
         ("qsgd_scale l2", "qsgd", "_qsgd_scale_kernel",
          {"x_ptr": "*fp16", "scales_ptr": "*fp32", "inv_ptr": "*fp32", "n": "i64", "d": "i64",
-          "BITS": E, "NORM": E, "CHUNK": E}, {"BITS": 2, "NORM": 1, "CHUNK": 1024}, True, True),
+          "flag_ptr": "*i64", "BITS": E, "NORM": E, "CHUNK": E},
+         {"BITS": 2, "NORM": 1, "CHUNK": 1024}, True, True),
         ("qsgd_pack", "qsgd", "_qsgd_pack_kernel",
          {"x_ptr": "*fp32", "inv_ptr": "*fp32", "out_ptr": "*u8", "n": "i64", "nbytes": "i64",
-          "d": "i32", "seed": "i64", "offset": "i64", "BITS": E, "BLOCK": E},
-         {"BITS": 4, "BLOCK": BLK}, False, False),
+          "d": "i64", **qs, "stream_ptr": E, "flag_ptr": "*i64", "first_block": "i32",
+          "BITS": E, "MASKED": E, "BLOCK": E},
+         {"stream_ptr": None, "BITS": 4, "MASKED": False, "BLOCK": BLK}, False, False),
         ("qsgd_decode", "qsgd", "_qsgd_decode_kernel",
          {"scales_ptr": "*fp32", "payload_ptr": "*u8", "out_ptr": "*fp32", "n": "i64",
-          "nbytes": "i64", "d": "i32", "BITS": E, "BLOCK": E}, {"BITS": 8, "BLOCK": BLK},
-         True, False),
+          "nbytes": "i64", "d": "i64", "flag_ptr": "*i64", "first_block": "i32", "BITS": E,
+          "MASKED": E, "BLOCK": E}, {"BITS": 8, "MASKED": True, "BLOCK": BLK}, True, False),
         ("sign_encode", "sign", "_sign_encode_kernel",
-         {"x_ptr": "*bf16", "out_ptr": "*u8", "partial_ptr": "*fp32", "n": "i64",
-          "nbytes": "i64", "BLOCK": E}, {"BLOCK": BLK}, False, False),
+         {"x_ptr": "*bf16", "out_ptr": "*u8", "partial_ptr": "*fp32", "flag_ptr": "*i64",
+          "n": "i64", "nbytes": "i64", "first_block": "i32", "MASKED": E, "BLOCK": E},
+         {"MASKED": False, "BLOCK": BLK}, False, False),
         ("sign_scale", "sign", "_sign_scale_kernel",
          {"partial_ptr": "*fp32", "scale_ptr": "*fp32", "nparts": "i32", "n_f32": "fp32",
           "CHUNK": E}, {"CHUNK": 1024}, True, False),
         ("sign_decode", "sign", "_sign_decode_kernel",
-         {"scale_ptr": "*fp32", "payload_ptr": "*u8", "out_ptr": "*fp32", "n": "i64",
-          "nbytes": "i64", "BLOCK": E}, {"BLOCK": BLK}, False, False),
+         {"scale_ptr": "*fp32", "payload_ptr": "*u8", "out_ptr": "*fp32", "flag_ptr": "*i64",
+          "n": "i64", "nbytes": "i64", "first_block": "i32", "MASKED": E, "BLOCK": E},
+         {"MASKED": True, "BLOCK": BLK}, False, False),
         ("randomk_count", "sparse", "_randomk_count_kernel",
-         {"counts_ptr": "*i64", "n": "i64", "threshold": "i32", "seed": "i64", "offset": "i64",
-          "BLOCK": E}, {"BLOCK": BLK}, False, False),
+         {"counts_ptr": "*i64", "n": "i64", "threshold": "i32", **qs, "BLOCK": E},
+         {"BLOCK": BLK}, False, False),
         ("randomk_gather", "sparse", "_randomk_gather_kernel",
          {"x_ptr": "*fp16", "base_ptr": "*i64", "out_ptr": "*fp16", "n": "i64",
-          "threshold": "i32", "seed": "i64", "offset": "i64", "BLOCK": E}, {"BLOCK": BLK},
-         False, False),
+          "threshold": "i32", **qs, "BLOCK": E}, {"BLOCK": BLK}, False, False),
         ("randomk_scatter rescale bf16", "sparse", "_randomk_scatter_kernel",
          {"values_ptr": "*bf16", "base_ptr": "*i64", "out_ptr": "*bf16", "n": "i64",
-          "threshold": "i32", "seed": "i64", "offset": "i64", "inv_ratio": "fp32",
-          "RESCALE": E, "BLOCK": E}, {"RESCALE": True, "BLOCK": BLK}, False, False),
+          "threshold": "i32", **qs, "inv_ratio": "fp32", "RESCALE": E, "BLOCK": E},
+         {"RESCALE": True, "BLOCK": BLK}, False, False),
         ("philox_uniform", "packing", "_philox_uniform_kernel",
-         {"out_ptr": "*fp32", "n": "i64", "seed": "i64", "offset": "i64", "BLOCK": E},
-         {"BLOCK": BLK}, False, False),
+         {"out_ptr": "*fp32", "n": "i64", **qs, "stream_ptr": E, "first_block": "i32",
+          "MASKED": E, "BLOCK": E}, {"stream_ptr": None, "MASKED": False, "BLOCK": BLK},
+         False, False),
         ("pack_bits", "packing", "_pack_bits_kernel",
-         {"codes_ptr": "*u8", "out_ptr": "*u8", "n": "i64", "nbytes": "i64", "BITS": E,
-          "BLOCK": E}, {"BITS": 1, "BLOCK": BLK}, False, False),
+         {"codes_ptr": "*u8", "out_ptr": "*u8", "n": "i64", "nbytes": "i64",
+          "first_block": "i32", "BITS": E, "MASKED": E, "BLOCK": E},
+         {"BITS": 1, "MASKED": True, "BLOCK": BLK}, False, False),
         ("unpack_bits", "packing", "_unpack_bits_kernel",
-         {"payload_ptr": "*u8", "out_ptr": "*u8", "n": "i64", "nbytes": "i64", "BITS": E,
-          "BLOCK": E}, {"BITS": 2, "BLOCK": BLK}, False, False),
+         {"payload_ptr": "*u8", "out_ptr": "*u8", "n": "i64", "nbytes": "i64",
+          "flag_ptr": "*i64", "first_block": "i32", "BITS": E, "MASKED": E, "BLOCK": E},
+         {"BITS": 2, "MASKED": True, "BLOCK": BLK}, False, False),
     ]
     return out
 
@@ -189,6 +211,30 @@ def _nvidia_backend_reason():
 
 @pytest.mark.skipif(_nvidia_backend_reason() is not None,
                     reason=str(_nvidia_backend_reason()))
+def test_stream_arguments_never_specialise():
+    """Every stream gives the launcher the same specialisation key: the scalar halves
+    are unspecialised i32, and the mix's tuple halves (whose elements Triton specialises
+    regardless of do_not_specialize) are packed so that none is 1 or a multiple of 16."""
+    from triton.backends.compiler import GPUTarget
+    from triton.backends.nvidia.compiler import CUDABackend
+    try:
+        from triton.runtime.jit import native_specialize_impl as specialize
+    except ImportError:
+        pytest.skip("this Triton has no native_specialize_impl")
+    from moniqua_kernels.triton._common import stream_args, tuple_halves
+    backend = CUDABackend(GPUTarget("cuda", ARCH, 32))
+    streams = [(0, 0), (1, 4), (16, 2 ** 34 + 4), (2 ** 64 - 1, 2 ** 36), (-(2 ** 62), 64),
+               (2 ** 32 + 1, 2 ** 40 + 8)]
+    keys = {specialize(backend, tuple_halves(s, o), False, False, True) for s, o in streams}
+    assert len(keys) == 1, keys
+    assert "constexpr" not in str(keys)
+    scalar = {specialize(backend, h, False, False, True) for s, o in streams
+              for h in stream_args(s, o)}
+    assert scalar == {("i32", None)}, scalar
+
+
+@pytest.mark.skipif(_nvidia_backend_reason() is not None,
+                    reason=str(_nvidia_backend_reason()))
 def test_kernels_compile_for_sm90_without_fma_or_approximate_division():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = str(ROOT)
@@ -210,8 +256,9 @@ def test_kernels_compile_for_sm90_without_fma_or_approximate_division():
             assert row["div_rn"] > 0, row
         if row["needs_sqrt"]:
             assert row["sqrt_rn"] > 0, row
-        if row["name"].startswith("moniqua_"):
-            assert row["ld_v4"] > 0, row
+        if row["name"].startswith("moniqua_") and "masked" not in row["name"] \
+                and "stream" not in row["name"]:
+            assert row["ld_v4"] > 0, row  # full blocks: unmasked, 128-bit loads
 
 
 if __name__ == "__main__":

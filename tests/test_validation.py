@@ -164,3 +164,75 @@ def test_bad_theta():
     for theta in (0.0, -1.0, math.inf):
         with pytest.raises(ValueError, match="theta must be finite and > 0"):
             mk.moniqua_modulus(theta, 2, "nearest")
+
+
+# ------------------------------------------------ refusals added with the op table
+
+@pytest.mark.parametrize("modulus", ["1.0", b"1", True, False, None, [1.0]])
+def test_modulus_must_be_a_real_number(modulus):
+    with pytest.raises(TypeError, match="modulus must be a real number"):
+        mk.moniqua_encode(x_(), modulus)
+
+
+def test_modulus_so_small_that_its_inverse_overflows():
+    with pytest.raises(ValueError, match="1/B overflows float32"):
+        mk.moniqua_encode(x_(), 1e-39)  # a float32 subnormal: 1/B is inf
+
+
+def test_x_over_modulus_overflow_is_reported_and_mix_writes_no_inf():
+    """B = 1e-30 is a normal float32 with a finite 1/B, but x / B overflows for |x| > ~3e8:
+    the kernels find it in the pass they make."""
+    x = torch.tensor([1e10, 1.0, -2.0, 0.5])
+    with pytest.raises(mk.KernelInputError, match="1 non-finite"):
+        mk.moniqua_encode(x, 1e-30)
+    own = mk.moniqua_encode(x, 1e-30, check_finite=False)
+    xm = x.clone()
+    with pytest.raises(mk.KernelInputError, match="moniqua_mix_"):
+        mk.moniqua_mix_(xm, [own], [0.5], own, 1e-30)
+    assert bool(torch.isfinite(xm).all())
+
+
+def test_numpy_integer_bits_are_bits():
+    np = pytest.importorskip("numpy")
+    x = x_()
+    assert torch.equal(mk.moniqua_encode(x, 1.0, np.int64(2), "nearest"),
+                       mk.moniqua_encode(x, 1.0, 2, "nearest"))
+    with pytest.raises(ValueError, match=r"bits=3 is not supported; allowed values are 1, 2"):
+        mk.moniqua_encode(x, 1.0, np.int64(3))
+
+
+def test_padding_bits_must_be_zero():
+    """The unused high bits of the last byte: a 1000-element 1-bit payload decoded
+    against a 999-element reference has its 1000th code there."""
+    x = torch.ones(1000)  # 1-bit nearest of 1.0 at B = 4: code 1 for every element
+    payload = mk.moniqua_encode(x, 4.0, 1, "nearest")
+    assert payload[-1] == 0xFF
+    with pytest.raises(mk.KernelInputError, match="padding bits"):
+        mk.moniqua_decode(payload, x[:999], 4.0, 1, "nearest")
+    with pytest.raises(mk.KernelInputError, match="padding bits"):
+        mk.unpack_bits(payload, 1, 999)
+
+
+def test_mix_refuses_leaf_that_requires_grad_and_inference_tensors():
+    x = torch.randn(100, requires_grad=True)
+    own = mk.moniqua_encode(x.detach(), 1.0)
+    with pytest.raises(RuntimeError, match="leaf tensor that requires grad"):
+        mk.moniqua_mix_(x, [own], [0.5], own, 1.0)
+    with torch.no_grad():  # as an optimizer step does
+        mk.moniqua_mix_(x, [own], [0.5], own, 1.0)
+    with torch.inference_mode():
+        xi = torch.randn(100)
+    before = xi.clone()
+    with pytest.raises(RuntimeError, match="inference tensor"):
+        mk.moniqua_mix_(xi, [own], [0.5], own, 1.0)
+    assert torch.equal(xi, before)
+    with torch.inference_mode():
+        mk.moniqua_mix_(xi, [own], [0.5], own, 1.0)
+
+
+def test_stream_tensor_offset_is_checked_by_the_kernel():
+    x = x_()
+    with pytest.raises(mk.KernelInputError, match="offset was negative or not a multiple of 4"):
+        mk.moniqua_encode(x, 1.0, seed=torch.tensor(3), offset=torch.tensor(6))
+    with pytest.raises(TypeError, match="one int64"):
+        mk.moniqua_encode(x, 1.0, seed=torch.tensor(3.0))

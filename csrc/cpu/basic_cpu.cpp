@@ -132,7 +132,7 @@ MK_CPU_ENTRY
 void pack_bits(const uint8_t* codes, int64_t n, int bits, uint8_t* out, int64_t blk0,
                int64_t blk1) {
   alignas(64) uint8_t scratch[kBlock];
-  with_bits(bits, [&](auto b) MK_LAMBDA_INLINE {
+  dispatch_bits(bits, [&](auto b) MK_LAMBDA_INLINE {
     constexpr int BITS = decltype(b)::value;
     for (int64_t blk = blk0; blk < blk1; ++blk) {
       const BlockRange r = block_range(blk, n);
@@ -150,7 +150,7 @@ MK_CPU_ENTRY
 void unpack_bits(const uint8_t* payload, int64_t n, int bits, uint8_t* out, int64_t blk0,
                  int64_t blk1) {
   alignas(64) uint8_t scratch[kBlock];
-  with_bits(bits, [&](auto b) MK_LAMBDA_INLINE {
+  dispatch_bits(bits, [&](auto b) MK_LAMBDA_INLINE {
     constexpr int BITS = decltype(b)::value;
     for (int64_t blk = blk0; blk < blk1; ++blk) {
       const BlockRange r = block_range(blk, n);
@@ -197,7 +197,19 @@ MK_INLINE void sign_blocks(const T* x, int64_t n, uint8_t* payload, double* sums
 MK_CPU_ENTRY
 void sign_encode(const void* x, DType dt, int64_t n, uint8_t* payload, double* block_sums,
                  int64_t blk0, int64_t blk1) {
-  with_dtype(dt, x, [&](auto* xt) MK_LAMBDA_INLINE { sign_blocks(xt, n, payload, block_sums, blk0, blk1); });
+  dispatch_dtype(dt, [&](auto tag) MK_LAMBDA_INLINE {
+    sign_blocks(static_cast<const decltype(tag)*>(x), n, payload, block_sums, blk0, blk1);
+  });
+}
+
+MK_CPU_ENTRY
+int64_t count_non_finite(const void* x, DType dt, int64_t begin, int64_t end) {
+  return dispatch_dtype(dt, [&](auto tag) MK_LAMBDA_INLINE {
+    const auto* xt = static_cast<const decltype(tag)*>(x);
+    int64_t bad = 0;
+    for (int64_t i = begin; i < end; ++i) bad += not_finite(load_float(xt, i));
+    return bad;
+  });
 }
 
 MK_CPU_ENTRY

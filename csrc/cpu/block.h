@@ -8,6 +8,7 @@
 #include <type_traits>
 
 #include "kernels.h"
+#include "moniqua_kernels/dispatch.h"
 #include "moniqua_kernels/moniqua_kernels.h"
 
 // Entry points are cloned for x86-64-v4 (AVX-512), x86-64-v3 (AVX2) and the baseline,
@@ -35,36 +36,14 @@
 namespace moniqua_kernels {
 namespace cpu {
 
-// Element types with the memory layout of float / at::Half / at::BFloat16.
-struct Half { uint16_t bits; };
-struct BF16 { uint16_t bits; };
-
 MK_INLINE float load_float(const float* p, int64_t i) { return p[i]; }
-MK_INLINE float load_float(const Half* p, int64_t i) { return half_to_float(p[i].bits); }
-MK_INLINE float load_float(const BF16* p, int64_t i) { return bf16_to_float(p[i].bits); }
-MK_INLINE void store_float(float* p, int64_t i, float v) { p[i] = v; }
-MK_INLINE void store_float(Half* p, int64_t i, float v) { p[i].bits = float_to_half(v); }
-MK_INLINE void store_float(BF16* p, int64_t i, float v) { p[i].bits = float_to_bf16(v); }
+MK_INLINE float load_float(const Half16* p, int64_t i) { return to_float(p[i]); }
+MK_INLINE float load_float(const BFloat16* p, int64_t i) { return to_float(p[i]); }
+template <typename T>
+MK_INLINE void store_float(T* p, int64_t i, float v) { from_float(p[i], v); }
 
-// Call f(static element type pointer) for a runtime dtype; one switch per call.
-template <typename F>
-MK_INLINE void with_dtype(DType dt, const void* p, F&& f) {
-  switch (dt) {
-    case DType::kFloat16: f(static_cast<const Half*>(p)); break;
-    case DType::kBFloat16: f(static_cast<const BF16*>(p)); break;
-    default: f(static_cast<const float*>(p)); break;
-  }
-}
-
-template <typename F>
-MK_INLINE void with_bits(int bits, F&& f) {
-  switch (bits) {
-    case 1: f(std::integral_constant<int, 1>{}); break;
-    case 2: f(std::integral_constant<int, 2>{}); break;
-    case 4: f(std::integral_constant<int, 4>{}); break;
-    default: f(std::integral_constant<int, 8>{}); break;
-  }
-}
+// !(|v| < inf): true for NaN and +-inf, written so that the loops vectorize.
+MK_INLINE bool not_finite(float v) { return !(MK_FABS(v) < __builtin_inff()); }
 
 struct BlockRange {
   int64_t begin, len;  // first element, elements in the block (<= kBlock)

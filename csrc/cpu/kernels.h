@@ -26,20 +26,13 @@ inline int64_t num_blocks(int64_t n) { return (n + kBlock - 1) / kBlock; }
 // ("x86-64-v4", "x86-64-v3" or "baseline"), for benchmark reports.
 const char* isa_name();
 
-struct MoniquaArgs {
-  float modulus;      // B, float32
-  float inv_modulus;  // float32(1) / B
-  int bits;           // 1, 2, 4, 8
-  int rounding;       // Rounding
-};
-
-struct Stream {
-  uint64_t seed;
-  int64_t offset;  // a multiple of 4
-};
-
-// Float-element tensors are passed as (pointer, DType); half and bfloat16 are their
-// 16-bit patterns.
+// Streams (common.h) reach these kernels with tensor == nullptr: the binding reads a
+// stream tensor on the host.  Float-element tensors are passed as (pointer, DType);
+// half and bfloat16 are their 16-bit patterns.
+//
+// The kernels with a `check` argument return, for their blocks, how many elements were
+// not finite (DESIGN.md section 7: inputs for the encoders, results for decode and
+// mix); with check false they return 0 and count nothing.
 
 void philox_uniform(int64_t n, Stream s, float* out, int64_t blk0, int64_t blk1);
 
@@ -48,38 +41,65 @@ void pack_bits(const uint8_t* codes, int64_t n, int bits, uint8_t* out, int64_t 
 void unpack_bits(const uint8_t* payload, int64_t n, int bits, uint8_t* out, int64_t blk0,
                  int64_t blk1);
 
-void moniqua_encode(const void* x, DType dt, int64_t n, MoniquaArgs a, Stream s,
-                    uint8_t* payload, int64_t blk0, int64_t blk1);
-void moniqua_decode(const uint8_t* payload, const void* y, DType dt, int64_t n,
-                    MoniquaArgs a, Stream s, void* out, int64_t blk0, int64_t blk1);
+// Counts elements whose t = x * invB is not finite (a NaN/inf x, or B too small).
+int64_t moniqua_encode(const void* x, DType dt, int64_t n, ModulusParams m, Stream s,
+                       uint8_t* payload, bool check, int64_t blk0, int64_t blk1);
+// Counts non-finite decoded values.
+int64_t moniqua_decode(const uint8_t* payload, const void* y, DType dt, int64_t n,
+                       ModulusParams m, Stream s, void* out, bool check, int64_t blk0,
+                       int64_t blk1);
 
 // x <- x + gamma * sum_j w_j (dec(q_j; x) - dec(q_self; x)), in place.
 // streams[j] belongs to payloads[j] for j < npayloads, streams[npayloads] to own.
+// With check, an element whose result is not finite keeps its old value and is counted.
 struct MixArgs {
-  MoniquaArgs m;
+  ModulusParams m;
   int64_t npayloads;
   const uint8_t* const* payloads;
   const float* weights;  // float32(w_j)
   const uint8_t* own;
   float gamma;           // float32(gamma)
   const Stream* streams;
+  bool check;
 };
-void moniqua_mix(void* x, DType dt, int64_t n, const MixArgs& a, int64_t blk0, int64_t blk1);
+int64_t moniqua_mix(void* x, DType dt, int64_t n, const MixArgs& a, int64_t blk0,
+                    int64_t blk1);
 
 // QSGD: bucket scales first (over bucket ranges), then codes (over element blocks).
-// norm_l2: ||v||_2 accumulated in double, else max |v| (exact).
-void qsgd_scales(const void* x, DType dt, int64_t n, int64_t bucket_size, bool norm_l2,
-                 float* scales, int64_t bucket0, int64_t bucket1);
+// norm_l2: ||v||_2 accumulated in double, else max |v| (exact).  The scales pass reads
+// every element: it counts the non-finite ones.
+int64_t qsgd_scales(const void* x, DType dt, int64_t n, int64_t bucket_size, bool norm_l2,
+                    float* scales, bool check, int64_t bucket0, int64_t bucket1);
 void qsgd_encode(const void* x, DType dt, int64_t n, int bits, int64_t bucket_size,
                  const float* scales, Stream s, uint8_t* payload, int64_t blk0, int64_t blk1);
 void qsgd_decode(const float* scales, const uint8_t* payload, int64_t n, int bits,
                  int64_t bucket_size, float* out, int64_t blk0, int64_t blk1);
 
+// QSGD's codes unpacked, one byte per element at codes[i] (sign in bit bits-1, level
+// below it), for the element blocks [blk0, blk1): the Elias coder's input.
+void qsgd_codes(const void* x, DType dt, int64_t n, int bits, int64_t bucket_size,
+                const float* scales, Stream s, uint8_t* codes, int64_t blk0, int64_t blk1);
+
+// Elias-coded QSGD (moniqua_kernels/reference/qsgd_elias.py), over bucket ranges:
+// the bits of each bucket's codes (bucket_bits[q - q0]), then the stream itself,
+// buckets [q0, q1) from bit first_bit on.  out must be zeroed; a byte this range shares
+// with the range before or after it is written with an atomic OR, so ranges may run in
+// parallel.  The decoder is serial (a bucket's codes start where the last one's end)
+// and returns false, having written what it decoded so far, on a malformed stream.
+void elias_bucket_bits(const uint8_t* codes, int64_t n, int bits, int64_t bucket_size,
+                       const float* scales, int64_t* bucket_bits, int64_t q0, int64_t q1);
+void elias_write(const uint8_t* codes, int64_t n, int bits, int64_t bucket_size,
+                 const float* scales, uint8_t* out, int64_t first_bit, int64_t q0, int64_t q1);
+bool elias_decode(const float* scales, const uint8_t* stream, int64_t nbytes, int64_t n,
+                  int bits, int64_t bucket_size, float* out);
+
 // Scaled sign: the bits of each block, and each block's sum |x| in double into
 // block_sums[blk - blk0]; the caller adds them in block order (a deterministic scale
-// for any thread count).
+// for any thread count).  A non-finite |x| makes its block's sum non-finite: the
+// binding counts those blocks' non-finite elements only then.
 void sign_encode(const void* x, DType dt, int64_t n, uint8_t* payload, double* block_sums,
                  int64_t blk0, int64_t blk1);
+int64_t count_non_finite(const void* x, DType dt, int64_t begin, int64_t end);
 void sign_decode(float scale, const uint8_t* payload, int64_t n, float* out, int64_t blk0,
                  int64_t blk1);
 

@@ -8,43 +8,54 @@ namespace cpu {
 namespace {
 
 template <int BITS, int ROUND, typename T>
-MK_INLINE void encode_blocks(const T* x, int64_t n, MoniquaArgs a, Stream s, uint8_t* payload,
-                             int64_t blk0, int64_t blk1) {
+MK_INLINE int64_t encode_blocks(const T* x, int64_t n, ModulusParams m, Stream s,
+                                uint8_t* payload, bool check, int64_t blk0, int64_t blk1) {
   alignas(64) float u[kBlock];
   alignas(64) uint8_t codes[kBlock];
-  const float inv_b = a.inv_modulus;
+  const float inv_b = m.inv_b;
+  int64_t bad = 0;
   for (int64_t blk = blk0; blk < blk1; ++blk) {
     const BlockRange r = block_range(blk, n);
     const T* xb = x + r.begin;
+    if (ROUND != kNearest) uniforms_block(s, r.begin, r.len, u);
     if (r.len == kBlock) {  // constant trip count: no remainder loops
-      if (ROUND != kNearest) uniforms_block(s, r.begin, kBlock, u);
       for (int64_t i = 0; i < kBlock; ++i)
         codes[i] = static_cast<uint8_t>(
             moniqua_code<BITS>(load_float(xb, i), inv_b, ROUND == kNearest ? 0.5f : u[i]));
     } else {
-      if (ROUND != kNearest) uniforms_block(s, r.begin, r.len, u);
       for (int64_t i = 0; i < r.len; ++i)
         codes[i] = static_cast<uint8_t>(
             moniqua_code<BITS>(load_float(xb, i), inv_b, ROUND == kNearest ? 0.5f : u[i]));
       for (int64_t i = r.len; i < kBlock && i < r.len + 8; ++i) codes[i] = 0;
     }
+    if (check) {  // a separate loop over the L1-resident block: it vectorizes on its own
+      int64_t block_bad = 0;
+      for (int64_t i = 0; i < r.len; ++i) block_bad += not_finite(MK_FMUL(load_float(xb, i), inv_b));
+      bad += block_bad;
+    }
     pack_block<BITS>(codes, r.len, payload + r.begin * BITS / 8);
   }
+  return bad;
 }
 
-// Decoded float32 values of one block against the float32 reference yf.
+// Decoded float32 values of one block against the float32 reference yf; returns how
+// many are not finite when check.
 template <int BITS, int ROUND>
-MK_INLINE void decode_row(const uint8_t* payload, const float* yf, BlockRange r, MoniquaArgs a,
-                          Stream s, float* out) {
+MK_INLINE int64_t decode_row(const uint8_t* payload, const float* yf, BlockRange r,
+                             ModulusParams m, Stream s, float* out, bool check) {
   alignas(64) uint8_t codes[kBlock];
   alignas(64) float u[kBlock];
   unpack_block<BITS>(payload + r.begin * BITS / 8, r.len, codes);
   if (ROUND == kDither) uniforms_block(s, r.begin, r.len, u);
-  const float b = a.modulus, inv_b = a.inv_modulus;
+  const float b = m.b, inv_b = m.inv_b;
   for (int64_t i = 0; i < r.len; ++i) {
     const float c = ROUND == kDither ? moniqua_dither_offset(u[i]) : 0.0f;
     out[i] = moniqua_value<BITS>(codes[i], c, yf[i], b, inv_b);
   }
+  int64_t bad = 0;
+  if (check)
+    for (int64_t i = 0; i < r.len; ++i) bad += not_finite(out[i]);
+  return bad;
 }
 
 template <typename T>
@@ -58,93 +69,104 @@ MK_INLINE void store_row(T* x, BlockRange r, const float* v) {
 }
 
 template <int BITS, int ROUND, typename T>
-MK_INLINE void decode_blocks(const uint8_t* payload, const T* y, int64_t n, MoniquaArgs a,
-                             Stream s, T* out, int64_t blk0, int64_t blk1) {
+MK_INLINE int64_t decode_blocks(const uint8_t* payload, const T* y, int64_t n, ModulusParams m,
+                                Stream s, T* out, bool check, int64_t blk0, int64_t blk1) {
   alignas(64) float yf[kBlock];
   alignas(64) float xh[kBlock];
+  int64_t bad = 0;
   for (int64_t blk = blk0; blk < blk1; ++blk) {
     const BlockRange r = block_range(blk, n);
     if (std::is_same<T, float>::value) {  // read y and write out directly
-      decode_row<BITS, ROUND>(payload, reinterpret_cast<const float*>(y) + r.begin, r, a, s,
-                              reinterpret_cast<float*>(out) + r.begin);
+      bad += decode_row<BITS, ROUND>(payload, reinterpret_cast<const float*>(y) + r.begin, r,
+                                     m, s, reinterpret_cast<float*>(out) + r.begin, check);
     } else {
       load_row(y, r, yf);
-      decode_row<BITS, ROUND>(payload, yf, r, a, s, xh);
+      bad += decode_row<BITS, ROUND>(payload, yf, r, m, s, xh, check);
       store_row(out, r, xh);
     }
   }
+  return bad;
 }
 
 template <int BITS, int ROUND, typename T>
-MK_INLINE void mix_blocks(T* x, int64_t n, const MixArgs& a, int64_t blk0, int64_t blk1) {
+MK_INLINE int64_t mix_blocks(T* x, int64_t n, const MixArgs& a, int64_t blk0, int64_t blk1) {
   alignas(64) float xf[kBlock];
   alignas(64) float dself[kBlock];
   alignas(64) float dj[kBlock];
   alignas(64) float acc[kBlock];
   const float gamma = a.gamma;
+  int64_t bad = 0;
   for (int64_t blk = blk0; blk < blk1; ++blk) {
     const BlockRange r = block_range(blk, n);
     load_row(x, r, xf);
-    decode_row<BITS, ROUND>(a.own, xf, r, a.m, a.streams[a.npayloads], dself);
-    // The spec's order: acc starts at +0 and takes acc + w_j * (d_j - d_self) left to
-    // right (0 + v is not folded away without -ffast-math, so signed zeros match too).
+    decode_row<BITS, ROUND>(a.own, xf, r, a.m, a.streams[a.npayloads], dself, false);
+    // acc starts at +0 (0 + v is not folded away without -ffast-math, so signed zeros
+    // match the spec too).
     for (int64_t i = 0; i < r.len; ++i) acc[i] = 0.0f;
     for (int64_t j = 0; j < a.npayloads; ++j) {
-      decode_row<BITS, ROUND>(a.payloads[j], xf, r, a.m, a.streams[j], dj);
+      decode_row<BITS, ROUND>(a.payloads[j], xf, r, a.m, a.streams[j], dj, false);
       const float w = a.weights[j];
-      for (int64_t i = 0; i < r.len; ++i) acc[i] = acc[i] + w * (dj[i] - dself[i]);
+      for (int64_t i = 0; i < r.len; ++i) acc[i] = mix_accumulate(acc[i], w, dj[i], dself[i]);
     }
-    for (int64_t i = 0; i < r.len; ++i) xf[i] = xf[i] + gamma * acc[i];
-    store_row(x, r, xf);
+    if (a.check) {  // write only finite results; count the others
+      int64_t block_bad = 0;
+      for (int64_t i = 0; i < r.len; ++i) {
+        const float v = mix_result(xf[i], gamma, acc[i]);
+        const bool skip = not_finite(v);
+        block_bad += skip;
+        acc[i] = skip ? xf[i] : v;
+      }
+      bad += block_bad;
+      store_row(x, r, acc);
+    } else {
+      for (int64_t i = 0; i < r.len; ++i) xf[i] = mix_result(xf[i], gamma, acc[i]);
+      store_row(x, r, xf);
+    }
   }
-}
-
-template <typename F>
-MK_INLINE void with_rounding(int rounding, F&& f) {
-  switch (rounding) {
-    case kNearest: f(std::integral_constant<int, kNearest>{}); break;
-    case kDither: f(std::integral_constant<int, kDither>{}); break;
-    default: f(std::integral_constant<int, kStochastic>{}); break;
-  }
+  return bad;
 }
 
 }  // namespace
 
 MK_CPU_ENTRY
-void moniqua_encode(const void* x, DType dt, int64_t n, MoniquaArgs a, Stream s,
-                    uint8_t* payload, int64_t blk0, int64_t blk1) {
-  with_dtype(dt, x, [&](auto* xt) MK_LAMBDA_INLINE {
-    with_bits(a.bits, [&](auto bits) MK_LAMBDA_INLINE {
-      with_rounding(a.rounding, [&](auto round) MK_LAMBDA_INLINE {
-        encode_blocks<decltype(bits)::value, decltype(round)::value>(xt, n, a, s, payload,
-                                                                     blk0, blk1);
+int64_t moniqua_encode(const void* x, DType dt, int64_t n, ModulusParams m, Stream s,
+                       uint8_t* payload, bool check, int64_t blk0, int64_t blk1) {
+  return dispatch_dtype(dt, [&](auto tag) MK_LAMBDA_INLINE {
+    using T = decltype(tag);
+    return dispatch_bits(m.bits, [&](auto bits) MK_LAMBDA_INLINE {
+      return dispatch_rounding(m.rounding, [&](auto round) MK_LAMBDA_INLINE {
+        return encode_blocks<decltype(bits)::value, decltype(round)::value>(
+            static_cast<const T*>(x), n, m, s, payload, check, blk0, blk1);
       });
     });
   });
 }
 
 MK_CPU_ENTRY
-void moniqua_decode(const uint8_t* payload, const void* y, DType dt, int64_t n, MoniquaArgs a,
-                    Stream s, void* out, int64_t blk0, int64_t blk1) {
-  with_dtype(dt, y, [&](auto* yt) MK_LAMBDA_INLINE {
-    using T = std::remove_const_t<std::remove_pointer_t<decltype(yt)>>;
-    with_bits(a.bits, [&](auto bits) MK_LAMBDA_INLINE {
-      with_rounding(a.rounding, [&](auto round) MK_LAMBDA_INLINE {
-        decode_blocks<decltype(bits)::value, decltype(round)::value>(
-            payload, yt, n, a, s, static_cast<T*>(out), blk0, blk1);
+int64_t moniqua_decode(const uint8_t* payload, const void* y, DType dt, int64_t n,
+                       ModulusParams m, Stream s, void* out, bool check, int64_t blk0,
+                       int64_t blk1) {
+  return dispatch_dtype(dt, [&](auto tag) MK_LAMBDA_INLINE {
+    using T = decltype(tag);
+    return dispatch_bits(m.bits, [&](auto bits) MK_LAMBDA_INLINE {
+      return dispatch_rounding(m.rounding, [&](auto round) MK_LAMBDA_INLINE {
+        return decode_blocks<decltype(bits)::value, decltype(round)::value>(
+            payload, static_cast<const T*>(y), n, m, s, static_cast<T*>(out), check, blk0,
+            blk1);
       });
     });
   });
 }
 
 MK_CPU_ENTRY
-void moniqua_mix(void* x, DType dt, int64_t n, const MixArgs& a, int64_t blk0, int64_t blk1) {
-  with_dtype(dt, x, [&](auto* xt) MK_LAMBDA_INLINE {
-    using T = std::remove_const_t<std::remove_pointer_t<decltype(xt)>>;
-    with_bits(a.m.bits, [&](auto bits) MK_LAMBDA_INLINE {
-      with_rounding(a.m.rounding, [&](auto round) MK_LAMBDA_INLINE {
-        mix_blocks<decltype(bits)::value, decltype(round)::value>(static_cast<T*>(x), n, a,
-                                                                  blk0, blk1);
+int64_t moniqua_mix(void* x, DType dt, int64_t n, const MixArgs& a, int64_t blk0,
+                    int64_t blk1) {
+  return dispatch_dtype(dt, [&](auto tag) MK_LAMBDA_INLINE {
+    using T = decltype(tag);
+    return dispatch_bits(a.m.bits, [&](auto bits) MK_LAMBDA_INLINE {
+      return dispatch_rounding(a.m.rounding, [&](auto round) MK_LAMBDA_INLINE {
+        return mix_blocks<decltype(bits)::value, decltype(round)::value>(static_cast<T*>(x),
+                                                                         n, a, blk0, blk1);
       });
     });
   });

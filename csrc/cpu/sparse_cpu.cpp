@@ -86,10 +86,10 @@ MK_CPU_ENTRY
 void randomk_scatter(const void* values, DType dt, int64_t n, uint32_t threshold, Stream s,
                      bool rescale, float inv_ratio, void* out, int64_t first, int64_t blk0,
                      int64_t blk1) {
-  with_dtype(dt, values, [&](auto* v) MK_LAMBDA_INLINE {
-    using T = std::remove_const_t<std::remove_pointer_t<decltype(v)>>;
-    scatter_blocks(v + first, n, threshold, s, rescale, inv_ratio, static_cast<T*>(out), blk0,
-                   blk1);
+  dispatch_dtype(dt, [&](auto tag) MK_LAMBDA_INLINE {
+    using T = decltype(tag);
+    scatter_blocks(static_cast<const T*>(values) + first, n, threshold, s, rescale, inv_ratio,
+                   static_cast<T*>(out), blk0, blk1);
   });
 }
 
@@ -99,7 +99,8 @@ void topk_select(const void* x, DType dt, int64_t n, int64_t k, int64_t* indices
   // the numeric order; every NaN maps to one key above inf (torch's sort puts NaN
   // first and keeps equal keys in index order).
   std::vector<uint32_t> keys(static_cast<size_t>(n));
-  with_dtype(dt, x, [&](auto* xt) MK_LAMBDA_INLINE {
+  dispatch_dtype(dt, [&](auto tag) MK_LAMBDA_INLINE {
+    const auto* xt = static_cast<const decltype(tag)*>(x);
     for (int64_t i = 0; i < n; ++i) {
       const uint32_t a = float_bits(load_float(xt, i)) & 0x7FFFFFFFu;
       keys[i] = a > 0x7F800000u ? 0x7F800001u : a;

@@ -1,5 +1,12 @@
-// Device helpers shared by the .cu files: launch checks, grid sizing, and 16-element
-// loads/stores with 16-byte vector accesses.
+// Device helpers shared by the .cu files: launch checks, grid sizing, the stream of a
+// kernel, 16-element groups loaded and stored with 16-byte accesses, payload bytes
+// as one vector access, and the error flags.
+//
+// Work layout of the elementwise kernels: a thread takes groups of kEPT = 16
+// consecutive elements (grid-stride).  Whole groups run without a bound check per
+// element; the last, partial group (n % 16 elements) is taken by one thread with
+// checks.  A vector access is used only when the pointer is aligned to its width (a
+// runtime check per launch: views like buf[1:] and unaligned buckets stay correct).
 #pragma once
 
 #include <cuda_runtime.h>
@@ -7,65 +14,113 @@
 #include <cstdint>
 
 #include "launchers.h"
+#include "moniqua_kernels/dispatch.h"
 #include "moniqua_kernels/moniqua_kernels.h"
 
 // Return the launch's error (configuration or asynchronous) from the launcher.
-#define MK_LAUNCH_CHECK()                       \
-  do {                                          \
+#define MK_LAUNCH_CHECK()                           \
+  do {                                              \
     const cudaError_t mk_err_ = cudaGetLastError(); \
-    if (mk_err_ != cudaSuccess) return mk_err_; \
+    if (mk_err_ != cudaSuccess) return mk_err_;     \
   } while (0)
+
+#define MK_GRID_STRIDE(i, count)                                                              \
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < (count); \
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
 
 namespace moniqua_kernels {
 namespace cuda {
 
-// Elements per thread in the elementwise kernels: 16 = four 16-byte float loads, four
-// Philox calls, and 2*bits whole output bytes.
+// 16 elements a thread: four 16-byte float32 loads in flight, four Philox calls, and
+// 2*bits whole output bytes (one 2/4/8/16-byte store).
 constexpr int kEPT = 16;
 constexpr int kThreads = 256;
 
-// Blocks for `work` thread-items; kernels loop grid-stride over 64-bit indices, so the
-// grid is capped (n > 2^31 elements runs with more iterations per thread).
-inline unsigned grid_for(int64_t work) {
-  const int64_t blocks = (work + kThreads - 1) / kThreads;
+// Blocks for `groups` thread-items: one item per thread up to 2^20 blocks, then the
+// grid-stride loop takes several (n > 2^32 elements).
+inline unsigned grid_for(int64_t groups) {
+  const int64_t blocks = (groups + kThreads - 1) / kThreads;
   const int64_t cap = int64_t{1} << 20;
   return static_cast<unsigned>(blocks < 1 ? 1 : (blocks > cap ? cap : blocks));
 }
 
-__host__ __device__ inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
+__host__ __device__ inline bool aligned_to(const void* p, unsigned bytes) {
+  return (reinterpret_cast<uintptr_t>(p) & (bytes - 1)) == 0;
+}
 
-struct HalfT { uint16_t v; };
-struct BF16T { uint16_t v; };
+__device__ __forceinline__ void flag_add(int64_t* flag, int slot, int64_t count) {
+  atomicAdd(reinterpret_cast<unsigned long long*>(flag + slot),
+            static_cast<unsigned long long>(count));
+}
 
-__device__ __forceinline__ float to_float(float v) { return v; }
-__device__ __forceinline__ float to_float(HalfT v) { return half_to_float(v.v); }
-__device__ __forceinline__ float to_float(BF16T v) { return bf16_to_float(v.v); }
-__device__ __forceinline__ void from_float(float& d, float v) { d = v; }
-__device__ __forceinline__ void from_float(HalfT& d, float v) { d.v = float_to_half(v); }
-__device__ __forceinline__ void from_float(BF16T& d, float v) { d.v = float_to_bf16(v); }
+// The stream a kernel draws: the ints, or the tensor's {seed, offset} read here (so a
+// graph replays the values it holds then).  A tensor offset that is negative or not a
+// multiple of 4 is flagged once and the kernel writes nothing.
+struct StreamVals {
+  PhiloxKey key;
+  int64_t offset;
+};
 
-// Load kEPT elements starting at p (element index base) as float32; VEC: p is
-// 16-byte aligned and all kEPT are in range, so whole uint4 loads are used.
-template <bool VEC, typename T>
-__device__ __forceinline__ void load_group(const T* p, int64_t base, int64_t n, float* v) {
-  if (VEC) {
+__device__ __forceinline__ StreamVals stream_vals(const Stream& s) {
+  StreamVals v;
+  const uint64_t seed = s.tensor != nullptr ? static_cast<uint64_t>(__ldg(s.tensor)) : s.seed;
+  v.offset = s.tensor != nullptr ? __ldg(s.tensor + 1) : s.offset;
+  v.key = philox_key(seed);
+  return v;
+}
+
+// False (flagged once, by thread 0 of block 0) for a tensor offset the spec refuses.
+__device__ __forceinline__ bool stream_ok(const Stream& s, int64_t* flag) {
+  if (s.tensor == nullptr) return true;
+  const int64_t offset = __ldg(s.tensor + 1);
+  if (offset >= 0 && (offset & 3) == 0) return true;
+  if (flag != nullptr && blockIdx.x == 0 && threadIdx.x == 0) flag_add(flag, kBadStream, 1);
+  return false;
+}
+
+__device__ __forceinline__ bool read_stream(const Stream& s, int64_t* flag, StreamVals& v) {
+  if (!stream_ok(s, flag)) return false;
+  v = stream_vals(s);
+  return true;
+}
+
+// The Philox words of the kEPT elements from element index base (a multiple of 4).
+__device__ __forceinline__ void group_words(const StreamVals& s, int64_t base, uint32_t* w) {
+  const uint64_t ctr0 = static_cast<uint64_t>(s.offset + base) >> 2;
+#pragma unroll
+  for (int c = 0; c < kEPT / 4; ++c) philox4x32_10(ctr0 + c, s.key, w + 4 * c);
+}
+
+// ------------------------------------------------------------------- float elements
+
+// A whole group: VEC (p + base 16-byte aligned) as uint4 loads, else element by element.
+template <typename T>
+__device__ __forceinline__ void load_group(const T* p, int64_t base, bool vec, float* v) {
+  if (vec) {
     constexpr int kVec = 16 / sizeof(T);
 #pragma unroll
     for (int q = 0; q < kEPT / kVec; ++q) {
-      const uint4 raw = *reinterpret_cast<const uint4*>(p + base + q * kVec);
+      const uint4 raw = __ldg(reinterpret_cast<const uint4*>(p + base) + q);
       const T* e = reinterpret_cast<const T*>(&raw);
 #pragma unroll
       for (int j = 0; j < kVec; ++j) v[q * kVec + j] = to_float(e[j]);
     }
   } else {
 #pragma unroll
-    for (int j = 0; j < kEPT; ++j) v[j] = base + j < n ? to_float(p[base + j]) : 0.0f;
+    for (int j = 0; j < kEPT; ++j) v[j] = to_float(p[base + j]);
   }
 }
 
-template <bool VEC, typename T>
-__device__ __forceinline__ void store_group(T* p, int64_t base, int64_t n, const float* v) {
-  if (VEC) {
+// The last, partial group: zeros past n.
+template <typename T>
+__device__ __forceinline__ void load_tail(const T* p, int64_t base, int64_t n, float* v) {
+#pragma unroll
+  for (int j = 0; j < kEPT; ++j) v[j] = base + j < n ? to_float(p[base + j]) : 0.0f;
+}
+
+template <typename T>
+__device__ __forceinline__ void store_group(T* p, int64_t base, bool vec, const float* v) {
+  if (vec) {
     constexpr int kVec = 16 / sizeof(T);
 #pragma unroll
     for (int q = 0; q < kEPT / kVec; ++q) {
@@ -73,112 +128,130 @@ __device__ __forceinline__ void store_group(T* p, int64_t base, int64_t n, const
       T* e = reinterpret_cast<T*>(&raw);
 #pragma unroll
       for (int j = 0; j < kVec; ++j) from_float(e[j], v[q * kVec + j]);
-      *reinterpret_cast<uint4*>(p + base + q * kVec) = raw;
+      reinterpret_cast<uint4*>(p + base)[q] = raw;
     }
   } else {
 #pragma unroll
-    for (int j = 0; j < kEPT; ++j)
-      if (base + j < n) from_float(p[base + j], v[j]);
+    for (int j = 0; j < kEPT; ++j) from_float(p[base + j], v[j]);
   }
 }
 
-// Uniforms of the kEPT elements from element index base (a multiple of 4).
-__device__ __forceinline__ void group_uniforms(StreamArg s, int64_t base, float* u) {
-  const PhiloxKey key = philox_key(s.seed);
-  const uint64_t ctr0 = static_cast<uint64_t>(s.offset + base) >> 2;
+template <typename T>
+__device__ __forceinline__ void store_tail(T* p, int64_t base, int64_t n, const float* v) {
 #pragma unroll
-  for (int c = 0; c < kEPT / 4; ++c) {
-    uint32_t w[4];
-    philox4x32_10(ctr0 + c, key, w);
-#pragma unroll
-    for (int j = 0; j < 4; ++j) u[4 * c + j] = uniform_from_word(w[j]);
-  }
+  for (int j = 0; j < kEPT; ++j)
+    if (base + j < n) from_float(p[base + j], v[j]);
 }
 
-// The 2*BITS payload bytes of a group as codes (VEC: whole, aligned bytes).
+// -------------------------------------------------------------------- payload bytes
+
+// The 2*BITS bytes of a group's codes as one word (uint16_t, uint32_t, uint2, uint4).
 template <int BITS>
-__device__ __forceinline__ void load_codes(const uint8_t* payload, int64_t group, int64_t n,
-                                           uint32_t* k) {
-  constexpr int kBytes = kEPT * BITS / 8;
-  const int64_t byte0 = group * kBytes;
-  const int64_t nbytes = packed_nbytes(n, BITS);
-  uint8_t b[kBytes];
+struct CodeWord;
+template <>
+struct CodeWord<1> { using type = uint16_t; };
+template <>
+struct CodeWord<2> { using type = uint32_t; };
+template <>
+struct CodeWord<4> { using type = uint2; };
+template <>
+struct CodeWord<8> { using type = uint4; };
+
+template <int BITS>
+__host__ __device__ constexpr int group_bytes() { return kEPT * BITS / 8; }
+
+template <int BITS>
+__device__ __forceinline__ typename CodeWord<BITS>::type load_code_word(const uint8_t* payload,
+                                                                       int64_t group, bool vec) {
+  using W = typename CodeWord<BITS>::type;
+  constexpr int kBytes = group_bytes<BITS>();
+  const uint8_t* p = payload + group * kBytes;
+  if (vec) return __ldg(reinterpret_cast<const W*>(p));
+  W w;
+  uint8_t* b = reinterpret_cast<uint8_t*>(&w);
 #pragma unroll
-  for (int j = 0; j < kBytes; ++j) b[j] = byte0 + j < nbytes ? payload[byte0 + j] : 0;
+  for (int j = 0; j < kBytes; ++j) b[j] = p[j];
+  return w;
+}
+
+// The last group's bytes that exist (nbytes total), zeros after.
+template <int BITS>
+__device__ __forceinline__ typename CodeWord<BITS>::type load_code_tail(const uint8_t* payload,
+                                                                       int64_t group,
+                                                                       int64_t nbytes) {
+  using W = typename CodeWord<BITS>::type;
+  constexpr int kBytes = group_bytes<BITS>();
+  W w;
+  uint8_t* b = reinterpret_cast<uint8_t*>(&w);
+#pragma unroll
+  for (int j = 0; j < kBytes; ++j)
+    b[j] = group * kBytes + j < nbytes ? payload[group * kBytes + j] : uint8_t{0};
+  return w;
+}
+
+// Codes of a word: element e sits in byte e / (8/BITS) at bits (e % (8/BITS)) * BITS.
+template <int BITS>
+__device__ __forceinline__ void word_codes(const typename CodeWord<BITS>::type& w, uint32_t* k) {
+  const uint8_t* b = reinterpret_cast<const uint8_t*>(&w);
 #pragma unroll
   for (int e = 0; e < kEPT; ++e) k[e] = unpack_code<BITS>(b[e / (8 / BITS)], e % (8 / BITS));
 }
 
-// Store the group's codes as 2*BITS bytes: one 2/4/8/16-byte store when whole.
 template <int BITS>
-__device__ __forceinline__ void store_codes(uint8_t* payload, int64_t group, int64_t n,
-                                            const uint32_t* k) {
-  constexpr int kBytes = kEPT * BITS / 8;
-  uint8_t b[kBytes];
+__device__ __forceinline__ typename CodeWord<BITS>::type codes_word(const uint32_t* k) {
+  typename CodeWord<BITS>::type w;
+  uint8_t* b = reinterpret_cast<uint8_t*>(&w);
 #pragma unroll
-  for (int j = 0; j < kBytes; ++j) {
+  for (int j = 0; j < group_bytes<BITS>(); ++j) {
     uint32_t byte = 0;
 #pragma unroll
     for (int m = 0; m < 8 / BITS; ++m) byte |= k[j * (8 / BITS) + m] << (m * BITS);
     b[j] = static_cast<uint8_t>(byte);
   }
-  const int64_t byte0 = group * kBytes;
-  const int64_t nbytes = packed_nbytes(n, BITS);
-  if (byte0 + kBytes <= nbytes) {
-    if (kBytes == 2) {
-      *reinterpret_cast<uint16_t*>(payload + byte0) = static_cast<uint16_t>(b[0] | (b[1] << 8));
-    } else if (kBytes == 4) {
-      uint32_t w;
-      memcpy(&w, b, 4);
-      *reinterpret_cast<uint32_t*>(payload + byte0) = w;
-    } else if (kBytes == 8) {
-      uint2 w;
-      memcpy(&w, b, 8);
-      *reinterpret_cast<uint2*>(payload + byte0) = w;
-    } else {
-      uint4 w;
-      memcpy(&w, b, 16);
-      *reinterpret_cast<uint4*>(payload + byte0) = w;
-    }
+  return w;
+}
+
+template <int BITS>
+__device__ __forceinline__ void store_code_word(uint8_t* payload, int64_t group, bool vec,
+                                                const typename CodeWord<BITS>::type& w) {
+  using W = typename CodeWord<BITS>::type;
+  constexpr int kBytes = group_bytes<BITS>();
+  uint8_t* p = payload + group * kBytes;
+  if (vec) {
+    *reinterpret_cast<W*>(p) = w;
   } else {
+    const uint8_t* b = reinterpret_cast<const uint8_t*>(&w);
 #pragma unroll
-    for (int j = 0; j < kBytes; ++j)
-      if (byte0 + j < nbytes) payload[byte0 + j] = b[j];
+    for (int j = 0; j < kBytes; ++j) p[j] = b[j];
   }
 }
 
-template <typename F>
-inline cudaError_t with_dtype(DType dt, F&& f) {
-  switch (dt) {
-    case DType::kFloat16: return f(HalfT{});
-    case DType::kBFloat16: return f(BF16T{});
-    default: return f(float{});
-  }
+template <int BITS>
+__device__ __forceinline__ void store_code_tail(uint8_t* payload, int64_t group, int64_t nbytes,
+                                                const typename CodeWord<BITS>::type& w) {
+  const uint8_t* b = reinterpret_cast<const uint8_t*>(&w);
+#pragma unroll
+  for (int j = 0; j < group_bytes<BITS>(); ++j)
+    if (group * group_bytes<BITS>() + j < nbytes) payload[group * group_bytes<BITS>() + j] = b[j];
 }
 
-template <int B>
-struct BitsC {
-  static constexpr int value = B;
-};
-
-template <typename F>
-inline cudaError_t with_bits(int bits, F&& f) {
-  switch (bits) {
-    case 1: return f(BitsC<1>{});
-    case 2: return f(BitsC<2>{});
-    case 4: return f(BitsC<4>{});
-    default: return f(BitsC<8>{});
-  }
+// Flag a payload whose last byte has bits set above its codes (one thread, one byte).
+__device__ __forceinline__ void check_padding(const uint8_t* payload, int64_t n, int bits,
+                                              int64_t* flag) {
+  const uint32_t mask = padding_mask(n, bits);
+  if (flag != nullptr && mask != 0 && blockIdx.x == 0 && threadIdx.x == 0 &&
+      (payload[packed_nbytes(n, bits) - 1] & mask) != 0)
+    flag_add(flag, kPadding, 1);
 }
 
-template <typename F>
-inline cudaError_t with_rounding(int rounding, F&& f) {
-  switch (rounding) {
-    case kNearest: return f(BitsC<kNearest>{});
-    case kDither: return f(BitsC<kDither>{});
-    default: return f(BitsC<kStochastic>{});
-  }
-}
+// ------------------------------------------------------------------- non-finite probe
+
+// probe += v * 0 (an explicit fma, one instruction): stays 0 while every v is finite
+// and turns NaN at the first NaN/inf.  Checked once per group; only a group that trips
+// it is counted element by element.
+__device__ __forceinline__ float probe_add(float probe, float v) { return __fmaf_rn(v, 0.0f, probe); }
+
+__device__ __forceinline__ bool not_finite(float v) { return !(fabsf(v) < INFINITY); }
 
 }  // namespace cuda
 }  // namespace moniqua_kernels

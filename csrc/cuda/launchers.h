@@ -1,7 +1,11 @@
-// CUDA launchers: raw device pointers, element counts and a stream; no torch headers,
+// CUDA launchers: raw device pointers, element counts, a cudaStream_t; no torch headers,
 // so nvcc compiles the .cu files standalone (CMakeLists.txt does, in CI, without a
-// GPU).  Every launcher checks its launches and returns the first error.
-// bindings_cuda.cpp wraps them as the CUDA kernels of the moniqua_kernels_C ops.
+// GPU).  Every launcher checks its launches and returns the first error; an unknown
+// bit width or rounding throws std::invalid_argument (dispatch.h) before any launch.
+//
+// flag: the op's int64[3] error-flag row in device memory (common.h FlagSlot), or null
+// to skip the checks.  Streams may point at a device tensor {seed, offset}.
+// csrc/ops.cpp calls these after its checks, on torch's current stream.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -14,64 +18,58 @@ namespace moniqua_kernels {
 namespace cuda {
 
 // Most neighbour payloads one fused mix launch takes (they travel in the kernel's
-// parameter block); the binding refuses more with a clear message.
+// parameter block); ops.cpp refuses more with a clear message.
 constexpr int kMaxMixPayloads = 32;
 
-struct StreamArg {
-  uint64_t seed;
-  int64_t offset;  // a multiple of 4
-};
-
-cudaError_t philox_uniform(float* out, int64_t n, StreamArg s, cudaStream_t st);
+cudaError_t philox_uniform(float* out, int64_t n, Stream s, cudaStream_t st);
 cudaError_t pack_bits(const uint8_t* codes, int64_t n, int bits, uint8_t* out, cudaStream_t st);
 cudaError_t unpack_bits(const uint8_t* payload, int64_t n, int bits, uint8_t* out,
-                        cudaStream_t st);
+                        int64_t* flag, cudaStream_t st);
 
-cudaError_t moniqua_encode(const void* x, DType dt, int64_t n, float modulus, float inv_modulus,
-                           int bits, int rounding, StreamArg s, uint8_t* payload,
-                           cudaStream_t st);
+cudaError_t moniqua_encode(const void* x, DType dt, int64_t n, ModulusParams m, Stream s,
+                           uint8_t* payload, int64_t* flag, cudaStream_t st);
 cudaError_t moniqua_decode(const uint8_t* payload, const void* y, DType dt, int64_t n,
-                           float modulus, float inv_modulus, int bits, int rounding,
-                           StreamArg s, void* out, cudaStream_t st);
+                           ModulusParams m, Stream s, void* out, int64_t* flag,
+                           cudaStream_t st);
 
 struct MixPayloads {
   int count;                                  // neighbour payloads, <= kMaxMixPayloads
   const uint8_t* payload[kMaxMixPayloads];
   float weight[kMaxMixPayloads];              // float32(w_j)
-  StreamArg stream[kMaxMixPayloads];
+  Stream stream[kMaxMixPayloads];
   const uint8_t* own;
-  StreamArg own_stream;
+  Stream own_stream;
 };
-cudaError_t moniqua_mix(void* x, DType dt, int64_t n, const MixPayloads& p, float modulus,
-                        float inv_modulus, int bits, int rounding, float gamma,
-                        cudaStream_t st);
+cudaError_t moniqua_mix(void* x, DType dt, int64_t n, const MixPayloads& p, ModulusParams m,
+                        float gamma, int64_t* flag, cudaStream_t st);
 
 // QSGD: scales (one block per bucket), then codes.
 cudaError_t qsgd_encode(const void* x, DType dt, int64_t n, int bits, int64_t bucket_size,
-                        bool norm_l2, StreamArg s, float* scales, uint8_t* payload,
+                        bool norm_l2, Stream s, float* scales, uint8_t* payload, int64_t* flag,
                         cudaStream_t st);
 cudaError_t qsgd_decode(const float* scales, const uint8_t* payload, int64_t n, int bits,
-                        int64_t bucket_size, float* out, cudaStream_t st);
+                        int64_t bucket_size, float* out, int64_t* flag, cudaStream_t st);
 
-// Scaled sign.  workspace: sign_workspace_doubles(n) doubles of device memory; the
-// per-block sums are added in block order by one finishing block (deterministic).
-int64_t sign_workspace_doubles(int64_t n);
+// Scaled sign.  workspace: sign_workspace_doubles() doubles of device memory; the
+// per-block sums are added in a fixed order by one finishing block (deterministic).
+int64_t sign_workspace_doubles();
 cudaError_t sign_encode(const void* x, DType dt, int64_t n, double* workspace, float* scale,
-                        uint8_t* payload, cudaStream_t st);
+                        uint8_t* payload, int64_t* flag, cudaStream_t st);
 cudaError_t sign_decode(const float* scale, const uint8_t* payload, int64_t n, float* out,
-                        cudaStream_t st);
+                        int64_t* flag, cudaStream_t st);
 
 // Random-k over chunks of kRandomkChunk elements.  randomk_prefix writes, per chunk,
 // the number of kept elements before it (exclusive prefix; randomk_chunks(n) + 1
-// entries, the last one the total) into `first` (device int64).
+// entries, the last one the total) into `first` (device int64).  Streams here are
+// host values (the output size depends on them: ops.cpp reads them first).
 constexpr int64_t kRandomkChunk = 1024;
-MK_HD int64_t randomk_chunks(int64_t n);
-cudaError_t randomk_prefix(int64_t n, uint32_t threshold, StreamArg s, int64_t* first,
+MK_HD inline int64_t randomk_chunks(int64_t n) { return (n + kRandomkChunk - 1) / kRandomkChunk; }
+cudaError_t randomk_prefix(int64_t n, uint32_t threshold, Stream s, int64_t* first,
                            cudaStream_t st);
 cudaError_t randomk_gather(const void* x, int elem_size, int64_t n, uint32_t threshold,
-                           StreamArg s, const int64_t* first, void* values, cudaStream_t st);
+                           Stream s, const int64_t* first, void* values, cudaStream_t st);
 cudaError_t randomk_scatter(const void* values, DType dt, int64_t n, uint32_t threshold,
-                            StreamArg s, const int64_t* first, bool rescale, float inv_ratio,
+                            Stream s, const int64_t* first, bool rescale, float inv_ratio,
                             void* out, cudaStream_t st);
 
 }  // namespace cuda

@@ -1,109 +1,239 @@
 // Moniqua encode, decode and the fused gossip mix on CUDA (DESIGN.md section 4).
-// One thread per group of kEPT = 16 elements: 16-byte loads (when the tensors are
-// 16-byte aligned: a runtime flag, not a template, halves the instantiations), four Philox calls (not
-// for nearest), and the group's 2*bits payload bytes in one store.
+//
+// One thread per group of kEPT = 16 elements (device.cuh): whole groups without a
+// bound check per element, one thread for the partial last group.  Measured on an
+// H100 before this layout (benchmarks/results/NVIDIA_H100_80GB_HBM3/, run 1): the
+// per-element checks of the old single path cost about 7 of ~40 instructions an
+// element, and 1-bit dither encode ran at 78-82 % of copy bandwidth, issue-bound.
 #include "device.cuh"
 
 namespace moniqua_kernels {
 namespace cuda {
 namespace {
 
-template <int BITS, int ROUND, typename T>
-__global__ void encode_kernel(const T* __restrict__ x, int64_t n, float inv_b, StreamArg s,
-                              uint8_t* __restrict__ payload, bool vec) {
-  const int64_t groups = (n + kEPT - 1) / kEPT;
-  for (int64_t g = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; g < groups;
-       g += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t base = g * kEPT;
-    float v[kEPT], u[kEPT];
-    uint32_t k[kEPT];
-    const bool whole = base + kEPT <= n;
-    if (vec && whole) load_group<true>(x, base, n, v); else load_group<false>(x, base, n, v);
-    if (ROUND != kNearest) group_uniforms(s, base, u);
-#pragma unroll
-    for (int j = 0; j < kEPT; ++j) {
-      // Fields past n stay zero (the spec's unused high bits).
-      k[j] = base + j < n ? moniqua_code<BITS>(v[j], inv_b, ROUND == kNearest ? 0.5f : u[j]) : 0u;
-    }
-    store_codes<BITS>(payload, g, n, k);
-  }
-}
-
 template <int BITS, int ROUND>
-__device__ __forceinline__ void decode_group(const uint8_t* payload, int64_t g, int64_t n,
-                                             StreamArg s, const float* y, float b, float inv_b,
-                                             float* out) {
-  uint32_t k[kEPT];
-  float u[kEPT];
-  load_codes<BITS>(payload, g, n, k);
-  if (ROUND == kDither) group_uniforms(s, g * kEPT, u);
+__device__ __forceinline__ void encode_codes(const float* v, const StreamVals& s, int64_t base,
+                                             float inv_b, uint32_t* k) {
+  if (ROUND == kNearest) {
 #pragma unroll
-  for (int j = 0; j < kEPT; ++j) {
-    const float c = ROUND == kDither ? moniqua_dither_offset(u[j]) : 0.0f;
-    out[j] = moniqua_value<BITS>(k[j], c, y[j], b, inv_b);
+    for (int j = 0; j < kEPT; ++j) k[j] = moniqua_code<BITS>(v[j], inv_b, 0.5f);
+  } else {
+    uint32_t w[kEPT];
+    group_words(s, base, w);
+#pragma unroll
+    for (int j = 0; j < kEPT; ++j) k[j] = moniqua_code<BITS>(v[j], inv_b, uniform_from_word(w[j]));
   }
 }
 
+// Elements of a group whose t = x * invB is not finite (only run when the probe tripped).
+__device__ __forceinline__ int64_t count_bad_t(const float* v, float inv_b) {
+  int64_t bad = 0;
+#pragma unroll
+  for (int j = 0; j < kEPT; ++j) bad += not_finite(__fmul_rn(v[j], inv_b));
+  return bad;
+}
+
 template <int BITS, int ROUND, typename T>
-__global__ void decode_kernel(const uint8_t* __restrict__ payload, const T* __restrict__ y,
-                              int64_t n, float b, float inv_b, StreamArg s, T* __restrict__ out,
-                              bool vec) {
-  const int64_t groups = (n + kEPT - 1) / kEPT;
-  for (int64_t g = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; g < groups;
-       g += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t base = g * kEPT;
-    const bool whole = base + kEPT <= n;
+__global__ void __launch_bounds__(kThreads) encode_kernel(const T* __restrict__ x, int64_t n,
+                                                          float inv_b, Stream stream,
+                                                          uint8_t* __restrict__ payload,
+                                                          int64_t* __restrict__ flag) {
+  StreamVals s;
+  if (!read_stream(stream, flag, s)) return;
+  const int64_t whole = n / kEPT;
+  const bool vec_x = aligned_to(x, 16), vec_p = aligned_to(payload, group_bytes<BITS>());
+  int64_t bad = 0;
+  MK_GRID_STRIDE(g, whole) {
+    float v[kEPT];
+    uint32_t k[kEPT];
+    load_group(x, g * kEPT, vec_x, v);
+    encode_codes<BITS, ROUND>(v, s, g * kEPT, inv_b, k);
+    store_code_word<BITS>(payload, g, vec_p, codes_word<BITS>(k));
+    if (flag != nullptr) {
+      float probe = 0.0f;
+#pragma unroll
+      for (int j = 0; j < kEPT; ++j) probe = probe_add(probe, __fmul_rn(v[j], inv_b));
+      if (probe != probe) bad += count_bad_t(v, inv_b);
+    }
+  }
+  if (n % kEPT && blockIdx.x == gridDim.x - 1 && threadIdx.x == 0) {  // the partial group
+    float v[kEPT];
+    uint32_t k[kEPT];
+    load_tail(x, whole * kEPT, n, v);
+    encode_codes<BITS, ROUND>(v, s, whole * kEPT, inv_b, k);
+#pragma unroll
+    for (int j = 0; j < kEPT; ++j) k[j] = whole * kEPT + j < n ? k[j] : 0u;  // zero padding
+    store_code_tail<BITS>(payload, whole, packed_nbytes(n, BITS), codes_word<BITS>(k));
+    if (flag != nullptr) bad += count_bad_t(v, inv_b);  // zeros past n are finite
+  }
+  if (bad) flag_add(flag, kNonFinite, bad);
+}
+
+// Decoded float32 values of a group from its code word, against float32 references y.
+template <int BITS, int ROUND>
+__device__ __forceinline__ void decode_word(const typename CodeWord<BITS>::type& word,
+                                            const StreamVals& s, int64_t base, const float* y,
+                                            float b, float inv_b, float* out) {
+  uint32_t k[kEPT];
+  word_codes<BITS>(word, k);
+  if (ROUND == kDither) {
+    uint32_t w[kEPT];
+    group_words(s, base, w);
+#pragma unroll
+    for (int j = 0; j < kEPT; ++j)
+      out[j] = moniqua_value_from_fraction(moniqua_dither_fraction<BITS>(k[j], w[j]), y[j], b, inv_b);
+  } else {
+#pragma unroll
+    for (int j = 0; j < kEPT; ++j) out[j] = moniqua_value<BITS>(k[j], 0.0f, y[j], b, inv_b);
+  }
+}
+
+__device__ __forceinline__ int64_t count_bad(const float* v, int valid) {
+  int64_t bad = 0;
+#pragma unroll
+  for (int j = 0; j < kEPT; ++j) bad += j < valid && not_finite(v[j]);
+  return bad;
+}
+
+template <int BITS, int ROUND, typename T>
+__global__ void __launch_bounds__(kThreads) decode_kernel(const uint8_t* __restrict__ payload,
+                                                          const T* __restrict__ y, int64_t n,
+                                                          float b, float inv_b, Stream stream,
+                                                          T* __restrict__ out,
+                                                          int64_t* __restrict__ flag) {
+  StreamVals s;
+  if (!read_stream(stream, flag, s)) return;
+  check_padding(payload, n, BITS, flag);
+  const int64_t whole = n / kEPT;
+  const bool vec_y = aligned_to(y, 16), vec_o = aligned_to(out, 16);
+  const bool vec_p = aligned_to(payload, group_bytes<BITS>());
+  int64_t bad = 0;
+  MK_GRID_STRIDE(g, whole) {
+    const auto word = load_code_word<BITS>(payload, g, vec_p);
     float yv[kEPT], xh[kEPT];
-    if (vec && whole) load_group<true>(y, base, n, yv); else load_group<false>(y, base, n, yv);
-    decode_group<BITS, ROUND>(payload, g, n, s, yv, b, inv_b, xh);
-    if (vec && whole) store_group<true>(out, base, n, xh); else store_group<false>(out, base, n, xh);
+    load_group(y, g * kEPT, vec_y, yv);
+    decode_word<BITS, ROUND>(word, s, g * kEPT, yv, b, inv_b, xh);
+    store_group(out, g * kEPT, vec_o, xh);
+    if (flag != nullptr) {
+      float probe = 0.0f;
+#pragma unroll
+      for (int j = 0; j < kEPT; ++j) probe = probe_add(probe, xh[j]);
+      if (probe != probe) bad += count_bad(xh, kEPT);
+    }
   }
+  if (n % kEPT && blockIdx.x == gridDim.x - 1 && threadIdx.x == 0) {
+    const auto word = load_code_tail<BITS>(payload, whole, packed_nbytes(n, BITS));
+    float yv[kEPT], xh[kEPT];
+    load_tail(y, whole * kEPT, n, yv);
+    decode_word<BITS, ROUND>(word, s, whole * kEPT, yv, b, inv_b, xh);
+    store_tail(out, whole * kEPT, n, xh);
+    if (flag != nullptr) bad += count_bad(xh, static_cast<int>(n % kEPT));
+  }
+  if (bad) flag_add(flag, kNonFinite, bad);
 }
 
-// x <- x + gamma * sum_j w_j (dec(q_j; x) - dec(q_self; x)); x read and written once.
+// x <- x + gamma * sum_j w_j (dec(q_j; x) - dec(q_self; x)) for one group (mix.h order).
+// The next neighbour's code word is loaded before the current one is decoded, so a
+// payload's memory round trip overlaps the previous decode's arithmetic.
+template <int BITS, int ROUND>
+__device__ __forceinline__ void mix_group(const MixPayloads& p, int64_t g, const float* xv,
+                                          float b, float inv_b, float gamma, bool vec_p,
+                                          float* result) {
+  using W = typename CodeWord<BITS>::type;
+  float dself[kEPT], dj[kEPT], acc[kEPT];
+  const W own = load_code_word<BITS>(p.own, g, vec_p);
+  W next = p.count > 0 ? load_code_word<BITS>(p.payload[0], g, vec_p) : own;
+  decode_word<BITS, ROUND>(own, stream_vals(p.own_stream), g * kEPT, xv, b, inv_b, dself);
+#pragma unroll
+  for (int e = 0; e < kEPT; ++e) acc[e] = 0.0f;
+  for (int j = 0; j < p.count; ++j) {
+    const W word = next;
+    if (j + 1 < p.count) next = load_code_word<BITS>(p.payload[j + 1], g, vec_p);
+    decode_word<BITS, ROUND>(word, stream_vals(p.stream[j]), g * kEPT, xv, b, inv_b, dj);
+    const float w = p.weight[j];
+#pragma unroll
+    for (int e = 0; e < kEPT; ++e) acc[e] = mix_accumulate(acc[e], w, dj[e], dself[e]);
+  }
+#pragma unroll
+  for (int e = 0; e < kEPT; ++e) result[e] = mix_result(xv[e], gamma, acc[e]);
+}
+
+// Keep x where the result is not finite; count those elements.
+__device__ __forceinline__ int64_t keep_bad(const float* xv, float* result, int valid) {
+  int64_t bad = 0;
+#pragma unroll
+  for (int e = 0; e < kEPT; ++e) {
+    if (not_finite(result[e])) {
+      result[e] = xv[e];
+      bad += e < valid;
+    }
+  }
+  return bad;
+}
+
 template <int BITS, int ROUND, typename T>
-__global__ void mix_kernel(T* __restrict__ x, int64_t n, const MixPayloads p, float b,
-                           float inv_b, float gamma, bool vec) {
-  const int64_t groups = (n + kEPT - 1) / kEPT;
-  for (int64_t g = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; g < groups;
-       g += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t base = g * kEPT;
-    const bool whole = base + kEPT <= n;
-    float xv[kEPT], dself[kEPT], dj[kEPT], acc[kEPT];
-    if (vec && whole) load_group<true>(x, base, n, xv); else load_group<false>(x, base, n, xv);
-    decode_group<BITS, ROUND>(p.own, g, n, p.own_stream, xv, b, inv_b, dself);
+__global__ void __launch_bounds__(kThreads) mix_kernel(T* __restrict__ x, int64_t n,
+                                                       const MixPayloads p, float b,
+                                                       float inv_b, float gamma,
+                                                       int64_t* __restrict__ flag) {
+  for (int j = 0; j <= p.count; ++j)
+    if (!stream_ok(j < p.count ? p.stream[j] : p.own_stream, flag)) return;
+  check_padding(p.own, n, BITS, flag);
+  for (int j = 0; j < p.count; ++j) check_padding(p.payload[j], n, BITS, flag);
+  const int64_t whole = n / kEPT;
+  bool vec_p = aligned_to(p.own, group_bytes<BITS>());
+  for (int j = 0; j < p.count; ++j) vec_p = vec_p && aligned_to(p.payload[j], group_bytes<BITS>());
+  const bool vec_x = aligned_to(x, 16);
+  int64_t bad = 0;
+  MK_GRID_STRIDE(g, whole) {
+    float xv[kEPT], result[kEPT];
+    load_group(x, g * kEPT, vec_x, xv);
+    mix_group<BITS, ROUND>(p, g, xv, b, inv_b, gamma, vec_p, result);
+    if (flag != nullptr) {
+      float probe = 0.0f;
+#pragma unroll
+      for (int e = 0; e < kEPT; ++e) probe = probe_add(probe, result[e]);
+      if (probe != probe) bad += keep_bad(xv, result, kEPT);
+    }
+    store_group(x, g * kEPT, vec_x, result);
+  }
+  if (n % kEPT && blockIdx.x == gridDim.x - 1 && threadIdx.x == 0) {
+    // The partial group: codes past n decode to finite garbage that is never stored.
+    const int64_t nbytes = packed_nbytes(n, BITS);
+    float xv[kEPT], result[kEPT], dself[kEPT], dj[kEPT], acc[kEPT];
+    load_tail(x, whole * kEPT, n, xv);
+    decode_word<BITS, ROUND>(load_code_tail<BITS>(p.own, whole, nbytes),
+                             stream_vals(p.own_stream), whole * kEPT, xv, b, inv_b, dself);
 #pragma unroll
     for (int e = 0; e < kEPT; ++e) acc[e] = 0.0f;
     for (int j = 0; j < p.count; ++j) {
-      decode_group<BITS, ROUND>(p.payload[j], g, n, p.stream[j], xv, b, inv_b, dj);
-      const float w = p.weight[j];
+      decode_word<BITS, ROUND>(load_code_tail<BITS>(p.payload[j], whole, nbytes),
+                               stream_vals(p.stream[j]), whole * kEPT, xv, b, inv_b, dj);
 #pragma unroll
-      for (int e = 0; e < kEPT; ++e)
-        acc[e] = __fadd_rn(acc[e], __fmul_rn(w, __fsub_rn(dj[e], dself[e])));
+      for (int e = 0; e < kEPT; ++e) acc[e] = mix_accumulate(acc[e], p.weight[j], dj[e], dself[e]);
     }
 #pragma unroll
-    for (int e = 0; e < kEPT; ++e) xv[e] = __fadd_rn(xv[e], __fmul_rn(gamma, acc[e]));
-    if (vec && whole) store_group<true>(x, base, n, xv); else store_group<false>(x, base, n, xv);
+    for (int e = 0; e < kEPT; ++e) result[e] = mix_result(xv[e], gamma, acc[e]);
+    if (flag != nullptr) bad += keep_bad(xv, result, static_cast<int>(n % kEPT));
+    store_tail(x, whole * kEPT, n, result);
   }
+  if (bad) flag_add(flag, kNonFinite, bad);
 }
+
+unsigned grid_of(int64_t n) { return grid_for((n + kEPT - 1) / kEPT); }
 
 }  // namespace
 
-cudaError_t moniqua_encode(const void* x, DType dt, int64_t n, float modulus, float inv_modulus,
-                           int bits, int rounding, StreamArg s, uint8_t* payload,
-                           cudaStream_t st) {
-  (void)modulus;
+cudaError_t moniqua_encode(const void* x, DType dt, int64_t n, ModulusParams m, Stream s,
+                           uint8_t* payload, int64_t* flag, cudaStream_t st) {
   if (n == 0) return cudaSuccess;
-  const unsigned grid = grid_for((n + kEPT - 1) / kEPT);
-  const bool vec = aligned16(x);
-  return with_dtype(dt, [&](auto tag) {
+  return dispatch_dtype(dt, [&](auto tag) {
     using T = decltype(tag);
-    const T* xt = static_cast<const T*>(x);
-    return with_bits(bits, [&](auto bc) {
-      constexpr int B = decltype(bc)::value;
-      return with_rounding(rounding, [&](auto rc) {
-        constexpr int R = decltype(rc)::value;
-        encode_kernel<B, R><<<grid, kThreads, 0, st>>>(xt, n, inv_modulus, s, payload, vec);
+    return dispatch_bits(m.bits, [&](auto bits) {
+      return dispatch_rounding(m.rounding, [&](auto round) {
+        encode_kernel<decltype(bits)::value, decltype(round)::value>
+            <<<grid_of(n), kThreads, 0, st>>>(static_cast<const T*>(x), n, m.inv_b, s, payload,
+                                              flag);
         MK_LAUNCH_CHECK();
         return cudaSuccess;
       });
@@ -112,20 +242,16 @@ cudaError_t moniqua_encode(const void* x, DType dt, int64_t n, float modulus, fl
 }
 
 cudaError_t moniqua_decode(const uint8_t* payload, const void* y, DType dt, int64_t n,
-                           float modulus, float inv_modulus, int bits, int rounding,
-                           StreamArg s, void* out, cudaStream_t st) {
+                           ModulusParams m, Stream s, void* out, int64_t* flag,
+                           cudaStream_t st) {
   if (n == 0) return cudaSuccess;
-  const unsigned grid = grid_for((n + kEPT - 1) / kEPT);
-  const bool vec = aligned16(y) && aligned16(out);
-  return with_dtype(dt, [&](auto tag) {
+  return dispatch_dtype(dt, [&](auto tag) {
     using T = decltype(tag);
-    const T* yt = static_cast<const T*>(y);
-    T* ot = static_cast<T*>(out);
-    return with_bits(bits, [&](auto bc) {
-      constexpr int B = decltype(bc)::value;
-      return with_rounding(rounding, [&](auto rc) {
-        constexpr int R = decltype(rc)::value;
-        decode_kernel<B, R><<<grid, kThreads, 0, st>>>(payload, yt, n, modulus, inv_modulus, s, ot, vec);
+    return dispatch_bits(m.bits, [&](auto bits) {
+      return dispatch_rounding(m.rounding, [&](auto round) {
+        decode_kernel<decltype(bits)::value, decltype(round)::value>
+            <<<grid_of(n), kThreads, 0, st>>>(payload, static_cast<const T*>(y), n, m.b,
+                                              m.inv_b, s, static_cast<T*>(out), flag);
         MK_LAUNCH_CHECK();
         return cudaSuccess;
       });
@@ -133,21 +259,17 @@ cudaError_t moniqua_decode(const uint8_t* payload, const void* y, DType dt, int6
   });
 }
 
-cudaError_t moniqua_mix(void* x, DType dt, int64_t n, const MixPayloads& p, float modulus,
-                        float inv_modulus, int bits, int rounding, float gamma,
-                        cudaStream_t st) {
+cudaError_t moniqua_mix(void* x, DType dt, int64_t n, const MixPayloads& p, ModulusParams m,
+                        float gamma, int64_t* flag, cudaStream_t st) {
   if (n == 0) return cudaSuccess;
   if (p.count < 0 || p.count > kMaxMixPayloads) return cudaErrorInvalidValue;
-  const unsigned grid = grid_for((n + kEPT - 1) / kEPT);
-  const bool vec = aligned16(x);
-  return with_dtype(dt, [&](auto tag) {
+  return dispatch_dtype(dt, [&](auto tag) {
     using T = decltype(tag);
-    T* xt = static_cast<T*>(x);
-    return with_bits(bits, [&](auto bc) {
-      constexpr int B = decltype(bc)::value;
-      return with_rounding(rounding, [&](auto rc) {
-        constexpr int R = decltype(rc)::value;
-        mix_kernel<B, R><<<grid, kThreads, 0, st>>>(xt, n, p, modulus, inv_modulus, gamma, vec);
+    return dispatch_bits(m.bits, [&](auto bits) {
+      return dispatch_rounding(m.rounding, [&](auto round) {
+        mix_kernel<decltype(bits)::value, decltype(round)::value>
+            <<<grid_of(n), kThreads, 0, st>>>(static_cast<T*>(x), n, p, m.b, m.inv_b, gamma,
+                                              flag);
         MK_LAUNCH_CHECK();
         return cudaSuccess;
       });

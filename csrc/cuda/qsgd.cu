@@ -8,9 +8,10 @@ namespace {
 
 template <typename T>
 __global__ void scales_kernel(const T* __restrict__ x, int64_t n, int64_t d, bool l2,
-                              float* __restrict__ scales) {
+                              float* __restrict__ scales, int64_t* __restrict__ flag) {
   __shared__ double part[kThreads];
   const int64_t nq = (n + d - 1) / d;
+  int64_t bad = 0;
   for (int64_t q = blockIdx.x; q < nq; q += gridDim.x) {
     const int64_t begin = q * d, end = begin + d < n ? begin + d : n;
     double acc = 0.0;  // l2: float32 squares summed in double; max: exact in any order
@@ -18,6 +19,7 @@ __global__ void scales_kernel(const T* __restrict__ x, int64_t n, int64_t d, boo
       const float v = to_float(x[i]);
       if (l2) acc += static_cast<double>(__fmul_rn(v, v));
       else acc = fmax(acc, static_cast<double>(fabsf(v)));
+      if (flag != nullptr) bad += not_finite(v);  // fmax skips NaN: count here
     }
     part[threadIdx.x] = acc;
     __syncthreads();
@@ -32,20 +34,24 @@ __global__ void scales_kernel(const T* __restrict__ x, int64_t n, int64_t d, boo
       scales[q] = l2 ? __fsqrt_rn(static_cast<float>(part[0])) : static_cast<float>(part[0]);
     __syncthreads();
   }
+  if (bad) flag_add(flag, kNonFinite, bad);
 }
 
-template <int BITS, bool VEC, typename T>
+template <int BITS, typename T>
 __global__ void encode_kernel(const T* __restrict__ x, int64_t n, int64_t d,
-                              const float* __restrict__ scales, StreamArg s,
-                              uint8_t* __restrict__ payload) {
-  const int64_t groups = (n + kEPT - 1) / kEPT;
-  for (int64_t g = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; g < groups;
-       g += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+                              const float* __restrict__ scales, Stream stream,
+                              uint8_t* __restrict__ payload, int64_t* __restrict__ flag) {
+  StreamVals s;
+  if (!read_stream(stream, flag, s)) return;
+  const bool vec_x = aligned_to(x, 16), vec_p = aligned_to(payload, group_bytes<BITS>());
+  const int64_t nbytes = packed_nbytes(n, BITS);
+  MK_GRID_STRIDE(g, (n + kEPT - 1) / kEPT) {
     const int64_t base = g * kEPT;
-    float v[kEPT], u[kEPT];
-    uint32_t k[kEPT];
-    if (VEC && base + kEPT <= n) load_group<true>(x, base, n, v); else load_group<false>(x, base, n, v);
-    group_uniforms(s, base, u);
+    const bool whole = base + kEPT <= n;
+    float v[kEPT];
+    uint32_t k[kEPT], w[kEPT];
+    if (whole) load_group(x, base, vec_x, v); else load_tail(x, base, n, v);
+    group_words(s, base, w);
     int64_t q = base / d, qend = (q + 1) * d;
     float r = qsgd_ratio(BITS, scales[q]);
 #pragma unroll
@@ -55,60 +61,54 @@ __global__ void encode_kernel(const T* __restrict__ x, int64_t n, int64_t d,
         qend = (q + 1) * d;
         r = qsgd_ratio(BITS, scales[q]);
       }
-      k[j] = base + j < n ? qsgd_code<BITS>(v[j], r, u[j]) : 0u;
+      k[j] = base + j < n ? qsgd_code<BITS>(v[j], r, uniform_from_word(w[j])) : 0u;
     }
-    store_codes<BITS>(payload, g, n, k);
+    const auto word = codes_word<BITS>(k);
+    if (whole) store_code_word<BITS>(payload, g, vec_p, word);
+    else store_code_tail<BITS>(payload, g, nbytes, word);
   }
 }
 
 template <int BITS>
 __global__ void decode_kernel(const float* __restrict__ scales, const uint8_t* __restrict__ payload,
-                              int64_t n, int64_t d, float* __restrict__ out) {
-  const int64_t groups = (n + kEPT - 1) / kEPT;
-  for (int64_t g = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; g < groups;
-       g += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+                              int64_t n, int64_t d, float* __restrict__ out,
+                              int64_t* __restrict__ flag) {
+  check_padding(payload, n, BITS, flag);
+  const bool vec_o = aligned_to(out, 16), vec_p = aligned_to(payload, group_bytes<BITS>());
+  const int64_t nbytes = packed_nbytes(n, BITS);
+  MK_GRID_STRIDE(g, (n + kEPT - 1) / kEPT) {
     const int64_t base = g * kEPT;
+    const bool whole = base + kEPT <= n;
     uint32_t k[kEPT];
     float v[kEPT];
-    load_codes<BITS>(payload, g, n, k);
+    word_codes<BITS>(whole ? load_code_word<BITS>(payload, g, vec_p)
+                           : load_code_tail<BITS>(payload, g, nbytes), k);
 #pragma unroll
     for (int j = 0; j < kEPT; ++j) {
       const int64_t i = base + j < n ? base + j : n - 1;
       v[j] = qsgd_value<BITS>(k[j], scales[i / d]);
     }
-    if (base + kEPT <= n && aligned16(out)) store_group<true>(out, base, n, v);
-    else store_group<false>(out, base, n, v);
-  }
-}
-
-template <typename F>
-cudaError_t with_qsgd_bits(int bits, F&& f) {
-  switch (bits) {
-    case 2: return f(BitsC<2>{});
-    case 4: return f(BitsC<4>{});
-    default: return f(BitsC<8>{});
+    if (whole) store_group(out, base, vec_o, v); else store_tail(out, base, n, v);
   }
 }
 
 }  // namespace
 
 cudaError_t qsgd_encode(const void* x, DType dt, int64_t n, int bits, int64_t bucket_size,
-                        bool norm_l2, StreamArg s, float* scales, uint8_t* payload,
+                        bool norm_l2, Stream s, float* scales, uint8_t* payload, int64_t* flag,
                         cudaStream_t st) {
   if (n == 0) return cudaSuccess;
   const int64_t nq = (n + bucket_size - 1) / bucket_size;
   const unsigned qgrid = static_cast<unsigned>(nq < (int64_t{1} << 20) ? nq : (int64_t{1} << 20));
   const unsigned grid = grid_for((n + kEPT - 1) / kEPT);
-  const bool vec = aligned16(x);
-  return with_dtype(dt, [&](auto tag) {
+  return dispatch_dtype(dt, [&](auto tag) {
     using T = decltype(tag);
     const T* xt = static_cast<const T*>(x);
-    scales_kernel<<<qgrid, kThreads, 0, st>>>(xt, n, bucket_size, norm_l2, scales);
-    MK_LAUNCH_CHECK();
-    return with_qsgd_bits(bits, [&](auto bc) {
-      constexpr int B = decltype(bc)::value;
-      if (vec) encode_kernel<B, true><<<grid, kThreads, 0, st>>>(xt, n, bucket_size, scales, s, payload);
-      else encode_kernel<B, false><<<grid, kThreads, 0, st>>>(xt, n, bucket_size, scales, s, payload);
+    return dispatch_qsgd_bits(bits, [&](auto bc) {
+      scales_kernel<<<qgrid, kThreads, 0, st>>>(xt, n, bucket_size, norm_l2, scales, flag);
+      MK_LAUNCH_CHECK();
+      encode_kernel<decltype(bc)::value><<<grid, kThreads, 0, st>>>(xt, n, bucket_size, scales,
+                                                                     s, payload, flag);
       MK_LAUNCH_CHECK();
       return cudaSuccess;
     });
@@ -116,11 +116,11 @@ cudaError_t qsgd_encode(const void* x, DType dt, int64_t n, int bits, int64_t bu
 }
 
 cudaError_t qsgd_decode(const float* scales, const uint8_t* payload, int64_t n, int bits,
-                        int64_t bucket_size, float* out, cudaStream_t st) {
+                        int64_t bucket_size, float* out, int64_t* flag, cudaStream_t st) {
   if (n == 0) return cudaSuccess;
-  return with_qsgd_bits(bits, [&](auto bc) {
+  return dispatch_qsgd_bits(bits, [&](auto bc) {
     decode_kernel<decltype(bc)::value><<<grid_for((n + kEPT - 1) / kEPT), kThreads, 0, st>>>(
-        scales, payload, n, bucket_size, out);
+        scales, payload, n, bucket_size, out, flag);
     MK_LAUNCH_CHECK();
     return cudaSuccess;
   });

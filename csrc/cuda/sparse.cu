@@ -1,7 +1,7 @@
 // Random-k on CUDA (DESIGN.md section 6): the mask is regenerated from the stream in
 // chunks of kRandomkChunk elements (one block each, 4 elements = 1 Philox call per
 // thread); a count pass, a one-block exclusive scan, then an order-preserving gather
-// or scatter with a block scan.  Top-k is served by torch's sort (see _native_cuda.py).
+// or scatter with a block scan.  Top-k is served by torch's sort (csrc/ops.cpp).
 #include <cub/block/block_scan.cuh>
 
 #include "device.cuh"
@@ -14,7 +14,7 @@ constexpr int kChunkThreads = static_cast<int>(kRandomkChunk / 4);
 
 // The 4-bit mask of thread t's Philox call in chunk `chunk` (bit j: element 4t + j).
 __device__ __forceinline__ unsigned call_mask(int64_t chunk, int t, int64_t n, uint32_t thr,
-                                              StreamArg s) {
+                                              Stream s) {
   const int64_t base = chunk * kRandomkChunk + 4 * static_cast<int64_t>(t);
   if (base >= n) return 0u;
   uint32_t w[4];
@@ -28,7 +28,7 @@ __device__ __forceinline__ unsigned call_mask(int64_t chunk, int t, int64_t n, u
 
 using Scan = cub::BlockScan<int, kChunkThreads>;
 
-__global__ void count_kernel(int64_t n, uint32_t thr, StreamArg s, int64_t* __restrict__ counts) {
+__global__ void count_kernel(int64_t n, uint32_t thr, Stream s, int64_t* __restrict__ counts) {
   __shared__ typename Scan::TempStorage tmp;
   const int64_t chunk = blockIdx.x + static_cast<int64_t>(blockIdx.y) * gridDim.x;
   if (chunk >= randomk_chunks(n)) return;
@@ -39,14 +39,19 @@ __global__ void count_kernel(int64_t n, uint32_t thr, StreamArg s, int64_t* __re
   if (threadIdx.x == 0) counts[chunk] = total;
 }
 
-// In place: counts -> exclusive prefix, plus the total at index nchunks.  One block.
-__global__ void scan_kernel(int64_t* __restrict__ first, int64_t nchunks) {
-  using LScan = cub::BlockScan<int64_t, 1024>;
+// In place: counts -> exclusive prefix, plus the total at index nchunks.  One block of
+// kScanThreads: 1024 threads needed 87 registers each, more than an SM has for one block
+// (seen on an H100: "too many resources requested for launch").
+constexpr int kScanThreads = 256;
+
+__global__ void __launch_bounds__(kScanThreads) scan_kernel(int64_t* __restrict__ first,
+                                                            int64_t nchunks) {
+  using LScan = cub::BlockScan<int64_t, kScanThreads>;
   __shared__ typename LScan::TempStorage tmp;
   __shared__ int64_t carry;
   if (threadIdx.x == 0) carry = 0;
   __syncthreads();
-  for (int64_t start = 0; start < nchunks; start += 1024) {
+  for (int64_t start = 0; start < nchunks; start += kScanThreads) {
     const int64_t i = start + threadIdx.x;
     const int64_t v = i < nchunks ? first[i] : 0;
     int64_t excl, total;
@@ -67,7 +72,7 @@ struct ThreadKept {
   int64_t first;  // position among all kept elements
 };
 
-__device__ __forceinline__ bool thread_kept(int64_t n, uint32_t thr, StreamArg s,
+__device__ __forceinline__ bool thread_kept(int64_t n, uint32_t thr, Stream s,
                                             const int64_t* first, Scan::TempStorage& tmp,
                                             ThreadKept& out) {
   const int64_t chunk = blockIdx.x + static_cast<int64_t>(blockIdx.y) * gridDim.x;
@@ -81,7 +86,7 @@ __device__ __forceinline__ bool thread_kept(int64_t n, uint32_t thr, StreamArg s
 }
 
 template <typename E>
-__global__ void gather_kernel(const E* __restrict__ x, int64_t n, uint32_t thr, StreamArg s,
+__global__ void gather_kernel(const E* __restrict__ x, int64_t n, uint32_t thr, Stream s,
                               const int64_t* __restrict__ first, E* __restrict__ values) {
   __shared__ typename Scan::TempStorage tmp;
   ThreadKept t;
@@ -94,7 +99,7 @@ __global__ void gather_kernel(const E* __restrict__ x, int64_t n, uint32_t thr, 
 
 template <typename T>
 __global__ void scatter_kernel(const T* __restrict__ values, int64_t n, uint32_t thr,
-                               StreamArg s, const int64_t* __restrict__ first, bool rescale,
+                               Stream s, const int64_t* __restrict__ first, bool rescale,
                                float inv_ratio, T* __restrict__ out) {
   __shared__ typename Scan::TempStorage tmp;
   ThreadKept t;
@@ -122,22 +127,20 @@ dim3 chunk_grid(int64_t nchunks) {
 
 }  // namespace
 
-MK_HD int64_t randomk_chunks(int64_t n) { return (n + kRandomkChunk - 1) / kRandomkChunk; }
-
-cudaError_t randomk_prefix(int64_t n, uint32_t threshold, StreamArg s, int64_t* first,
+cudaError_t randomk_prefix(int64_t n, uint32_t threshold, Stream s, int64_t* first,
                            cudaStream_t st) {
   const int64_t nchunks = randomk_chunks(n);
   if (nchunks > 0) {
     count_kernel<<<chunk_grid(nchunks), kChunkThreads, 0, st>>>(n, threshold, s, first);
     MK_LAUNCH_CHECK();
   }
-  scan_kernel<<<1, 1024, 0, st>>>(first, nchunks);
+  scan_kernel<<<1, kScanThreads, 0, st>>>(first, nchunks);
   MK_LAUNCH_CHECK();
   return cudaSuccess;
 }
 
 cudaError_t randomk_gather(const void* x, int elem_size, int64_t n, uint32_t threshold,
-                           StreamArg s, const int64_t* first, void* values, cudaStream_t st) {
+                           Stream s, const int64_t* first, void* values, cudaStream_t st) {
   const int64_t nchunks = randomk_chunks(n);
   if (nchunks == 0) return cudaSuccess;
   if (elem_size == 2) {
@@ -152,11 +155,11 @@ cudaError_t randomk_gather(const void* x, int elem_size, int64_t n, uint32_t thr
 }
 
 cudaError_t randomk_scatter(const void* values, DType dt, int64_t n, uint32_t threshold,
-                            StreamArg s, const int64_t* first, bool rescale, float inv_ratio,
+                            Stream s, const int64_t* first, bool rescale, float inv_ratio,
                             void* out, cudaStream_t st) {
   const int64_t nchunks = randomk_chunks(n);
   if (nchunks == 0) return cudaSuccess;
-  return with_dtype(dt, [&](auto tag) {
+  return dispatch_dtype(dt, [&](auto tag) {
     using T = decltype(tag);
     scatter_kernel<<<chunk_grid(nchunks), kChunkThreads, 0, st>>>(
         static_cast<const T*>(values), n, threshold, s, first, rescale, inv_ratio,

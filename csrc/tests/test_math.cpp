@@ -91,12 +91,12 @@ static void test_roundtrip_bound() {
       y[i] = x[i] + theta * dd(rng);
     }
     std::vector<uint8_t> payload(mk::packed_nbytes(n, bits));
-    const mk::cpu::MoniquaArgs a{b, 1.0f / b, bits, mk::kNearest};
-    const mk::cpu::Stream s{0, 0};
-    mk::cpu::moniqua_encode(x.data(), mk::DType::kFloat32, n, a, s, payload.data(), 0,
-                            mk::cpu::num_blocks(n));
-    mk::cpu::moniqua_decode(payload.data(), y.data(), mk::DType::kFloat32, n, a, s, xh.data(), 0,
-                            mk::cpu::num_blocks(n));
+    const mk::ModulusParams a{b, 1.0f / b, bits, mk::kNearest};
+    const mk::Stream s{0, 0, nullptr};
+    CHECK(mk::cpu::moniqua_encode(x.data(), mk::DType::kFloat32, n, a, s, payload.data(), true,
+                                  0, mk::cpu::num_blocks(n)) == 0);
+    CHECK(mk::cpu::moniqua_decode(payload.data(), y.data(), mk::DType::kFloat32, n, a, s,
+                                  xh.data(), true, 0, mk::cpu::num_blocks(n)) == 0);
     double worst = 0.0;
     for (int64_t i = 0; i < n; ++i) {
       const double slack = 4.0 * std::ldexp(std::max(std::fabs(y[i]), b), -23);
@@ -114,13 +114,14 @@ static void test_block_split_invariance() {
   std::mt19937 rng(3);
   std::normal_distribution<float> nd;
   for (auto& v : x) v = 3.0f * nd(rng);
-  const mk::cpu::MoniquaArgs a{2.0f, 0.5f, 4, mk::kStochastic};
-  const mk::cpu::Stream s{static_cast<uint64_t>(int64_t{-9}), (int64_t{1} << 34) + 4};
+  const mk::ModulusParams a{2.0f, 0.5f, 4, mk::kStochastic};
+  const mk::Stream s{static_cast<uint64_t>(int64_t{-9}), (int64_t{1} << 34) + 4, nullptr};
   const int64_t nb = mk::cpu::num_blocks(n);
   std::vector<uint8_t> one(mk::packed_nbytes(n, 4)), split(one.size());
-  mk::cpu::moniqua_encode(x.data(), mk::DType::kFloat32, n, a, s, one.data(), 0, nb);
+  mk::cpu::moniqua_encode(x.data(), mk::DType::kFloat32, n, a, s, one.data(), false, 0, nb);
   for (int64_t blk = nb - 1; blk >= 0; --blk)
-    mk::cpu::moniqua_encode(x.data(), mk::DType::kFloat32, n, a, s, split.data(), blk, blk + 1);
+    mk::cpu::moniqua_encode(x.data(), mk::DType::kFloat32, n, a, s, split.data(), false, blk,
+                            blk + 1);
   CHECK(one == split);
   // And element i of the uniforms is word (offset + i) & 3 of counter (offset + i) >> 2.
   std::vector<float> u(n);
@@ -134,7 +135,7 @@ static void test_block_split_invariance() {
     mismatches += u[i] != mk::uniform_from_word(w[(s.offset + i) & 3]);
   }
   CHECK(mismatches == 0);
-  const mk::cpu::Stream carry{5, ((int64_t{1} << 32) - 8) * 4};  // counters cross 2^32
+  const mk::Stream carry{5, ((int64_t{1} << 32) - 8) * 4, nullptr};  // counters cross 2^32
   std::vector<float> uc(200);
   mk::cpu::philox_uniform(200, carry, uc.data(), 0, 1);
   for (int64_t i = 0; i < 200; ++i) {
@@ -186,7 +187,112 @@ static void test_qsgd_and_sign() {
   CHECK(payload[0] == 0x8A && payload[1] == 0x02 && sums[0] == 36.0);
 }
 
+// The CUDA decode's dither fraction from the Philox word equals the spec's
+// (k + (0.5 - u)) * 2^-b bit for bit, for every code and a spread of words.
+template <int BITS>
+static int dither_fraction_mismatches() {
+  int bad = 0;
+  std::mt19937 rng(11);
+  for (uint32_t k = 0; k < (1u << BITS); ++k) {
+    for (int t = 0; t < 2000; ++t) {
+      const uint32_t w = t < 4 ? (t == 0 ? 0u : t == 1 ? 0xFFFFFFFFu : t == 2 ? 0x80000000u : 0x7FFFFFFFu)
+                               : static_cast<uint32_t>(rng());
+      const float spec = (static_cast<float>(k) + mk::moniqua_dither_offset(mk::uniform_from_word(w))) *
+                         (1.0f / static_cast<float>(1 << BITS));
+      bad += mk::float_bits(spec) != mk::float_bits(mk::moniqua_dither_fraction<BITS>(k, w));
+    }
+  }
+  return bad;
+}
+
+static void test_dither_fraction() {
+  CHECK(dither_fraction_mismatches<1>() == 0);
+  CHECK(dither_fraction_mismatches<2>() == 0);
+  CHECK(dither_fraction_mismatches<4>() == 0);
+  CHECK(dither_fraction_mismatches<8>() == 0);
+}
+
+// The finite checks count exactly the bad elements, and the mix leaves them unwritten.
+static void test_non_finite_counts() {
+  const int64_t n = 3 * mk::cpu::kBlock + 5;
+  std::vector<float> x(n, 0.25f);
+  x[3] = NAN;
+  x[mk::cpu::kBlock + 7] = INFINITY;
+  x[n - 1] = 3e38f;  // finite, but x * invB overflows with B = 1e-3
+  std::vector<uint8_t> payload(mk::packed_nbytes(n, 2));
+  const mk::ModulusParams m{1e-3f, 1.0f / 1e-3f, 2, mk::kNearest};
+  const mk::Stream s{0, 0, nullptr};
+  const int64_t nb = mk::cpu::num_blocks(n);
+  CHECK(mk::cpu::moniqua_encode(x.data(), mk::DType::kFloat32, n, m, s, payload.data(), true, 0,
+                                nb) == 3);
+  CHECK(mk::cpu::moniqua_encode(x.data(), mk::DType::kFloat32, n, m, s, payload.data(), false, 0,
+                                nb) == 0);
+  CHECK(mk::cpu::count_non_finite(x.data(), mk::DType::kFloat32, 0, n) == 2);
+  std::vector<float> xm(x);
+  const uint8_t* none[1] = {nullptr};
+  const float w[1] = {0.0f};
+  const mk::Stream streams[1] = {s};
+  mk::cpu::MixArgs a{m, 0, none, w, payload.data(), 1.0f, streams, true};
+  CHECK(mk::cpu::moniqua_mix(xm.data(), mk::DType::kFloat32, n, a, 0, nb) == 2);
+  CHECK(std::isnan(xm[3]) && std::isinf(xm[mk::cpu::kBlock + 7]));
+}
+
+// Elias-coded QSGD: the worked example of docs/wire-format.md, then a stream written
+// one bucket at a time (each call its own range, in order: a range's first byte is
+// shared with the previous range's last, and must be OR-ed, not stored) equals the
+// stream written in one range, and decodes to the same values as the fixed width.
+static void test_qsgd_elias() {
+  namespace cpu = mk::cpu;
+  const float ex[10] = {0, -7, 2, 0, 0, 0, 0, 0, 0.5f, -3.5f};
+  float scales[3];
+  cpu::qsgd_scales(ex, mk::DType::kFloat32, 10, 4, false, scales, true, 0, 3);
+  uint8_t codes[10];
+  const mk::Stream s{0, 0, nullptr};
+  cpu::qsgd_codes(ex, mk::DType::kFloat32, 10, 4, 4, scales, s, codes, 0, 1);
+  int64_t bits[3];
+  cpu::elias_bucket_bits(codes, 10, 4, 4, scales, bits, 0, 3);
+  CHECK(bits[0] + bits[1] + bits[2] == 30 && bits[1] == 0);
+  uint8_t stream[4] = {0, 0, 0, 0};
+  cpu::elias_write(codes, 10, 4, 4, scales, stream, 0, 0, 3);
+  CHECK(stream[0] == 155 && stream[1] == 137 && stream[2] == 3 && stream[3] == 112);
+  float back[10];
+  CHECK(cpu::elias_decode(scales, stream, 4, 10, 4, 4, back));
+  for (int i = 0; i < 10; ++i) CHECK(back[i] == ex[i]);
+  const uint8_t truncated[3] = {155, 137, 3};
+  CHECK(!cpu::elias_decode(scales, truncated, 3, 10, 4, 4, back));
+
+  const int64_t n = 1000, d = 7, nq = (n + d - 1) / d;
+  std::mt19937 rng(5);
+  std::normal_distribution<float> normal;
+  std::vector<float> x(n), sc(nq), one(n), fixed(n);
+  for (auto& v : x) v = normal(rng);
+  cpu::qsgd_scales(x.data(), mk::DType::kFloat32, n, d, true, sc.data(), true, 0, nq);
+  std::vector<uint8_t> c(n);
+  cpu::qsgd_codes(x.data(), mk::DType::kFloat32, n, 2, d, sc.data(), s, c.data(), 0,
+                  cpu::num_blocks(n));
+  std::vector<int64_t> first(nq + 1, 0);
+  cpu::elias_bucket_bits(c.data(), n, 2, d, sc.data(), first.data() + 1, 0, nq);
+  for (int64_t q = 0; q < nq; ++q) first[q + 1] += first[q];
+  const int64_t nbytes = (first[nq] + 7) / 8;
+  std::vector<uint8_t> whole(nbytes, 0), pieces(nbytes, 0);
+  cpu::elias_write(c.data(), n, 2, d, sc.data(), whole.data(), 0, 0, nq);
+  int shared = 0;
+  for (int64_t q = 0; q < nq; ++q) {
+    cpu::elias_write(c.data(), n, 2, d, sc.data(), pieces.data(), first[q], q, q + 1);
+    shared += first[q] % 8 != 0;
+  }
+  CHECK(shared > 10 && whole == pieces);
+  CHECK(cpu::elias_decode(sc.data(), whole.data(), nbytes, n, 2, d, one.data()));
+  std::vector<uint8_t> packed(mk::packed_nbytes(n, 2));
+  cpu::qsgd_encode(x.data(), mk::DType::kFloat32, n, 2, d, sc.data(), s, packed.data(), 0,
+                   cpu::num_blocks(n));
+  cpu::qsgd_decode(sc.data(), packed.data(), n, 2, d, fixed.data(), 0, cpu::num_blocks(n));
+  for (int64_t i = 0; i < n; ++i) CHECK(one[i] == fixed[i]);
+}
+
 int main() {
+  test_non_finite_counts();
+  test_dither_fraction();
   std::printf("CPU kernels dispatched to: %s\n", moniqua_kernels::cpu::isa_name());
   test_philox_known_answer();
   test_packing_example();
@@ -195,6 +301,7 @@ int main() {
   test_block_split_invariance();
   test_half_bf16_conversions();
   test_qsgd_and_sign();
+  test_qsgd_elias();
   if (g_failures) {
     std::printf("%d check(s) failed\n", g_failures);
     return 1;

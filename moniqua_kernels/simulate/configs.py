@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from typing import Optional
 
 from .. import data as data_mod
+from .. import recipe
 
 __all__ = ["NetworkModel", "AlgorithmConfig", "CONFIGS", "ALIASES", "list_configs", "RunSpec",
            "make_spec"]
@@ -121,6 +123,8 @@ class RunSpec:
     seed: int = 0
     hidden: int = 64
     timeout: float = 60.0
+    schedule: Optional[recipe.LRSchedule] = None   # learning rate per step (recipe.py)
+    dirichlet_alpha: Optional[float] = None        # non-IID shards; None: IID
 
 
 def make_spec(algorithm, config, overrides=None, **kw) -> tuple[str, RunSpec]:
@@ -145,4 +149,7 @@ def make_spec(algorithm, config, overrides=None, **kw) -> tuple[str, RunSpec]:
                          f"{', '.join(data_mod.MODELS)}")
     if kw["n_workers"] < 1 or kw["steps"] < 1 or kw["batch_size"] < 1:
         raise ValueError("n_workers, steps and batch_size must be >= 1")
+    if kw.get("schedule") is not None and kw["schedule"].steps != kw["steps"]:
+        raise ValueError(f"the schedule is for {kw['schedule'].steps} steps, the run has "
+                         f"{kw['steps']}")
     return name, RunSpec(config=config, **kw)

@@ -9,6 +9,7 @@ import torch
 
 from .. import data as data_mod
 from .. import gossip
+from .. import recipe
 from .configs import AlgorithmConfig, NetworkModel, make_spec
 from .worker import make_result, train_worker
 
@@ -44,7 +45,7 @@ def _process_main(rank, specs, port, queue, wrap_transport):
             transport = wrap_transport(transport, rank)
         for k, spec in enumerate(specs):
             ds = data_mod.load(spec.dataset, spec.seed)
-            shard = data_mod.shard(ds.x_train.shape[0], n, spec.seed)[rank]
+            shard = recipe.worker_shards(ds.y_train, n, spec.seed, spec.dirichlet_alpha)[rank]
             out = train_worker(spec, rank, transport, ds, shard)
             out["params"] = out["params"].numpy()
             queue.put((rank, k, "ok", out))
@@ -58,7 +59,8 @@ def run_processes(algorithm="moniqua-1bit", *, config: Optional[AlgorithmConfig]
                   n_workers: int = 4, topology: str = "ring", dataset: str = "synthetic",
                   model: str = "mlp", steps: int = 20, lr: float = 0.1, batch_size: int = 16,
                   seed: int = 0, hidden: int = 64, network: Optional[NetworkModel] = None,
-                  timeout: float = 60.0,
+                  timeout: float = 60.0, schedule: Optional[recipe.LRSchedule] = None,
+                  dirichlet_alpha: Optional[float] = None,
                   wrap_transport: Optional[Callable[[gossip.transport.Transport, int],
                                                     gossip.transport.Transport]] = None):
     """The same run as ``run`` with real processes: gloo over TCP on 127.0.0.1.
@@ -79,7 +81,7 @@ def run_processes(algorithm="moniqua-1bit", *, config: Optional[AlgorithmConfig]
     names = algorithm if isinstance(algorithm, (list, tuple)) else [algorithm]
     common = dict(n_workers=n_workers, topology=topology, dataset=dataset, model=model,
                   steps=steps, lr=lr, batch_size=batch_size, seed=seed, hidden=hidden,
-                  timeout=timeout)
+                  timeout=timeout, schedule=schedule, dirichlet_alpha=dirichlet_alpha)
     named = [make_spec(a, config, **common) for a in names]
     specs = [s for _, s in named]
     ctx = mp.get_context("spawn")

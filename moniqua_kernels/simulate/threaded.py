@@ -9,6 +9,7 @@ import torch
 from .. import backends
 from .. import data as data_mod
 from .. import gossip
+from .. import recipe
 from .configs import AlgorithmConfig, NetworkModel, make_spec
 from .worker import Result, make_result, train_worker
 
@@ -20,7 +21,9 @@ def run(algorithm: str = "moniqua-1bit", *, config: Optional[AlgorithmConfig] = 
         model: str = "mlp", steps: int = 500, lr: float = 0.1, batch_size: int = 16,
         seed: int = 0, hidden: int = 64, network: Optional[NetworkModel] = None,
         progress: Optional[Callable[[int, int, float], None]] = None,
-        timeout: float = 60.0, compressor=None, **overrides) -> Result:
+        timeout: float = 60.0, compressor=None,
+        schedule: Optional[recipe.LRSchedule] = None, dirichlet_alpha: Optional[float] = None,
+        **overrides) -> Result:
     """Simulate n_workers in this process; returns a Result.
 
     algorithm: a name in CONFIGS ('moniqua' and 'choco' mean their 1-bit/sign configs),
@@ -28,14 +31,18 @@ def run(algorithm: str = "moniqua-1bit", *, config: Optional[AlgorithmConfig] = 
     keyword (gamma=, theta=, bits=, H=, ...) override the config's algorithm arguments,
     e.g. run("choco", compressor="qsgd:8", gamma=0.5); ('lr*', c) means c * lr.
     progress(step, steps, loss) is called from worker 0's thread after each step.
+    schedule: a recipe.LRSchedule (warm-up, step or cosine decay) for the steps;
+    dirichlet_alpha: non-IID shards (recipe.dirichlet_shards); topology may name a file
+    ('weights:PATH', 'edges:PATH').
     """
     if compressor is not None:
         overrides["compressor"] = compressor
     name, spec = make_spec(algorithm, config, overrides, n_workers=n_workers, topology=topology,
                        dataset=dataset, model=model, steps=steps, lr=lr,
-                       batch_size=batch_size, seed=seed, hidden=hidden, timeout=timeout)
+                       batch_size=batch_size, seed=seed, hidden=hidden, timeout=timeout,
+                       schedule=schedule, dirichlet_alpha=dirichlet_alpha)
     ds = data_mod.load(dataset, seed)
-    shards = data_mod.shard(ds.x_train.shape[0], n_workers, seed)
+    shards = recipe.worker_shards(ds.y_train, n_workers, seed, dirichlet_alpha)
     net = gossip.InMemoryNetwork(n_workers, timeout)
     outs: list = [None] * n_workers
     errors: list = [None] * n_workers

@@ -96,6 +96,8 @@ def train_worker(spec: RunSpec, rank: int, transport, ds: data_mod.Dataset, shar
     overlap = spec.config.overlap
     t0 = time.perf_counter()
     for t in range(spec.steps):
+        if spec.schedule is not None:
+            spec.schedule.apply(opt, t)
         idx = shard[torch.randint(shard.numel(), (spec.batch_size,), generator=gen)]
         x, y = ds.x_train[idx], ds.y_train[idx]
         if overlap:

@@ -1,18 +1,28 @@
-"""Pieces every Triton kernel of the package shares: launch options, the Philox block,
-the wire-layout packing, and the launch geometry.
+"""Pieces every Triton kernel of the package shares: launch options, the stream and its
+Philox block, the wire-layout packing, the split launch, and the error flags.
 
 Block geometry.  Every elementwise kernel gives one program BLOCK consecutive elements
 (a multiple of 8, so a program owns whole output bytes at every bit width and packing
 needs no atomics).  BLOCK = 4096 with 8 warps is 16 elements per thread: four 16-byte
-fp32 loads in flight per thread, the usual shape of a bandwidth-bound Triton kernel.
-It is NOT a measured optimum: no GPU was lent while this was written; the benchmark
-harness (benchmarks/bench_ops.py) is where a change of it must be justified.
-Under TRITON_INTERPRET=1 the interpreter runs one numpy evaluation per program, so a
-large block also keeps the CPU tests fast.
+fp32 loads in flight per thread.  Under TRITON_INTERPRET=1 the interpreter runs one
+numpy evaluation per program, so a large block also keeps the CPU tests fast.
+
+Split launches.  The full blocks run with MASKED=False (no mask and no branch: a mask
+that is not constant over 16 bytes stops 128-bit accesses, and a runtime branch per
+block costs registers, 64 against 40 for the 1-bit encode in the static review), and
+the partial last block, if any, as a second launch of one program with MASKED=True.
+
+Specialisation.  Triton specialises integer arguments on their value (divisible by 16,
+equal to 1) and on their type (i32 when the value fits, else i64).  A seed derived
+anew every step would then compile a new kernel at a random step, inside a CUDA graph
+capture too (seen on an H100: 4 extra compiles for 4 seeds and sizes).  So the stream
+travels as four int32 values (key halves, counter halves), and every per-call integer
+is in do_not_specialize.
 """
 from __future__ import annotations
 
 import functools
+import os
 
 import torch
 import triton
@@ -30,6 +40,75 @@ ROUNDING_IDS = {"stochastic": 0, "nearest": 1, "dither": 2}  # stochastic: the d
 NEAREST: tl.constexpr = tl.constexpr(1)
 DITHER: tl.constexpr = tl.constexpr(2)
 
+# Philox's 32x32 -> 64-bit products as one mul.wide.u32 (inline PTX) instead of the
+# mul.hi and mul.lo that tl.randint4x emits.  Counted in the sm_90 SASS of the 1-bit
+# dither fp32 encode (Triton 3.9): 40.0 instructions per element with randint4x, 35.5
+# with mul.wide; the 2-neighbour bf16 mix 130.5 -> 116.5.  The interpreter (CPU tests)
+# cannot run PTX and keeps umulhi.
+PHILOX_MUL_WIDE: tl.constexpr = tl.constexpr(os.environ.get("TRITON_INTERPRET") != "1")
+PHILOX_M0: tl.constexpr = tl.constexpr(0xD2511F53)
+PHILOX_M1: tl.constexpr = tl.constexpr(0xCD9E8D57)
+PHILOX_W0: tl.constexpr = tl.constexpr(0x9E3779B9)
+PHILOX_W1: tl.constexpr = tl.constexpr(0xBB67AE85)
+# {hi, lo} = a * M: mov.b64 {x, y} puts the low word in x.
+_MUL_WIDE = "{{ .reg .b64 t; mul.wide.u32 t, $2, {}; mov.b64 {{$1, $0}}, t; }}"
+MUL_WIDE_M0: tl.constexpr = tl.constexpr(_MUL_WIDE.format(0xD2511F53))
+MUL_WIDE_M1: tl.constexpr = tl.constexpr(_MUL_WIDE.format(0xCD9E8D57))
+
+# Flag slots (ops/_errors.py).
+NON_FINITE: tl.constexpr = tl.constexpr(0)
+BAD_STREAM: tl.constexpr = tl.constexpr(1)
+PADDING: tl.constexpr = tl.constexpr(2)
+
+# The per-call integers (see Specialisation above).
+NO_SPECIALIZE = ["k0", "k1", "c0", "c1", "k0s", "k1s", "c0s", "c1s", "n", "nbytes", "d",
+                 "first_block"]
+
+
+def jit(fn):
+    """triton.jit with the package's per-call integers unspecialised (those fn has)."""
+    import inspect
+    names = [a for a in inspect.signature(fn).parameters if a in NO_SPECIALIZE]
+    return triton.jit(do_not_specialize=names)(fn)
+
+
+def _int32(v: int) -> int:
+    """The signed 32-bit integer with v's low 32 bits."""
+    v &= 0xFFFFFFFF
+    return v - (1 << 32) if v >= (1 << 31) else v
+
+
+def stream_args(seed, offset) -> tuple[int, int, int, int]:
+    """(k0, k1, c0, c1) as int32: the seed's 64 bits in halves, and the halves of the
+    first Philox counter offset / 4."""
+    seed, counter = int(seed) & 0xFFFFFFFFFFFFFFFF, int(offset) >> 2
+    return _int32(seed), _int32(seed >> 32), _int32(counter), _int32(counter >> 32)
+
+
+def tuple_halves(seed, offset) -> tuple[int, int, int, int]:
+    """stream_args for a tuple argument (the mix's streams).  Triton (3.6, seen on an H100)
+    specialises the ints inside a tuple whatever do_not_specialize says: a half equal
+    to 1 became a constexpr (and broke the kernel), one divisible by 16 a new compile.
+    So each half travels as (1 << 40) | half << 4 | 3: always i64, never 1, never a
+    multiple of 16, one compiled kernel for every stream.  unpack_half reverses it."""
+    return tuple((1 << 40) | ((h & 0xFFFFFFFF) << 4) | 3 for h in stream_args(seed, offset))
+
+
+def split_launch(kernel, n: int, block: int, *args, masked_only: bool = False,
+                 **meta) -> None:
+    """kernel over the full blocks of n (MASKED=False), then the partial block
+    (MASKED=True, one program).  The kernel's last argument, first_block, is appended
+    here.  masked_only (a stream tensor, whose offset may be refused): every program
+    masked."""
+    full = n // block
+    if masked_only:
+        kernel[(triton.cdiv(n, block),)](*args, 0, MASKED=True, BLOCK=block, **meta)
+        return
+    if full:
+        kernel[(full,)](*args, 0, MASKED=False, BLOCK=block, **meta)
+    if n % block:
+        kernel[(1,)](*args, full, MASKED=True, BLOCK=block, **meta)
+
 
 def on_tensor_device(launcher):
     """Run a launcher with the CUDA device of its tensors current: Triton launches on the
@@ -37,18 +116,13 @@ def on_tensor_device(launcher):
     @functools.wraps(launcher)
     def wrapped(*args, **kwargs):
         for a in args:
-            device = a.device if isinstance(a, torch.Tensor) else a
-            if isinstance(device, torch.device):
-                if device.type == "cuda":
-                    with torch.cuda.device(device):
+            if isinstance(a, torch.Tensor):
+                if a.is_cuda and a.device.index != torch.cuda.current_device():
+                    with torch.cuda.device(a.device):
                         return launcher(*args, **kwargs)
                 break
         return launcher(*args, **kwargs)
     return wrapped
-
-
-def grid_for(n: int, block: int = BLOCK) -> tuple[int]:
-    return (triton.cdiv(n, block),)
 
 
 def f32(value: float) -> float:
@@ -57,48 +131,97 @@ def f32(value: float) -> float:
     return float(torch.tensor(value, dtype=torch.float32))
 
 
+# ------------------------------------------------------------------- device helpers
+
 @triton.jit
-def block_start(BLOCK: tl.constexpr):
-    """int64 index of this program's first element: n > 2^31 must not overflow."""
-    return tl.program_id(0).to(tl.int64) * BLOCK
+def block_range(first_block, BLOCK: tl.constexpr):
+    """(start, indices) of this program's elements, int64 (n > 2^31 must not overflow)."""
+    start = (tl.program_id(0) + first_block).to(tl.int64) * BLOCK
+    return start, start + tl.arange(0, BLOCK)
 
 
 @triton.jit
-def load_tail(ptr, start, n, BLOCK: tl.constexpr):
-    """ptr[start : start + BLOCK], zeros past n.  Only the last, partial block is masked:
-    a mask that is not constant over 16 bytes stops 128-bit loads unless n happens to be
-    a multiple of 16, and tensor sizes in training are arbitrary.  (Checked in the PTX
-    by tests/test_triton_compile.py.)"""
-    i = start + tl.arange(0, BLOCK)
-    if start + BLOCK <= n:
-        value = tl.load(ptr + i)
+def load_block(ptr, i, n, MASKED: tl.constexpr):
+    """ptr[i], zeros at i >= n (MASKED)."""
+    if MASKED:
+        return tl.load(ptr + i, mask=i < n, other=0)
     else:
-        value = tl.load(ptr + i, mask=i < n, other=0)
-    return value
+        return tl.load(ptr + i)
 
 
 @triton.jit
-def store_tail(ptr, value, start, n, BLOCK: tl.constexpr):
-    """ptr[start : start + BLOCK] = value, clipped at n; masked only in the last block."""
-    i = start + tl.arange(0, BLOCK)
-    if start + BLOCK <= n:
+def store_block(ptr, i, value, n, ok, MASKED: tl.constexpr):
+    """ptr[i] = value where i < n and ok (MASKED; ok is False for a refused stream)."""
+    if MASKED:
+        tl.store(ptr + i, value, mask=(i < n) & ok)
+    else:
         tl.store(ptr + i, value)
-    else:
-        tl.store(ptr + i, value, mask=i < n)
 
 
 @triton.jit
-def philox_block(seed, offset, start, BLOCK: tl.constexpr):
-    """uint32 Philox words for positions offset + start + [0, BLOCK); start % 4 == 0.
+def unpack_half(v):
+    """The 32-bit half packed by tuple_halves, as an int64 in [0, 2^32)."""
+    return (v.to(tl.int64) >> 4) & 0xFFFFFFFF
 
-    One Philox call per 4 positions: counter c = p >> 2 (int64, so randint4x splits it
-    into c0 = low, c1 = high 32 bits), the four words interleaved back into position
-    order.  offset is a multiple of 4 and BLOCK of 8, so word p & 3 lands on lane i & 3.
-    seed is cast to int64 (value preserving) so that randint4x's uint64 view of it is
-    the seed's 64 bits: key k0 = low, k1 = high half.
+
+@triton.jit
+def stream_of(k0, k1, c0, c1, stream_ptr, flag_ptr):
+    """(seed, first counter, ok) of the call: from the int32 halves, or read from the
+    stream tensor {seed, offset}, whose offset must be a non-negative multiple of 4 (else
+    ok is False, flagged once by program 0, and nothing is written)."""
+    if stream_ptr is not None:
+        seed = tl.load(stream_ptr)
+        offset = tl.load(stream_ptr + 1)
+        bad = (offset < 0) | ((offset & 3) != 0)
+        if flag_ptr is not None:
+            if (tl.program_id(0) == 0) & bad:
+                tl.atomic_add(flag_ptr + BAD_STREAM, 1)
+        return seed, offset >> 2, bad == 0
+    else:
+        seed = (k1.to(tl.int64) << 32) | (k0.to(tl.int64) & 0xFFFFFFFF)
+        counter = (c1.to(tl.int64) << 32) | (c0.to(tl.int64) & 0xFFFFFFFF)
+        return seed, counter, True
+
+
+@triton.jit
+def _mulhilo(a, M: tl.constexpr, ASM: tl.constexpr):
+    """(hi, lo) 32-bit halves of the 64-bit product a * M (a uint32); ASM: the PTX."""
+    if PHILOX_MUL_WIDE:
+        return tl.inline_asm_elementwise(asm=ASM, constraints="=r,=r,r", args=[a],
+                                         dtype=(tl.uint32, tl.uint32), is_pure=True, pack=1)
+    else:
+        return tl.umulhi(a, M), a * M
+
+
+@triton.jit
+def philox4x32_10(c0, c1, k0, k1):
+    """Philox4x32-10 (DESIGN.md section 3) on counters (c0, c1, 0, 0), key (k0, k1)."""
+    c2 = tl.zeros_like(c0)
+    c3 = tl.zeros_like(c0)
+    for _ in tl.static_range(10):
+        hi0, lo0 = _mulhilo(c0, PHILOX_M0, MUL_WIDE_M0)
+        hi1, lo1 = _mulhilo(c2, PHILOX_M1, MUL_WIDE_M1)
+        c0, c1, c2, c3 = hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0
+        k0 = k0 + PHILOX_W0
+        k1 = k1 + PHILOX_W1
+    return c0, c1, c2, c3
+
+
+@triton.jit
+def philox_block(seed, counter, start, BLOCK: tl.constexpr):
+    """uint32 Philox words for positions 4*counter + start + [0, BLOCK); start % 4 == 0.
+
+    One Philox call per 4 positions: counter c (int64: c0 = low, c1 = high 32 bits), the
+    four words interleaved back into position order.  seed is int64: its 64 bits are the
+    key (k0 low, k1 high half).  The same words as tl.randint4x(seed, c).
     """
-    counter = (tl.cast(offset, tl.int64) >> 2) + (start >> 2) + tl.arange(0, BLOCK // 4)
-    r0, r1, r2, r3 = tl.randint4x(tl.cast(seed, tl.int64), counter)
+    c = counter + (start >> 2) + tl.arange(0, BLOCK // 4)
+    key = seed.to(tl.uint64, bitcast=True)
+    k0 = (key & 0xFFFFFFFF).to(tl.uint32)
+    k1 = (key >> 32).to(tl.uint32)
+    cu = c.to(tl.uint64, bitcast=True)
+    r0, r1, r2, r3 = philox4x32_10((cu & 0xFFFFFFFF).to(tl.uint32), (cu >> 32).to(tl.uint32),
+                                   k0, k1)
     # join(join(r0, r2), join(r1, r3))[c, m, k] = r_{2m+k}: row-major is r0 r1 r2 r3.
     return tl.reshape(tl.join(tl.join(r0, r2), tl.join(r1, r3)), (BLOCK,))
 
@@ -107,6 +230,28 @@ def philox_block(seed, offset, start, BLOCK: tl.constexpr):
 def uniform_from_words(words):
     """u = (word >> 8) * 2^-24: a 24-bit integer times a power of two, exact in float32."""
     return (words >> 8).to(tl.float32) * 5.9604644775390625e-08
+
+
+@triton.jit
+def count_bad(flag_ptr, bad, SLOT: tl.constexpr):
+    """Add the number of True in bad to a flag slot: one atomic per program, and only
+    when there is something to add."""
+    count = tl.sum(bad.to(tl.int32), axis=0)
+    if count > 0:
+        tl.atomic_add(flag_ptr + SLOT, count.to(tl.int64))
+
+
+@triton.jit
+def check_padding(payload_ptr, n, nbytes, flag_ptr, BITS: tl.constexpr, MASKED: tl.constexpr):
+    """Flag non-zero bits above the codes in the payload's last byte; the program of the
+    partial block does it (when n fills whole blocks, n * BITS fills whole bytes)."""
+    if MASKED:
+        if flag_ptr is not None:
+            used = (n * BITS) % 8
+            if used != 0:
+                last = tl.load(payload_ptr + nbytes - 1).to(tl.int32)
+                if (last >> used) != 0:
+                    tl.atomic_add(flag_ptr + PADDING, 1)
 
 
 @triton.jit
@@ -122,21 +267,25 @@ def pack_codes(codes, BITS: tl.constexpr, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def load_codes(payload_ptr, start, nbytes, BITS: tl.constexpr, BLOCK: tl.constexpr):
+def load_codes(payload_ptr, start, nbytes, BITS: tl.constexpr, BLOCK: tl.constexpr,
+               MASKED: tl.constexpr):
     """The BLOCK int32 codes of elements start + [0, BLOCK), start % 8 == 0; each byte is
     read once and spread over its elements."""
     PER_BYTE: tl.constexpr = 8 // BITS
-    byte = load_tail(payload_ptr, start // PER_BYTE, nbytes, BLOCK // PER_BYTE).to(tl.int32)
+    j = start // PER_BYTE + tl.arange(0, BLOCK // PER_BYTE)
+    byte = load_block(payload_ptr, j, nbytes, MASKED).to(tl.int32)
     spread = tl.reshape(tl.broadcast_to(byte[:, None], (BLOCK // PER_BYTE, PER_BYTE)), (BLOCK,))
     shift = (tl.arange(0, BLOCK) % PER_BYTE) * BITS
     return (spread >> shift) & ((1 << BITS) - 1)
 
 
 @triton.jit
-def store_bytes(out_ptr, packed, start, nbytes, BITS: tl.constexpr, BLOCK: tl.constexpr):
+def store_bytes(out_ptr, packed, start, nbytes, ok, BITS: tl.constexpr, BLOCK: tl.constexpr,
+                MASKED: tl.constexpr):
     """Store the bytes of elements start + [0, BLOCK) (start % 8 == 0: whole bytes)."""
     PER_BYTE: tl.constexpr = 8 // BITS
-    store_tail(out_ptr, packed.to(tl.uint8), start // PER_BYTE, nbytes, BLOCK // PER_BYTE)
+    j = start // PER_BYTE + tl.arange(0, BLOCK // PER_BYTE)
+    store_block(out_ptr, j, packed.to(tl.uint8), nbytes, ok, MASKED)
 
 
 @triton.jit

@@ -17,9 +17,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ..reference.packing import packed_nbytes
-from ._common import (BLOCK, LAUNCH, block_start, grid_for, load_codes, load_tail,
-                      pack_codes, philox_block, store_bytes, store_tail, uniform_from_words)
+from ._common import (BLOCK, LAUNCH, NON_FINITE, block_range, check_padding, count_bad, jit,
+                      load_block, load_codes, pack_codes, philox_block, split_launch,
+                      store_block, store_bytes, stream_args, stream_of, uniform_from_words)
 
 # A bucket up to 8192 elements is one tile: 8192 fp32 over 8 warps is 32 registers per
 # thread, still below register spilling; larger buckets take the chunked path.
@@ -60,27 +60,31 @@ def _codes(v, r, u, BITS: tl.constexpr):
     return ((v < 0).to(tl.int32) << (BITS - 1)) | level
 
 
-@triton.jit
-def _qsgd_encode_kernel(x_ptr, scales_ptr, out_ptr, n, nbytes, d, seed, offset,
+@jit
+def _qsgd_encode_kernel(x_ptr, scales_ptr, out_ptr, n, d, k0, k1, c0, c1, stream_ptr, flag_ptr,
                         BITS: tl.constexpr, NORM: tl.constexpr, DBLOCK: tl.constexpr):
     """One program per bucket (d % 8 == 0, d <= DBLOCK): scale, quantize, pack."""
     start = tl.program_id(0).to(tl.int64) * d
     end = tl.minimum(start + d, n)  # the bucket's elements: [start, end)
-    # A power-of-two d (the usual 512) fills the tile: unmasked, 128-bit loads.
-    v = load_tail(x_ptr, start, end, DBLOCK).to(tl.float32)
+    i = start + tl.arange(0, DBLOCK)
+    seed, counter, ok = stream_of(k0, k1, c0, c1, stream_ptr, flag_ptr)
+    v = tl.load(x_ptr + i, mask=i < end, other=0.0).to(tl.float32)
     scale = _finish_scale(_scale_of(tl.abs(v), NORM), NORM)
-    tl.store(scales_ptr + tl.program_id(0), scale)
+    tl.store(scales_ptr + tl.program_id(0), scale, mask=ok)
     r = _inverse(scale, (1 << (BITS - 1)) - 1)
-    u = uniform_from_words(philox_block(seed, offset, start, DBLOCK))
-    codes = tl.where(start + tl.arange(0, DBLOCK) < end, _codes(v, r, u, BITS), 0)
+    u = uniform_from_words(philox_block(seed, counter, start, DBLOCK))
+    codes = tl.where(i < end, _codes(v, r, u, BITS), 0)
     PER_BYTE: tl.constexpr = 8 // BITS
     # d % 8 == 0: the bucket owns whole bytes [start / PER_BYTE, ceil(end / PER_BYTE)).
-    store_tail(out_ptr, pack_codes(codes, BITS, DBLOCK).to(tl.uint8), start // PER_BYTE,
-               (end + PER_BYTE - 1) // PER_BYTE, DBLOCK // PER_BYTE)
+    j = start // PER_BYTE + tl.arange(0, DBLOCK // PER_BYTE)
+    tl.store(out_ptr + j, pack_codes(codes, BITS, DBLOCK).to(tl.uint8),
+             mask=(j < (end + PER_BYTE - 1) // PER_BYTE) & ok)
+    if flag_ptr is not None:
+        count_bad(flag_ptr, (~(tl.abs(v) < float("inf"))) & (i < end), NON_FINITE)
 
 
-@triton.jit
-def _qsgd_scale_kernel(x_ptr, scales_ptr, inv_ptr, n, d, BITS: tl.constexpr,
+@jit
+def _qsgd_scale_kernel(x_ptr, scales_ptr, inv_ptr, n, d, flag_ptr, BITS: tl.constexpr,
                        NORM: tl.constexpr, CHUNK: tl.constexpr):
     """One program per bucket of any size: its scale N and r = s / N, in chunks."""
     start = tl.program_id(0).to(tl.int64) * d
@@ -88,75 +92,76 @@ def _qsgd_scale_kernel(x_ptr, scales_ptr, inv_ptr, n, d, BITS: tl.constexpr,
     for c in range(0, d, CHUNK):
         local = c + tl.arange(0, CHUNK)
         i = start + local
-        a = tl.abs(tl.load(x_ptr + i, mask=(local < d) & (i < n), other=0.0).to(tl.float32))
+        inside = (local < d) & (i < n)
+        a = tl.abs(tl.load(x_ptr + i, mask=inside, other=0.0).to(tl.float32))
         if NORM == 0:
             stat = tl.maximum(stat, _scale_of(a, NORM))
         else:
             stat = stat + _scale_of(a, NORM)
+        if flag_ptr is not None:
+            count_bad(flag_ptr, ~(a < float("inf")) & inside, NON_FINITE)
     scale = _finish_scale(stat, NORM)
     tl.store(scales_ptr + tl.program_id(0), scale)
     tl.store(inv_ptr + tl.program_id(0), _inverse(scale, (1 << (BITS - 1)) - 1))
 
 
-@triton.jit
-def _qsgd_pack_kernel(x_ptr, inv_ptr, out_ptr, n, nbytes, d, seed, offset,
-                      BITS: tl.constexpr, BLOCK: tl.constexpr):
+@jit
+def _qsgd_pack_kernel(x_ptr, inv_ptr, out_ptr, n, nbytes, d, k0, k1, c0, c1, stream_ptr,
+                      flag_ptr, first_block, BITS: tl.constexpr, MASKED: tl.constexpr,
+                      BLOCK: tl.constexpr):
     """Elementwise over whole output bytes: codes with the bucket's r gathered."""
-    start = block_start(BLOCK)
-    i = start + tl.arange(0, BLOCK)
-    v = load_tail(x_ptr, start, n, BLOCK).to(tl.float32)
+    start, i = block_range(first_block, BLOCK)
+    seed, counter, ok = stream_of(k0, k1, c0, c1, stream_ptr, flag_ptr)
+    v = load_block(x_ptr, i, n, MASKED).to(tl.float32)
     r = tl.load(inv_ptr + i // d, mask=i < n, other=0.0)
-    u = uniform_from_words(philox_block(seed, offset, start, BLOCK))
+    u = uniform_from_words(philox_block(seed, counter, start, BLOCK))
     codes = tl.where(i < n, _codes(v, r, u, BITS), 0)
-    store_bytes(out_ptr, pack_codes(codes, BITS, BLOCK), start, nbytes, BITS, BLOCK)
+    store_bytes(out_ptr, pack_codes(codes, BITS, BLOCK), start, nbytes, ok, BITS, BLOCK, MASKED)
 
 
-def qsgd_encode_triton(x: torch.Tensor, bits: int, bucket_size: int, norm: str, seed: int,
-                       offset: int) -> tuple[torch.Tensor, torch.Tensor]:
+def qsgd_encode_triton(x, bits, bucket_size, norm, seed, offset, stream, scales, payload,
+                       flag) -> None:
     n, d = x.numel(), bucket_size
-    nbuckets = triton.cdiv(n, d)
-    nbytes = packed_nbytes(n, bits)
-    scales = torch.empty(nbuckets, dtype=torch.float32, device=x.device)
-    out = torch.empty(nbytes, dtype=torch.uint8, device=x.device)
     if n == 0:
-        return scales, out
+        return
+    nbuckets = triton.cdiv(n, d)
+    halves = stream_args(seed, offset)
     if d % 8 == 0 and d <= FUSED_MAX_BUCKET:
         dblock = max(8, triton.next_power_of_2(d))
         # At least 8 elements per thread: 8 warps on a 512 tile leave 2 per thread and
         # 64-bit loads in the PTX; 2 warps give two 128-bit loads per thread.
         launch = dict(LAUNCH, num_warps=min(8, max(1, dblock // 256)))
         _qsgd_encode_kernel[(nbuckets,)](
-            x, scales, out, n, nbytes, d, seed, offset, BITS=bits, NORM=NORM_IDS[norm],
+            x, scales, payload, n, d, *halves, stream, flag, BITS=bits, NORM=NORM_IDS[norm],
             DBLOCK=dblock, **launch)
     else:
         inv = torch.empty(nbuckets, dtype=torch.float32, device=x.device)
-        _qsgd_scale_kernel[(nbuckets,)](x, scales, inv, n, d, BITS=bits, NORM=NORM_IDS[norm],
-                                        CHUNK=SCALE_CHUNK, **LAUNCH)
-        _qsgd_pack_kernel[grid_for(n)](x, inv, out, n, nbytes, d, seed, offset, BITS=bits,
-                                       BLOCK=BLOCK, **LAUNCH)
-    return scales, out
+        _qsgd_scale_kernel[(nbuckets,)](x, scales, inv, n, d, flag, BITS=bits,
+                                        NORM=NORM_IDS[norm], CHUNK=SCALE_CHUNK, **LAUNCH)
+        split_launch(_qsgd_pack_kernel, n, BLOCK, x, inv, payload, n, payload.numel(), d,
+                     *halves, stream, flag, BITS=bits, masked_only=stream is not None, **LAUNCH)
 
 
-@triton.jit
-def _qsgd_decode_kernel(scales_ptr, payload_ptr, out_ptr, n, nbytes, d, BITS: tl.constexpr,
-                        BLOCK: tl.constexpr):
+@jit
+def _qsgd_decode_kernel(scales_ptr, payload_ptr, out_ptr, n, nbytes, d, flag_ptr, first_block,
+                        BITS: tl.constexpr, MASKED: tl.constexpr, BLOCK: tl.constexpr):
     """+-((N * l) / s) in the reference's order, the division correctly rounded."""
-    start = block_start(BLOCK)
-    i = start + tl.arange(0, BLOCK)
-    codes = load_codes(payload_ptr, start, nbytes, BITS, BLOCK)
+    start, i = block_range(first_block, BLOCK)
+    check_padding(payload_ptr, n, nbytes, flag_ptr, BITS, MASKED)
+    codes = load_codes(payload_ptr, start, nbytes, BITS, BLOCK, MASKED)
     S: tl.constexpr = (1 << (BITS - 1)) - 1
     scale = tl.load(scales_ptr + i // d, mask=i < n, other=0.0)
     magnitude = tl.div_rn(scale * (codes & S).to(tl.float32),
                           tl.full((BLOCK,), S, tl.float32))
-    value = tl.where((codes >> (BITS - 1)) == 1, -magnitude, magnitude)
-    store_tail(out_ptr, value, start, n, BLOCK)
+    # The sign as a bit flip: compiled, -magnitude became 0 - magnitude, which gives +0.0
+    # for a zero level where the reference gives -0.0 (seen on an H100).
+    sign = ((codes >> (BITS - 1)) & 1).to(tl.uint32) << 31
+    value = (magnitude.to(tl.uint32, bitcast=True) ^ sign).to(tl.float32, bitcast=True)
+    store_block(out_ptr, i, value, n, True, MASKED)
 
 
-def qsgd_decode_triton(scales: torch.Tensor, payload: torch.Tensor, n: int, bits: int,
-                       bucket_size: int) -> torch.Tensor:
-    out = torch.empty(n, dtype=torch.float32, device=payload.device)
+def qsgd_decode_triton(scales, payload, bits, bucket_size, out, flag) -> None:
+    n = out.numel()
     if n:
-        _qsgd_decode_kernel[grid_for(n)](scales, payload, out, n, payload.numel(), bucket_size,
-                                         BITS=bits, BLOCK=BLOCK, **LAUNCH)
-    return out
-
+        split_launch(_qsgd_decode_kernel, n, BLOCK, scales, payload, out, n, payload.numel(),
+                     bucket_size, flag, BITS=bits, **LAUNCH)

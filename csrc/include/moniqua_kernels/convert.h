@@ -45,4 +45,12 @@ MK_HD MK_INLINE uint16_t float_to_half(float f) {
   return static_cast<uint16_t>(sign | h);
 }
 
+// Element access for the kernels' element types (common.h).
+MK_HD MK_INLINE float to_float(float v) { return v; }
+MK_HD MK_INLINE float to_float(Half16 v) { return half_to_float(v.bits); }
+MK_HD MK_INLINE float to_float(BFloat16 v) { return bf16_to_float(v.bits); }
+MK_HD MK_INLINE void from_float(float& d, float v) { d = v; }
+MK_HD MK_INLINE void from_float(Half16& d, float v) { d.bits = float_to_half(v); }
+MK_HD MK_INLINE void from_float(BFloat16& d, float v) { d.bits = float_to_bf16(v); }
+
 }  // namespace moniqua_kernels

@@ -28,4 +28,11 @@ MK_HD MK_INLINE uint32_t unpack_code(uint32_t byte, int m) {
   return (byte >> (m * BITS)) & ((1u << BITS) - 1u);
 }
 
+// The bits of a payload's last byte that hold no code (must be zero, DESIGN.md
+// section 5): a mask over the byte, 0 when n * bits fills it.
+MK_HD MK_INLINE uint32_t padding_mask(int64_t n, int bits) {
+  const int used = static_cast<int>((n * bits) % 8);
+  return used ? (0xFFu << used) & 0xFFu : 0u;
+}
+
 }  // namespace moniqua_kernels

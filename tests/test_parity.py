@@ -1,0 +1,454 @@
+"""The one parity suite (DESIGN.md section 9): every backend present against the
+reference, which is computed once per case.
+
+Backends join by being available: "cpu" (the native kernels), "triton" (compiled on a
+GPU, else through Triton's interpreter on CPU tensors, small sizes only), "cuda".  Every
+comparison goes through the public ops with the backend forced, so validation, the
+registry and the kernels are all on the path.  Rules: codes, bytes, uniforms, random-k
+values and top-k outputs are torch.equal; decoded Moniqua values are equal on the CPU
+(native and interpreter evaluate the reference's float32 operations in its order) and
+within DESIGN.md's 2 float32 ulps of max(|y|, B) on a GPU; the sign scale and QSGD-l2
+scales within their summation-order bounds.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import moniqua_kernels as mk
+from moniqua_kernels.triton._common import BLOCK as TRITON_BLOCK  # noqa: F401  (needs triton)
+
+HAVE_CUDA = torch.cuda.is_available()
+GPU = "cuda" if HAVE_CUDA else None
+
+
+def _backends():
+    out = []
+    if mk.available("moniqua_encode", "cpu")["cpu"] is None:
+        out.append(("cpu", "cpu"))
+    triton_device = "cuda" if HAVE_CUDA else "cpu"
+    if mk.available("moniqua_encode", triton_device)["triton"] is None:
+        out.append(("triton", triton_device))
+    if HAVE_CUDA and mk.available("moniqua_encode", "cuda")["cuda"] is None:
+        out.append(("cuda", "cuda"))
+    return out
+
+
+BACKENDS = _backends()
+IDS = [f"{b}_{d}" for b, d in BACKENDS]  # -k cuda_cuda, triton_cuda, triton_cpu, cpu_cpu
+pytestmark = pytest.mark.skipif(not BACKENDS, reason="no backend besides the reference here")
+DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+MONIQUA = [(b, r) for b in (1, 2, 4, 8) for r in ("stochastic", "nearest", "dither")
+           if not (b == 1 and r == "stochastic")]
+# Around Triton's block and the native block of 1024, every byte boundary, odd tails.
+SIZES = (0, 1, 7, 8, 9, 1023, 4095, 4097, 5003)
+LARGE = (1 << 20) + 3
+# (seed, offset): zero; a negative seed (high bit set) with an offset above 2^34; a
+# uint64 seed; a large seed with a 2^40 offset.
+STREAMS = ((0, 0), (-(2 ** 62) - 12345, 2 ** 34 + 8), (2 ** 64 - 1, 4),
+           (12345678901234567, 2 ** 40 + 4))
+EPS32 = torch.finfo(torch.float32).eps
+
+
+def interpreted(backend, device):
+    return backend == "triton" and device == "cpu"
+
+
+def skip_large(backend, device, n):
+    if interpreted(backend, device) and n > 5003:
+        pytest.skip("the Triton interpreter runs large sizes too slowly; same code path")
+
+
+def sample(n, dtype=torch.float32, seed=0, scale=3.0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(n, generator=g) * scale).to(dtype)
+
+
+def near(x, spread, seed):
+    g = torch.Generator().manual_seed(seed)
+    noise = (torch.rand(x.numel(), generator=g) * 2 - 1) * spread
+    return (x.float() + noise.reshape(x.shape)).to(x.dtype)
+
+
+def run(backend, fn, *args, **kwargs):
+    with mk.use_backend(backend):
+        return fn(*args, **kwargs)
+
+
+_REFERENCE: dict = {}
+
+
+def reference(key, thunk):
+    """The reference's answer to a case, computed once for every backend (the thunk
+    makes the call)."""
+    if key not in _REFERENCE:
+        with mk.use_backend("reference"):
+            _REFERENCE[key] = thunk()
+    return _REFERENCE[key]
+
+
+def on(t, device):
+    if isinstance(t, (tuple, list)):
+        return type(t)(on(v, device) for v in t)
+    return t.to(device) if isinstance(t, torch.Tensor) else t
+
+
+def same(got, want):
+    got = on(got, "cpu")
+    if isinstance(want, (tuple, list)):
+        return all(same(g, w) for g, w in zip(got, want))
+    if want.is_floating_point():  # bit patterns: -0.0 and NaN payloads count
+        view = torch.int16 if want.element_size() == 2 else torch.int32
+        return got.dtype == want.dtype and torch.equal(got.view(view), want.view(view))
+    return got.dtype == want.dtype and torch.equal(got, want)
+
+
+def assert_decoded(got, want, y, modulus, backend, device, what, factor=1.0):
+    got = got.cpu()
+    if device == "cpu":
+        assert same(got, want), f"{what}: max diff {(got.float() - want.float()).abs().max()}"
+        return
+    out_eps = torch.finfo(want.dtype).eps if want.dtype != torch.float32 else 0.0
+    tol = factor * 2 * EPS32 * torch.clamp(y.float().abs(), min=modulus) \
+        + out_eps * want.float().abs()
+    err = (got.float() - want.float()).abs()
+    assert bool((err <= tol).all()), f"{what}: max excess {(err - tol).max()}"
+
+
+# ---------------------------------------------------------------------------- philox
+
+@pytest.mark.parametrize("backend,device", BACKENDS, ids=IDS)
+@pytest.mark.parametrize("n", SIZES + (LARGE,))
+def test_philox_uniform(backend, device, n):
+    skip_large(backend, device, n)
+    for seed, offset in STREAMS:
+        want = reference(("philox", n, seed, offset), lambda: mk.philox_uniform(n, seed, offset))
+        assert same(run(backend, mk.philox_uniform, n, seed, offset, device), want), (seed, offset)
+
+
+# --------------------------------------------------------------------------- packing
+
+@pytest.mark.parametrize("backend,device", BACKENDS, ids=IDS)
+@pytest.mark.parametrize("bits", (1, 2, 4, 8))
+def test_pack_unpack(backend, device, bits):
+    for n in SIZES:
+        g = torch.Generator().manual_seed(n)
+        codes = torch.randint(0, 1 << bits, (n,), generator=g, dtype=torch.uint8)
+        want = reference(("pack", bits, n), lambda: mk.pack_bits(codes, bits))
+        got = run(backend, mk.pack_bits, codes.to(device), bits)
+        assert same(got, want), n
+        assert same(run(backend, mk.unpack_bits, got, bits, n), codes), n
+    packed = run(backend, mk.pack_bits, torch.tensor([1, 2, 3, 0, 3], dtype=torch.uint8,
+                                                     device=device), 2)
+    assert packed.tolist() == [57, 3]  # DESIGN.md section 5
+    bits1 = (torch.arange(29) % 3 == 0).to(torch.uint8)
+    packed1 = run(backend, mk.pack_bits, bits1.to(device), 1).cpu()
+    assert packed1.tolist() == np.packbits(bits1.numpy(), bitorder="little").tolist()
+
+
+# ---------------------------------------------------------------------------- Moniqua
+
+@pytest.mark.parametrize("backend,device", BACKENDS, ids=IDS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("bits,rounding", MONIQUA)
+def test_moniqua_encode_decode(backend, device, bits, rounding, dtype):
+    modulus = 0.75
+    for k, n in enumerate(SIZES):
+        seed, offset = STREAMS[k % len(STREAMS)]
+        x = sample(n, dtype, seed=n)
+        y = near(x, 0.3 * modulus, seed=n + 1)
+        key = (bits, rounding, dtype, n)
+        want = reference(("enc",) + key, lambda: mk.moniqua_encode(x, modulus, bits, rounding,
+                                                                   seed, offset))
+        got = run(backend, mk.moniqua_encode, x.to(device), modulus, bits, rounding, seed, offset)
+        assert same(got, want), f"encode n={n}: {(got.cpu() != want).sum()} bytes differ"
+        dec = reference(("dec",) + key, lambda: mk.moniqua_decode(want, y, modulus, bits,
+                                                                  rounding, seed, offset))
+        got = run(backend, mk.moniqua_decode, want.to(device), y.to(device), modulus, bits,
+                  rounding, seed, offset)
+        assert_decoded(got, dec, y, modulus, backend, device, f"decode n={n}")
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS, ids=IDS)
+@pytest.mark.parametrize("bits,rounding", [(1, "dither"), (1, "nearest"), (2, "stochastic"),
+                                           (8, "dither")])
+@pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16), ids=str)
+def test_moniqua_large(backend, device, bits, rounding, dtype):
+    skip_large(backend, device, LARGE)
+    x = sample(LARGE, dtype, seed=5)
+    y = near(x, 0.2, seed=6)
+    key = ("large", bits, rounding, dtype)
+    want = reference(key + ("enc",), lambda: mk.moniqua_encode(x, 0.5, bits, rounding, -9,
+                                                               2 ** 36))
+    assert same(run(backend, mk.moniqua_encode, x.to(device), 0.5, bits, rounding, -9, 2 ** 36),
+                want)
+    dec = reference(key + ("dec",), lambda: mk.moniqua_decode(want, y, 0.5, bits, rounding, -9,
+                                                              2 ** 36))
+    got = run(backend, mk.moniqua_decode, want.to(device), y.to(device), 0.5, bits, rounding, -9,
+              2 ** 36)
+    assert_decoded(got, dec, y, 0.5, backend, device, "decode")
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS, ids=IDS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("bits,rounding", MONIQUA)
+def test_moniqua_mix(backend, device, bits, rounding, dtype):
+    modulus = 2.0
+    for k, n in enumerate((1, 9, 1029, 5003)):
+        for count in (0, 1, 2, 3):
+            x0 = sample(n, dtype, seed=n)
+            streams = [STREAMS[(k + j) % len(STREAMS)] for j in range(count + 1)]
+            seeds, offsets = [s for s, _ in streams], [o for _, o in streams]
+            key = ("mix", bits, rounding, dtype, n, count)
+            payloads = reference(key + ("p",), lambda: [
+                mk.moniqua_encode(near(x0, 0.4, seed=n + j), modulus, bits, rounding,
+                                  seeds[j], offsets[j]) for j in range(count)])
+            own = reference(key + ("own",), lambda: mk.moniqua_encode(
+                x0, modulus, bits, rounding, seeds[-1], offsets[-1]))
+            weights = [0.3, 0.2, 0.25][:count]
+
+            def mixed():
+                x = x0.clone()
+                mk.moniqua_mix_(x, payloads, weights, own, modulus, bits, rounding, gamma=0.9,
+                                seeds=seeds, offsets=offsets)
+                return x
+            want = reference(key, mixed)
+            x = x0.to(device)
+            run(backend, mk.moniqua_mix_, x, on(payloads, device), weights, own.to(device),
+                modulus, bits, rounding, gamma=0.9, seeds=seeds, offsets=offsets)
+            # gamma * sum|w| * (two decodes) of DESIGN's decode tolerance
+            assert_decoded(x, want, x0, modulus, backend, device, f"mix n={n} count={count}",
+                           factor=4)
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS, ids=IDS)
+def test_moniqua_mix_large(backend, device):
+    skip_large(backend, device, LARGE)
+    x0 = sample(LARGE, seed=3)
+    pays = reference("mixL-p", lambda: [mk.moniqua_encode(near(x0, 0.1, j), 0.5, 1, "dither", j)
+                                        for j in (1, 2)])
+    own = reference("mixL-own", lambda: mk.moniqua_encode(x0, 0.5, 1, "dither", 9))
+
+    def mixed():
+        x = x0.clone()
+        mk.moniqua_mix_(x, pays, [0.5, 0.25], own, 0.5, 1, "dither", 1.0, [1, 2, 9], [0, 0, 0])
+        return x
+    want = reference("mixL", mixed)
+    x = x0.to(device)
+    run(backend, mk.moniqua_mix_, x, on(pays, device), [0.5, 0.25], own.to(device), 0.5, 1,
+        "dither", 1.0, [1, 2, 9], [0, 0, 0])
+    assert_decoded(x, want, x0, 2.0, backend, device, "mix", factor=4)
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS, ids=IDS)
+@pytest.mark.parametrize("bits,rounding", [(1, "dither"), (4, "stochastic"), (8, "nearest")])
+def test_moniqua_non_contiguous_and_views(backend, device, bits, rounding):
+    """A transposed input (read in row-major order), a misaligned view (buf[1:]), an out=
+    view, and a non-contiguous in-place mix."""
+    base = sample(61 * 37, seed=1).reshape(61, 37)
+    x = base.t()
+    want = reference(("nc", bits, rounding), lambda: mk.moniqua_encode(x, 1.5, bits, rounding,
+                                                                       99, 8))
+    got = run(backend, mk.moniqua_encode, x.to(device), 1.5, bits, rounding, 99, 8)
+    assert same(got, want)
+    buf = torch.cat([torch.zeros(1), x.reshape(-1)]).to(device)
+    got = run(backend, mk.moniqua_encode, buf[1:], 1.5, bits, rounding, 99, 8)
+    assert same(got, want)
+    out = torch.full((want.numel() + 3,), 0xAA, dtype=torch.uint8, device=device)
+    got = run(backend, mk.moniqua_encode, buf[1:], 1.5, bits, rounding, 99, 8, out=out[3:])
+    assert got.data_ptr() == out[3:].data_ptr() and same(out[3:], want)
+    assert out[:3].tolist() == [0xAA] * 3
+    y = near(x, 0.2, seed=3)
+    dec = reference(("ncd", bits, rounding), lambda: mk.moniqua_decode(want, y, 1.5, bits,
+                                                                       rounding, 99, 8))
+    got = run(backend, mk.moniqua_decode, want.to(device), y.to(device), 1.5, bits, rounding, 99, 8)
+    assert got.shape == y.shape
+    assert_decoded(got, dec, y, 1.5, backend, device, "decode")
+    own = want
+
+    def mixed():
+        xm = x.clone()
+        mk.moniqua_mix_(xm, [own], [0.5], own, 1.5, bits, rounding, 1.0, [99, 99], [8, 8])
+        return xm
+    ref_mix = reference(("ncm", bits, rounding), mixed)
+    xm = x.clone() if device == "cpu" else x.to(device)  # both keep the transposed strides
+    assert not xm.is_contiguous()
+    run(backend, mk.moniqua_mix_, xm, [own.to(device)], [0.5], own.to(device), 1.5, bits,
+        rounding, 1.0, [99, 99], [8, 8])
+    assert_decoded(xm, ref_mix, x, 1.5, backend, device, "mix", factor=4)
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS, ids=IDS)
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning",
+                            "ignore:invalid value encountered:RuntimeWarning")
+def test_moniqua_non_finite_gives_code_zero(backend, device):
+    """With the finite check off, NaN/inf (and overflow of x * invB) encode as z = 0."""
+    x = torch.tensor([float("nan"), float("inf"), -float("inf"), 3e38, 1.0] + [0.3] * 11)
+    for bits, rounding in ((2, "nearest"), (8, "dither")):
+        want = reference(("nf", bits), lambda: mk.moniqua_encode(x, 1e-3, bits, rounding, 5, 0,
+                                                                 check_finite=False))
+        got = run(backend, mk.moniqua_encode, x.to(device), 1e-3, bits, rounding, 5, 0,
+                  check_finite=False)
+        assert same(got, want), bits
+
+
+# ------------------------------------------------------------------------------- QSGD
+
+@pytest.mark.parametrize("backend,device", BACKENDS, ids=IDS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("bits", (2, 4, 8))
+@pytest.mark.parametrize("bucket_size", (512, 100, 24, 7), ids=lambda d: f"d{d}")
+def test_qsgd_max(backend, device, bits, bucket_size, dtype):
+    """512 and 24 take Triton's one-program-per-bucket kernel, 100 and 7 (buckets share
+    bytes) the scale-then-pack path."""
+    for k, n in enumerate((0, 1, 9, 1023, 5003)):
+        seed, offset = STREAMS[k % len(STREAMS)]
+        x = sample(n, dtype, seed=n)
+        key = ("qsgd", bits, bucket_size, dtype, n)
+        want = reference(key, lambda: mk.qsgd_encode(x, bits, bucket_size, "max", seed, offset))
+        got = run(backend, mk.qsgd_encode, x.to(device), bits, bucket_size, "max", seed, offset)
+        assert same(got, want), n
+        dec = reference(key + ("dec",), lambda: mk.qsgd_decode(*want, n, bits, bucket_size))
+        assert same(run(backend, mk.qsgd_decode, *on(want, device), n, bits, bucket_size), dec), n
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS, ids=IDS)
+def test_qsgd_large_and_big_buckets(backend, device):
+    skip_large(backend, device, LARGE)
+    x = sample(LARGE, seed=7)
+    for d in (512, 9000):
+        want = reference(("qsgdL", d), lambda: mk.qsgd_encode(x, 4, d, "max", 3, 2 ** 34))
+        assert same(run(backend, mk.qsgd_encode, x.to(device), 4, d, "max", 3, 2 ** 34), want), d
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS, ids=IDS)
+@pytest.mark.parametrize("bucket_size", (512, 100))
+@pytest.mark.parametrize("bits", (2, 8))
+def test_qsgd_l2(backend, device, bits, bucket_size):
+    """l2 scales differ only by summation order; codes may then differ by one level, and
+    only where the scale differs (DESIGN.md section 6)."""
+    n = 5003
+    x = sample(n)
+    s1, p1 = on(run(backend, mk.qsgd_encode, x.to(device), bits, bucket_size, "l2", 1, 4), "cpu")
+    s2, p2 = reference(("l2", bits, bucket_size), lambda: mk.qsgd_encode(x, bits, bucket_size,
+                                                                         "l2", 1, 4))
+    exact = torch.sqrt(torch.stack([c.double().square().sum() for c in x.split(bucket_size)]))
+    # recursive summation bound: each partial sum rounds once per added term
+    assert bool(((s1.double() - exact).abs() <= bucket_size * EPS32 * exact).all())
+    with mk.use_backend("reference"):
+        c1, c2 = (mk.unpack_bits(p, bits, n).long() for p in (p1, p2))
+    same_scale = torch.repeat_interleave(s1 == s2, bucket_size)[:n]
+    assert torch.equal(c1[same_scale], c2[same_scale])
+    top = 1 << (bits - 1)
+    assert torch.equal(c1 & top, c2 & top)  # signs agree everywhere
+    assert int(((c1 & (top - 1)) - (c2 & (top - 1))).abs().max()) <= 1
+
+
+# ------------------------------------------------------------------ QSGD, Elias-coded
+
+def _serves_elias(backend, device):
+    if mk.available("qsgd_elias_encode", device)[backend] is not None:
+        pytest.skip(f"{backend} has no Elias kernel (the reference serves {device})")
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS, ids=IDS)
+@pytest.mark.parametrize("bits", (2, 4, 8))
+def test_qsgd_elias_max(backend, device, bits):
+    """Bytes equal; the large case runs the encoder's bucket ranges on several threads
+    (bytes shared between ranges are OR-ed), with buckets that share bytes."""
+    _serves_elias(backend, device)
+    cases = ((0, 512, torch.float32), (1, 512, torch.float32), (9, 4, torch.float16),
+             (1023, 100, torch.bfloat16), (5003, 7, torch.float32), (LARGE, 100, torch.float32),
+             (LARGE, 512, torch.float32))
+    for k, (n, d, dtype) in enumerate(cases):
+        seed, offset = STREAMS[k % len(STREAMS)]
+        x = sample(n, dtype, seed=n)
+        key = ("elias", bits, n, d, dtype)
+        want = reference(key, lambda: mk.qsgd_elias_encode(x, bits, d, "max", seed, offset))
+        got = run(backend, mk.qsgd_elias_encode, x.to(device), bits, d, "max", seed, offset)
+        assert same(got, want), (n, d)
+        dec = reference(key + ("dec",), lambda: mk.qsgd_elias_decode(*want, n, bits, d))
+        assert same(run(backend, mk.qsgd_elias_decode, *on(want, device), n, bits, d), dec), n
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS, ids=IDS)
+def test_qsgd_elias_l2(backend, device):
+    """l2 scales may differ in their last bits (summation order), and a code with them:
+    the streams are equal where every scale is, and each side decodes its own stream to
+    the values the other side's decoder gives."""
+    _serves_elias(backend, device)
+    n, d = 5003, 100
+    x = sample(n)
+    for bits in (2, 4, 8):
+        got = on(run(backend, mk.qsgd_elias_encode, x.to(device), bits, d, "l2", 1, 4), "cpu")
+        want = reference(("elias-l2", bits), lambda: mk.qsgd_elias_encode(x, bits, d, "l2", 1, 4))
+        if same(got[0], want[0]):
+            assert same(got[1], want[1]), bits
+        mine = on(run(backend, mk.qsgd_elias_decode, *on(got, device), n, bits, d), "cpu")
+        with mk.use_backend("reference"):
+            assert same(mine, mk.qsgd_elias_decode(*got, n, bits, d)), bits
+
+
+# -------------------------------------------------------------------- sign, sparse
+
+@pytest.mark.parametrize("backend,device", BACKENDS, ids=IDS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_sign(backend, device, dtype):
+    for n in SIZES + (LARGE,):
+        if interpreted(backend, device) and n > 5003:
+            continue
+        x = sample(n, dtype, seed=n)
+        if n > 3:
+            x[3] = -0.0  # -0.0 < 0 is false: bit 0
+        s_ref, p_ref = reference(("sign", dtype, n), lambda: mk.sign_encode(x))
+        s, p = on(run(backend, mk.sign_encode, x.to(device)), "cpu")
+        assert same(p, p_ref), n
+        exact = x.double().abs().sum() / max(n, 1)
+        # tree summation error bound, about log2(n) roundings, for every backend
+        bound = (math.log2(max(n, 2)) + 2) * EPS32 * float(exact)
+        assert abs(float(s) - float(exact)) <= bound and abs(float(s_ref) - float(exact)) <= bound
+        dec = reference(("signd", dtype, n), lambda: mk.sign_decode(s_ref, p_ref, n))
+        assert same(run(backend, mk.sign_decode, s_ref.to(device), p_ref.to(device), n), dec), n
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS, ids=IDS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_randomk(backend, device, dtype):
+    for k, n in enumerate((0, 1, 9, 4097, 5003, LARGE)):
+        if interpreted(backend, device) and n > 5003:
+            continue
+        seed, offset = STREAMS[k % len(STREAMS)]
+        x = sample(n, dtype, seed=n)
+        for ratio in (0.01, 0.3, 1.0):
+            key = ("rk", dtype, n, ratio)
+            want = reference(key, lambda: mk.randomk_encode(x, ratio, seed, offset))
+            assert same(run(backend, mk.randomk_encode, x.to(device), ratio, seed, offset),
+                        want), (n, ratio)
+            assert run(backend, mk.randomk_count, n, ratio, seed, offset, device) == want.numel()
+            for rescale in (False, True):
+                dense = reference(key + (rescale,), lambda: mk.randomk_decode(
+                    want, n, ratio, seed, offset, rescale))
+                got = run(backend, mk.randomk_decode, want.to(device), n, ratio, seed, offset,
+                          rescale)
+                assert same(got, dense), (n, ratio, rescale)
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS, ids=IDS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_topk(backend, device, dtype):
+    if mk.available("topk_encode", device)[backend] is not None:
+        pytest.skip(f"{backend} serves no top-k: {mk.available('topk_encode', device)[backend]}")
+    for n in (0, 1, 9, 1023, 100_003):
+        x = sample(n, dtype, seed=n)
+        for ratio in (0.001, 0.1, 0.5, 1.0):
+            want = reference(("topk", dtype, n, ratio), lambda: mk.topk_encode(x, ratio))
+            got = run(backend, mk.topk_encode, x.to(device), ratio)
+            assert same(got, want), (n, ratio)
+            dense = reference(("topkd", dtype, n, ratio), lambda: mk.topk_decode(*want, n))
+            assert same(run(backend, mk.topk_decode, *on(want, device), n), dense)
+    x = torch.tensor([1.0, -3.0, 3.0, 2.0, -3.0, 0.5], dtype=dtype)  # ties: lower index first
+    idx, vals = run(backend, mk.topk_encode, x.to(device), 0.5)
+    assert idx.tolist() == [1, 2, 4]
