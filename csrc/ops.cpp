@@ -386,6 +386,75 @@ void qsgd_decode(at::Tensor scales, at::Tensor payload, int64_t bits, int64_t bu
   });
 }
 
+// Elias-coded QSGD: CPU only (the table routes CUDA tensors to the reference).  Scales
+// and per-element codes as qsgd_encode's, each bucket's bit count, their prefix sum,
+// then the stream, written by bucket ranges in parallel.
+at::Tensor qsgd_elias_encode(at::Tensor x, int64_t bits, int64_t bucket_size, std::string norm,
+                             int64_t seed, int64_t offset, OptTensor stream, at::Tensor scales,
+                             OptTensor flag) {
+  const at::Device dev = x.device();
+  TORCH_CHECK(dev.is_cpu(), "qsgd_elias_encode: the native kernel serves CPU tensors");
+  check_tensor(x, "x", dev);
+  const DType dt = float_dtype(x, "x");
+  TORCH_CHECK(bucket_size >= 1, "bucket_size must be >= 1");
+  TORCH_CHECK(norm == "max" || norm == "l2", "unknown norm '", norm, "'");
+  const bool l2 = norm == "l2";
+  const int b = static_cast<int>(bits);
+  const int64_t n = x.numel(), nq = (n + bucket_size - 1) / bucket_size;
+  check_tensor(scales, "scales", dev, at::kFloat, nq);
+  int64_t* f = flag_ptr(flag, dev);
+  const auto s = make_stream(seed, offset, stream, dev, f);
+  if (!s) return at::empty({0}, x.options().dtype(at::kByte));
+  const void* xp = x.data_ptr();
+  float* sc = scales.data_ptr<float>();
+  // Buckets per task: about kGrain blocks of elements.
+  const int64_t grain = std::max<int64_t>(1, kGrain * cpu::kBlock / bucket_size);
+  std::atomic<int64_t> bad{0};
+  if (nq > 0)
+    at::parallel_for(0, nq, grain, [&](int64_t q0, int64_t q1) {
+      bad += cpu::qsgd_scales(xp, dt, n, bucket_size, l2, sc, f != nullptr, q0, q1);
+    });
+  flag_add(f, kNonFinite, bad.load());
+  at::Tensor codes = at::empty({n}, x.options().dtype(at::kByte));
+  uint8_t* c = codes.data_ptr<uint8_t>();
+  over_blocks(n, [&](int64_t b0, int64_t b1) {
+    cpu::qsgd_codes(xp, dt, n, b, bucket_size, sc, *s, c, b0, b1);
+    return int64_t{0};
+  });
+  std::vector<int64_t> first(nq + 1, 0);  // bucket q's first bit; first[nq]: the total
+  if (nq > 0)
+    at::parallel_for(0, nq, grain, [&](int64_t q0, int64_t q1) {
+      cpu::elias_bucket_bits(c, n, b, bucket_size, sc, first.data() + 1 + q0, q0, q1);
+    });
+  for (int64_t q = 0; q < nq; ++q) first[q + 1] += first[q];
+  at::Tensor out = at::zeros({(first[nq] + 7) / 8}, x.options().dtype(at::kByte));
+  uint8_t* o = out.data_ptr<uint8_t>();
+  if (nq > 0)
+    at::parallel_for(0, nq, grain, [&](int64_t q0, int64_t q1) {
+      cpu::elias_write(c, n, b, bucket_size, sc, o, first[q0], q0, q1);
+    });
+  return out;
+}
+
+void qsgd_elias_decode(at::Tensor scales, at::Tensor payload, int64_t bits, int64_t bucket_size,
+                       at::Tensor out, OptTensor flag) {
+  const at::Device dev = scales.device();
+  TORCH_CHECK(dev.is_cpu(), "qsgd_elias_decode: the native kernel serves CPU tensors");
+  TORCH_CHECK(bucket_size >= 1, "bucket_size must be >= 1");
+  check_tensor(out, "out", dev, at::kFloat);
+  const int64_t n = out.numel();
+  check_tensor(scales, "scales", dev, at::kFloat, (n + bucket_size - 1) / bucket_size);
+  check_tensor(payload, "payload", dev, at::kByte);
+  int64_t* f = flag_ptr(flag, dev);
+  const bool ok = cpu::elias_decode(scales.data_ptr<float>(), payload.data_ptr<uint8_t>(),
+                                    payload.numel(), n, static_cast<int>(bits), bucket_size,
+                                    out.data_ptr<float>());
+  if (!ok) {
+    TORCH_CHECK(f != nullptr, "qsgd_elias_decode: the stream does not parse");
+    flag_add(f, kPadding, 1);
+  }
+}
+
 void sign_encode(at::Tensor x, at::Tensor scale, at::Tensor payload, OptTensor flag) {
   const at::Device dev = x.device();
   check_tensor(x, "x", dev);
@@ -614,6 +683,11 @@ PYBIND11_MODULE(_C, m) {
         py::arg("scales"), py::arg("payload"), py::arg("flag"));
   m.def("qsgd_decode", &mk::qsgd_decode, py::arg("scales"), py::arg("payload"), py::arg("bits"),
         py::arg("bucket_size"), py::arg("out"), py::arg("flag"));
+  m.def("qsgd_elias_encode", &mk::qsgd_elias_encode, py::arg("x"), py::arg("bits"),
+        py::arg("bucket_size"), py::arg("norm"), py::arg("seed"), py::arg("offset"),
+        py::arg("stream"), py::arg("scales"), py::arg("flag"));
+  m.def("qsgd_elias_decode", &mk::qsgd_elias_decode, py::arg("scales"), py::arg("payload"),
+        py::arg("bits"), py::arg("bucket_size"), py::arg("out"), py::arg("flag"));
   m.def("sign_encode", &mk::sign_encode, py::arg("x"), py::arg("scale"), py::arg("payload"),
         py::arg("flag"));
   m.def("sign_decode", &mk::sign_decode, py::arg("scale"), py::arg("payload"), py::arg("out"),

@@ -1,6 +1,10 @@
-"""Data-parallel training with QSGD-compressed gradients (a DDP communication hook).
+"""Data-parallel training with compressed gradients (a DDP communication hook).
 
-    torchrun --nproc_per_node 2 examples/ddp_qsgd_hook.py --bits 4 --error-feedback
+    torchrun --nproc_per_node 2 examples/ddp_qsgd_hook.py --compressor qsgd:4
+    torchrun --nproc_per_node 2 examples/ddp_qsgd_hook.py --compressor sign --error-feedback
+
+Any compressor spec works ('qsgd:8', 'sign', 'topk:0.01', 'randomk:0.01', ...); see
+docs/ddp-hooks.md for the comparison with torch's fp16 and PowerSGD hooks.
 """
 import argparse
 
@@ -13,7 +17,7 @@ from moniqua_kernels import data, gossip
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--bits", type=int, default=8, choices=[2, 4, 8])
+    ap.add_argument("--compressor", default="qsgd:8")
     ap.add_argument("--error-feedback", action="store_true")
     ap.add_argument("--steps", type=int, default=200)
     args = ap.parse_args()
@@ -23,8 +27,8 @@ def main():
     ds = data.synthetic(seed=0)
     shard = data.shard(ds.x_train.shape[0], world, 0)[rank]
     model = DDP(data.make_model("mlp", ds.n_features, ds.n_classes, seed=0))
-    state = gossip.QSGDHookState(bits=args.bits, error_feedback=args.error_feedback)
-    model.register_comm_hook(state, gossip.qsgd_hook)
+    state = gossip.register_compressed_hook(model, compressor=args.compressor,
+                                            error_feedback=args.error_feedback)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     gen = torch.Generator().manual_seed(rank)
     for _ in range(args.steps):

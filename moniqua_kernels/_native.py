@@ -26,6 +26,8 @@ def isa() -> str:
 for _name, _definition in OPS.items():
     backends.register_kernel(_name, "cpu", getattr(_C, _name))
     if _C.with_cuda():
-        # Top-k on CUDA is torch's own GPU sort and scatter (the reference kernel).
-        _fn = _definition.reference if _name.startswith("topk") else getattr(_C, _name)
+        # Top-k on CUDA is torch's own GPU sort and scatter (the reference kernel); the
+        # Elias coder has no GPU kernel (its decode is serial): the reference serves it.
+        _fn = _definition.reference if _name.startswith(("topk", "qsgd_elias")) \
+            else getattr(_C, _name)
         backends.register_kernel(_name, "cuda", _fn)

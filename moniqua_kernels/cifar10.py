@@ -37,11 +37,28 @@ def find_root(root: str) -> str:
         "https://www.cs.toronto.edu/~kriz/cifar.html); pass --data-dir to that folder")
 
 
+class _BatchUnpickler(pickle.Unpickler):
+    """Unpickles only what a CIFAR-10 batch holds: dicts, lists, bytes, strings, numbers
+    and numpy arrays.  A pickle can name any importable callable and run it while it
+    loads; everything but numpy's array reconstruction and the str-to-bytes conversion
+    protocol-2 pickles use for bytes (_codecs.encode) is refused by name."""
+
+    _ALLOWED = {("numpy.core.multiarray", "_reconstruct"),
+                ("numpy._core.multiarray", "_reconstruct"), ("numpy", "ndarray"),
+                ("numpy", "dtype"), ("_codecs", "encode")}
+
+    def find_class(self, module, name):
+        if (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing {module}.{name}: a CIFAR-10 batch holds only "
+                                     "arrays, lists, bytes and numbers")
+
+
 def read_batch(path: str) -> tuple[np.ndarray, np.ndarray]:
     """(images uint8 [N, 3, 32, 32], labels int64 [N]) of one batch file."""
     with open(path, "rb") as f:
         try:
-            batch = pickle.load(f, encoding="bytes")
+            batch = _BatchUnpickler(f, encoding="bytes").load()
         except Exception as exc:
             raise ValueError(f"{path} is not a CIFAR-10 python batch ({exc})") from None
     if not isinstance(batch, dict) or b"data" not in batch or b"labels" not in batch:
@@ -74,10 +91,37 @@ def load(root: str, train: bool = True, limit: Optional[int] = None
     labels = np.concatenate([p[1] for p in parts])
     if limit is not None:
         images, labels = images[:limit], labels[:limit]
-    x = torch.from_numpy(images).float().div_(255.0)
+    return _normalise(torch.from_numpy(images), torch.from_numpy(labels))
+
+
+def _normalise(images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 [N, 3, 32, 32] -> float32 normalised with the training set's statistics."""
+    x = images.float().div_(255.0)
     mean = torch.tensor(MEAN).view(1, 3, 1, 1)
     std = torch.tensor(STD).view(1, 3, 1, 1)
-    return (x - mean) / std, torch.from_numpy(labels)
+    return (x - mean) / std, labels.to(torch.int64)
+
+
+def load_torchvision(root: str, train: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same tensors as load(), read by torchvision's CIFAR10 class (download=False:
+    it reads ROOT/cifar-10-batches-py and checks each file's MD5 sum against the
+    official archive's, so only the real CIFAR-10 files load this way).
+
+    Needs the ``[vision]`` extra (torchvision built for the installed torch)."""
+    try:
+        from torchvision.datasets import CIFAR10
+    except ImportError as exc:
+        raise ImportError("the torchvision CIFAR-10 loader needs torchvision: pip install "
+                          "'moniqua_kernels[vision]' (a torchvision built for this torch), or "
+                          f"use the built-in reader ({type(exc).__name__}: {exc})") from exc
+    parent = os.path.dirname(os.path.abspath(find_root(root)))
+    try:
+        ds = CIFAR10(parent, train=train, download=False)
+    except RuntimeError as exc:  # torchvision's "Dataset not found or corrupted"
+        raise ValueError(f"torchvision could not read CIFAR-10 under {parent!r}: {exc} "
+                         "(its MD5 check accepts only the official files)") from None
+    images = torch.as_tensor(np.asarray(ds.data, dtype=np.uint8)).permute(0, 3, 1, 2)  # HWC
+    return _normalise(images.contiguous(), torch.as_tensor(ds.targets))
 
 
 def write_batch(path: str, images: np.ndarray, labels, batch_label: str = "batch") -> None:

@@ -17,7 +17,7 @@ import sys
 from typing import Optional, Sequence
 
 DEMO_ALGORITHMS = ("dpsgd", "allreduce", "moniqua-1bit", "moniqua-2bit", "choco-sign",
-                   "qsgd-4bit", "squarm")
+                   "choco-qsgd4", "squarm")
 
 
 class UsageError(Exception):
@@ -125,6 +125,11 @@ def _demo(args) -> int:
     if unknown or not names:
         raise UsageError(f"unknown configuration(s) {', '.join(unknown) or '(none)'}; "
                          f"choose from {', '.join(configs)} (see demo --list)")
+    from .train import unwritable
+    for flag, path in (("--json", args.json), ("--plot", args.plot)):
+        problem = unwritable(path) if path else None
+        if problem:
+            raise UsageError(f"{flag} {path!r}: {problem}")
     steps = args.steps or (150 if args.quick else 600)
     network = simulate.NetworkModel(latency_s=args.latency_us * 1e-6,
                                     bandwidth_Bps=args.link_gbps * 1e9 / 8)

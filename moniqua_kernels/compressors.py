@@ -28,6 +28,7 @@ from . import ops
 from .ops import _validate
 from .reference.packing import packed_nbytes
 from .reference.qsgd import qsgd_levels
+from .reference.qsgd_elias import elias_max_nbytes
 from .reference.sparse import topk_count, topk_index_dtype
 
 Layout = list  # [(name, dtype, numel)], the order of the tensors on the wire
@@ -73,6 +74,7 @@ class Compressor:
     name = "compressor"
     needs_reference = False  # True when decode needs the receiver's own tensor
     unbiased = False
+    fixed_size = True        # nbytes(n) is known before encoding (False: QSGD elias)
 
     def layout(self, n: int, dtype: torch.dtype, seed: int = 0, offset: int = 0) -> Layout:
         raise NotImplementedError
@@ -190,29 +192,85 @@ class Moniqua(Compressor):
 
 
 class QSGD(Compressor):
-    """Bucketed QSGD with s = 2^(bits-1) - 1 levels and a max or l2 scale per bucket."""
+    """Bucketed QSGD with s = 2^(bits-1) - 1 levels and a max or l2 scale per bucket.
+
+    coding: "fixed" packs a bits-wide code per element; "elias" sends only the nonzero
+    levels, Elias-coded with their gaps (the paper's coding, reference/qsgd_elias.py):
+    the same decoded values, a data-dependent size (payload.nbytes; max_nbytes(n)
+    bounds it).  Elias pays off with the l2 scale and few levels; measured sizes are in
+    docs/wire-format.md.
+    """
     name = "qsgd"
     unbiased = True
 
-    def __init__(self, bits: int = 4, bucket_size: int = 512, norm: str = "max"):
+    def __init__(self, bits: int = 4, bucket_size: int = 512, norm: str = "max",
+                 coding: str = "fixed"):
         _validate.check_qsgd(bits, bucket_size, norm)
-        self.bits, self.bucket_size, self.norm = bits, bucket_size, norm
+        if coding not in ("fixed", "elias"):
+            raise ValueError(f"coding={coding!r} is not supported; use 'fixed' or 'elias'")
+        self.bits, self.bucket_size, self.norm, self.coding = bits, bucket_size, norm, coding
 
     @property
     def levels(self) -> int:
         return qsgd_levels(self.bits)
 
+    @property
+    def fixed_size(self) -> bool:
+        return self.coding == "fixed"
+
+    def _buckets(self, n: int) -> int:
+        return (n + self.bucket_size - 1) // self.bucket_size
+
     def layout(self, n, dtype, seed=0, offset=0):
-        return [("scales", torch.float32, (n + self.bucket_size - 1) // self.bucket_size),
+        if self.coding == "elias":
+            raise ValueError("QSGD(coding='elias') payloads have a data-dependent size: use "
+                             "payload.nbytes after encoding, or max_nbytes(n) as a bound")
+        return [("scales", torch.float32, self._buckets(n)),
                 ("codes", torch.uint8, packed_nbytes(n, self.bits))]
 
+    def max_nbytes(self, n: int) -> int:
+        """Bytes on the wire for n elements: exact for 'fixed', a bound for 'elias'."""
+        if self.coding == "fixed":
+            return self.nbytes(n)
+        return 4 * self._buckets(n) + elias_max_nbytes(n, self.bits, self.bucket_size)
+
+    def from_wire(self, buf, shape, dtype, seed=0, offset=0):
+        if self.coding == "fixed":
+            return super().from_wire(buf, shape, dtype, seed, offset)
+        shape = torch.Size([shape]) if isinstance(shape, int) else torch.Size(shape)
+        head = 4 * self._buckets(_numel(shape))
+        if buf.dtype != torch.uint8 or buf.numel() < head:
+            raise ValueError(f"qsgd (elias): wire buffer has {buf.numel()} {buf.dtype} "
+                             f"entries, fewer than the {head} bytes of scales for shape "
+                             f"{tuple(shape)}")
+        return Payload(self.name, shape, dtype, seed, offset,
+                       {"scales": buf[:head].view(torch.float32), "codes": buf[head:]})
+
     def _encode(self, x, seed, offset):
-        scales, codes = ops.qsgd_encode(x, self.bits, self.bucket_size, self.norm, seed, offset)
+        if self.coding == "elias":
+            scales, codes = ops.qsgd_elias_encode(x, self.bits, self.bucket_size, self.norm,
+                                                  seed, offset)
+        else:
+            scales, codes = ops.qsgd_encode(x, self.bits, self.bucket_size, self.norm, seed,
+                                            offset)
         return {"scales": scales, "codes": codes}
 
     def _decode(self, payload, reference):
-        return ops.qsgd_decode(payload.tensors["scales"], payload.tensors["codes"], payload.n,
-                               self.bits, self.bucket_size)
+        decode = ops.qsgd_elias_decode if self.coding == "elias" else ops.qsgd_decode
+        return decode(payload.tensors["scales"], payload.tensors["codes"], payload.n,
+                      self.bits, self.bucket_size)
+
+    def variance_factor(self, n: int) -> float:
+        """beta with E||Q(v) - v||^2 <= beta ||v||^2 for any v of n elements (per bucket of
+        d = min(n, bucket_size)): l2 scale min(d/s^2, sqrt(d)/s) (Alistarh et al. Lemma
+        3.1); max scale min(d/(4 s^2), sqrt(d)/s): each level is a Bernoulli step of N/s
+        with variance at most (N/s) min(N/(4s), |v_i|), N <= ||v||_2, ||v||_1 <= sqrt(d)
+        ||v||_2."""
+        d, s = min(int(n), self.bucket_size), self.levels
+        if d == 0:
+            return 0.0
+        first = d / s ** 2 if self.norm == "l2" else d / (4 * s ** 2)
+        return float(min(first, math.sqrt(d) / s))
 
     def variance_bound(self, x: torch.Tensor) -> float:
         """Upper bound on E||Q(x) - x||^2, summed over buckets.
@@ -316,15 +374,29 @@ class Compose(Compressor):
 
     The sparsifier uses stream (seed, offset); the quantizer the positions right after
     it, (seed, offset + sparsifier span), so the two never share random numbers.
+
+    contractive=True scales the decoded values by 1 / (1 + beta), beta the quantizer's
+    variance factor for the k kept values (QSGD.variance_factor): an unbiased Q with
+    E||Q(v) - v||^2 <= beta ||v||^2 becomes Q / (1 + beta), a compression operator in
+    CHOCO-SGD's sense (E||C(v) - v||^2 <= (1 - w) ||v||^2), which is what SPARQ-SGD's and
+    SQuARM-SGD's analyses compose (Singh et al. 2019, Lemma 1: Q_s(Comp_k(x)) / (1 +
+    beta_{k,s})).  Both ends compute the factor from k, so nothing more travels.
     """
     name = "compose"
 
-    def __init__(self, sparsifier: Compressor, quantizer: Compressor):
+    def __init__(self, sparsifier: Compressor, quantizer: Compressor, contractive: bool = False):
         if not isinstance(sparsifier, (TopK, RandomK)):
             raise TypeError("Compose's sparsifier must be TopK or RandomK")
         if not isinstance(quantizer, (QSGD, ScaledSign, Identity)):
             raise TypeError("Compose's quantizer must be QSGD, ScaledSign or Identity")
         self.sparsifier, self.quantizer = sparsifier, quantizer
+        self.contractive = bool(contractive)
+
+    def scale(self, k: int) -> float:
+        """The factor applied to the decoded kept values (1 unless contractive)."""
+        if not self.contractive or not isinstance(self.quantizer, QSGD):
+            return 1.0
+        return 1.0 / (1.0 + self.quantizer.variance_factor(k))
 
     @property
     def unbiased(self) -> bool:
@@ -358,6 +430,9 @@ class Compose(Compressor):
                         payload.offset + _round4(n),
                         {key[2:]: t for key, t in payload.tensors.items() if key.startswith("q.")})
         values = self.quantizer._decode(inner, None).to(payload.dtype)
+        factor = self.scale(k)
+        if factor != 1.0:
+            values = values * factor
         sparse = Payload(self.sparsifier.name, payload.shape, payload.dtype, payload.seed,
                          payload.offset, {"values": values})
         if "indices" in payload.tensors:
@@ -368,7 +443,7 @@ class Compose(Compressor):
 def from_spec(spec: str) -> Compressor:
     """Build a compressor from a short spec: 'moniqua:1:dither:0.5' style strings.
 
-    moniqua:BITS[:ROUNDING[:THETA]]  qsgd:BITS[:BUCKET[:NORM]]  sign  identity
+    moniqua:BITS[:ROUNDING[:THETA]]  qsgd:BITS[:BUCKET[:NORM[:CODING]]]  sign  identity
     randomk:RATIO[:rescale]  topk:RATIO  and SPARSIFIER+QUANTIZER for Compose.
     """
     if "+" in spec:
@@ -382,7 +457,8 @@ def from_spec(spec: str) -> Compressor:
             return Moniqua(float(args[2]) if len(args) > 2 else 1.0, bits, rounding)
         if name == "qsgd":
             return QSGD(int(args[0]) if args else 4, int(args[1]) if len(args) > 1 else 512,
-                        args[2] if len(args) > 2 else "max")
+                        args[2] if len(args) > 2 else "max",
+                        args[3] if len(args) > 3 else "fixed")
         if name == "sign":
             return ScaledSign()
         if name == "identity":

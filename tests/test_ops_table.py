@@ -88,8 +88,8 @@ def test_triton_serves_every_dense_op():
     if reason is not None:
         pytest.skip(reason)
     for name in OPS:
-        if name.startswith("topk"):
-            continue  # sort-based; served by the reference
+        if name.startswith(("topk", "qsgd_elias")):
+            continue  # sort-based, or a serial decoder: served by the reference
         with mk.use_backend("triton"):
             chosen, _ = backends.select(name, torch.device(device))
         assert chosen == "triton", name
@@ -107,6 +107,7 @@ def _sample_calls(device="cpu"):
     scale, scodes = mk.sign_encode(x)
     values = mk.randomk_encode(x, 0.5, 6, 0)
     idx, vals = mk.topk_encode(x, 0.25)
+    escales, estream = mk.qsgd_elias_encode(x, 4, 16, "l2", 5, 0)
     u8 = dict(dtype=torch.uint8, device=device)
     flag = lambda: torch.zeros(3, dtype=torch.int64, device=device)  # noqa: E731
     stream = torch.tensor([7, 4], device=device)
@@ -124,6 +125,9 @@ def _sample_calls(device="cpu"):
         "qsgd_encode": (x, 4, 16, "max", 5, 0, None, torch.empty(3, device=device),
                         torch.empty(19, **u8), flag()),
         "qsgd_decode": (scales, qcodes, 4, 16, torch.empty(37, device=device), flag()),
+        "qsgd_elias_encode": (x, 4, 16, "l2", 5, 0, None, torch.empty(3, device=device),
+                              flag()),
+        "qsgd_elias_decode": (escales, estream, 4, 16, torch.empty(37, device=device), flag()),
         "sign_encode": (x, torch.empty((), device=device), torch.empty(5, **u8), flag()),
         "sign_decode": (scale, scodes, torch.empty(37, device=device), flag()),
         "randomk_count": (37, 0.5, 6, 0, torch.empty((), dtype=torch.int64, device=device)),

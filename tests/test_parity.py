@@ -347,6 +347,51 @@ def test_qsgd_l2(backend, device, bits, bucket_size):
     assert int(((c1 & (top - 1)) - (c2 & (top - 1))).abs().max()) <= 1
 
 
+# ------------------------------------------------------------------ QSGD, Elias-coded
+
+def _serves_elias(backend, device):
+    if mk.available("qsgd_elias_encode", device)[backend] is not None:
+        pytest.skip(f"{backend} has no Elias kernel (the reference serves {device})")
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS, ids=IDS)
+@pytest.mark.parametrize("bits", (2, 4, 8))
+def test_qsgd_elias_max(backend, device, bits):
+    """Bytes equal; the large case runs the encoder's bucket ranges on several threads
+    (bytes shared between ranges are OR-ed), with buckets that share bytes."""
+    _serves_elias(backend, device)
+    cases = ((0, 512, torch.float32), (1, 512, torch.float32), (9, 4, torch.float16),
+             (1023, 100, torch.bfloat16), (5003, 7, torch.float32), (LARGE, 100, torch.float32),
+             (LARGE, 512, torch.float32))
+    for k, (n, d, dtype) in enumerate(cases):
+        seed, offset = STREAMS[k % len(STREAMS)]
+        x = sample(n, dtype, seed=n)
+        key = ("elias", bits, n, d, dtype)
+        want = reference(key, lambda: mk.qsgd_elias_encode(x, bits, d, "max", seed, offset))
+        got = run(backend, mk.qsgd_elias_encode, x.to(device), bits, d, "max", seed, offset)
+        assert same(got, want), (n, d)
+        dec = reference(key + ("dec",), lambda: mk.qsgd_elias_decode(*want, n, bits, d))
+        assert same(run(backend, mk.qsgd_elias_decode, *on(want, device), n, bits, d), dec), n
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS, ids=IDS)
+def test_qsgd_elias_l2(backend, device):
+    """l2 scales may differ in their last bits (summation order), and a code with them:
+    the streams are equal where every scale is, and each side decodes its own stream to
+    the values the other side's decoder gives."""
+    _serves_elias(backend, device)
+    n, d = 5003, 100
+    x = sample(n)
+    for bits in (2, 4, 8):
+        got = on(run(backend, mk.qsgd_elias_encode, x.to(device), bits, d, "l2", 1, 4), "cpu")
+        want = reference(("elias-l2", bits), lambda: mk.qsgd_elias_encode(x, bits, d, "l2", 1, 4))
+        if same(got[0], want[0]):
+            assert same(got[1], want[1]), bits
+        mine = on(run(backend, mk.qsgd_elias_decode, *on(got, device), n, bits, d), "cpu")
+        with mk.use_backend("reference"):
+            assert same(mine, mk.qsgd_elias_decode(*got, n, bits, d)), bits
+
+
 # -------------------------------------------------------------------- sign, sparse
 
 @pytest.mark.parametrize("backend,device", BACKENDS, ids=IDS)

@@ -75,6 +75,24 @@ void qsgd_encode(const void* x, DType dt, int64_t n, int bits, int64_t bucket_si
 void qsgd_decode(const float* scales, const uint8_t* payload, int64_t n, int bits,
                  int64_t bucket_size, float* out, int64_t blk0, int64_t blk1);
 
+// QSGD's codes unpacked, one byte per element at codes[i] (sign in bit bits-1, level
+// below it), for the element blocks [blk0, blk1): the Elias coder's input.
+void qsgd_codes(const void* x, DType dt, int64_t n, int bits, int64_t bucket_size,
+                const float* scales, Stream s, uint8_t* codes, int64_t blk0, int64_t blk1);
+
+// Elias-coded QSGD (moniqua_kernels/reference/qsgd_elias.py), over bucket ranges:
+// the bits of each bucket's codes (bucket_bits[q - q0]), then the stream itself,
+// buckets [q0, q1) from bit first_bit on.  out must be zeroed; a byte this range shares
+// with the range before or after it is written with an atomic OR, so ranges may run in
+// parallel.  The decoder is serial (a bucket's codes start where the last one's end)
+// and returns false, having written what it decoded so far, on a malformed stream.
+void elias_bucket_bits(const uint8_t* codes, int64_t n, int bits, int64_t bucket_size,
+                       const float* scales, int64_t* bucket_bits, int64_t q0, int64_t q1);
+void elias_write(const uint8_t* codes, int64_t n, int bits, int64_t bucket_size,
+                 const float* scales, uint8_t* out, int64_t first_bit, int64_t q0, int64_t q1);
+bool elias_decode(const float* scales, const uint8_t* stream, int64_t nbytes, int64_t n,
+                  int bits, int64_t bucket_size, float* out);
+
 // Scaled sign: the bits of each block, and each block's sum |x| in double into
 // block_sums[blk - blk0]; the caller adds them in block order (a deterministic scale
 // for any thread count).  A non-finite |x| makes its block's sum non-finite: the

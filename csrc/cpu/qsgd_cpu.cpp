@@ -1,6 +1,7 @@
 // Bucketed QSGD on the CPU (DESIGN.md section 6): scales per bucket, then codes per
 // element block; a block walks its bucket segments so the inner loop has one ratio.
 #include <cmath>
+#include <cstring>
 
 #include "block.h"
 
@@ -47,7 +48,9 @@ MK_INLINE int64_t scales_range(const T* x, int64_t n, int64_t d, bool l2, float*
   return bad;
 }
 
-template <int BITS, typename T>
+// PACK: packed codes into payload (the fixed-width coding); else one code per byte at
+// payload + element index (what the Elias coder reads, qsgd_elias_cpu.cpp).
+template <int BITS, bool PACK, typename T>
 MK_INLINE void encode_blocks(const T* x, int64_t n, int64_t d, const float* scales, Stream s,
                              uint8_t* payload, int64_t blk0, int64_t blk1) {
   alignas(64) float u[kBlock];
@@ -65,6 +68,10 @@ MK_INLINE void encode_blocks(const T* x, int64_t n, int64_t d, const float* scal
       for (int64_t k = i; k < end; ++k)
         codes[k] = static_cast<uint8_t>(qsgd_code<BITS>(load_float(xb, k), ratio, u[k]));
       i = end;
+    }
+    if (!PACK) {
+      std::memcpy(payload + r.begin, codes, static_cast<size_t>(r.len));
+      continue;
     }
     for (int64_t k = r.len; k < kBlock && k < r.len + 8; ++k) codes[k] = 0;
     pack_block<BITS>(codes, r.len, payload + r.begin * BITS / 8);
@@ -91,6 +98,18 @@ MK_INLINE void decode_blocks(const float* scales, const uint8_t* payload, int64_
   }
 }
 
+template <bool PACK>
+MK_INLINE void encode_dispatch(const void* x, DType dt, int64_t n, int bits, int64_t bucket_size,
+                               const float* scales, Stream s, uint8_t* out, int64_t blk0,
+                               int64_t blk1) {
+  dispatch_dtype(dt, [&](auto tag) MK_LAMBDA_INLINE {
+    dispatch_qsgd_bits(bits, [&](auto b) MK_LAMBDA_INLINE {
+      encode_blocks<decltype(b)::value, PACK>(static_cast<const decltype(tag)*>(x), n,
+                                              bucket_size, scales, s, out, blk0, blk1);
+    });
+  });
+}
+
 }  // namespace
 
 MK_CPU_ENTRY
@@ -102,15 +121,17 @@ int64_t qsgd_scales(const void* x, DType dt, int64_t n, int64_t bucket_size, boo
   });
 }
 
+
 MK_CPU_ENTRY
 void qsgd_encode(const void* x, DType dt, int64_t n, int bits, int64_t bucket_size,
                  const float* scales, Stream s, uint8_t* payload, int64_t blk0, int64_t blk1) {
-  dispatch_dtype(dt, [&](auto tag) MK_LAMBDA_INLINE {
-    dispatch_qsgd_bits(bits, [&](auto b) MK_LAMBDA_INLINE {
-      encode_blocks<decltype(b)::value>(static_cast<const decltype(tag)*>(x), n, bucket_size,
-                                        scales, s, payload, blk0, blk1);
-    });
-  });
+  encode_dispatch<true>(x, dt, n, bits, bucket_size, scales, s, payload, blk0, blk1);
+}
+
+MK_CPU_ENTRY
+void qsgd_codes(const void* x, DType dt, int64_t n, int bits, int64_t bucket_size,
+                const float* scales, Stream s, uint8_t* codes, int64_t blk0, int64_t blk1) {
+  encode_dispatch<false>(x, dt, n, bits, bucket_size, scales, s, codes, blk0, blk1);
 }
 
 MK_CPU_ENTRY

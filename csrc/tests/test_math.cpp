@@ -237,6 +237,59 @@ static void test_non_finite_counts() {
   CHECK(std::isnan(xm[3]) && std::isinf(xm[mk::cpu::kBlock + 7]));
 }
 
+// Elias-coded QSGD: the worked example of docs/wire-format.md, then a stream written
+// one bucket at a time (each call its own range, in order: a range's first byte is
+// shared with the previous range's last, and must be OR-ed, not stored) equals the
+// stream written in one range, and decodes to the same values as the fixed width.
+static void test_qsgd_elias() {
+  namespace cpu = mk::cpu;
+  const float ex[10] = {0, -7, 2, 0, 0, 0, 0, 0, 0.5f, -3.5f};
+  float scales[3];
+  cpu::qsgd_scales(ex, mk::DType::kFloat32, 10, 4, false, scales, true, 0, 3);
+  uint8_t codes[10];
+  const mk::Stream s{0, 0, nullptr};
+  cpu::qsgd_codes(ex, mk::DType::kFloat32, 10, 4, 4, scales, s, codes, 0, 1);
+  int64_t bits[3];
+  cpu::elias_bucket_bits(codes, 10, 4, 4, scales, bits, 0, 3);
+  CHECK(bits[0] + bits[1] + bits[2] == 30 && bits[1] == 0);
+  uint8_t stream[4] = {0, 0, 0, 0};
+  cpu::elias_write(codes, 10, 4, 4, scales, stream, 0, 0, 3);
+  CHECK(stream[0] == 155 && stream[1] == 137 && stream[2] == 3 && stream[3] == 112);
+  float back[10];
+  CHECK(cpu::elias_decode(scales, stream, 4, 10, 4, 4, back));
+  for (int i = 0; i < 10; ++i) CHECK(back[i] == ex[i]);
+  const uint8_t truncated[3] = {155, 137, 3};
+  CHECK(!cpu::elias_decode(scales, truncated, 3, 10, 4, 4, back));
+
+  const int64_t n = 1000, d = 7, nq = (n + d - 1) / d;
+  std::mt19937 rng(5);
+  std::normal_distribution<float> normal;
+  std::vector<float> x(n), sc(nq), one(n), fixed(n);
+  for (auto& v : x) v = normal(rng);
+  cpu::qsgd_scales(x.data(), mk::DType::kFloat32, n, d, true, sc.data(), true, 0, nq);
+  std::vector<uint8_t> c(n);
+  cpu::qsgd_codes(x.data(), mk::DType::kFloat32, n, 2, d, sc.data(), s, c.data(), 0,
+                  cpu::num_blocks(n));
+  std::vector<int64_t> first(nq + 1, 0);
+  cpu::elias_bucket_bits(c.data(), n, 2, d, sc.data(), first.data() + 1, 0, nq);
+  for (int64_t q = 0; q < nq; ++q) first[q + 1] += first[q];
+  const int64_t nbytes = (first[nq] + 7) / 8;
+  std::vector<uint8_t> whole(nbytes, 0), pieces(nbytes, 0);
+  cpu::elias_write(c.data(), n, 2, d, sc.data(), whole.data(), 0, 0, nq);
+  int shared = 0;
+  for (int64_t q = 0; q < nq; ++q) {
+    cpu::elias_write(c.data(), n, 2, d, sc.data(), pieces.data(), first[q], q, q + 1);
+    shared += first[q] % 8 != 0;
+  }
+  CHECK(shared > 10 && whole == pieces);
+  CHECK(cpu::elias_decode(sc.data(), whole.data(), nbytes, n, 2, d, one.data()));
+  std::vector<uint8_t> packed(mk::packed_nbytes(n, 2));
+  cpu::qsgd_encode(x.data(), mk::DType::kFloat32, n, 2, d, sc.data(), s, packed.data(), 0,
+                   cpu::num_blocks(n));
+  cpu::qsgd_decode(sc.data(), packed.data(), n, 2, d, fixed.data(), 0, cpu::num_blocks(n));
+  for (int64_t i = 0; i < n; ++i) CHECK(one[i] == fixed[i]);
+}
+
 int main() {
   test_non_finite_counts();
   test_dither_fraction();
@@ -248,6 +301,7 @@ int main() {
   test_block_split_invariance();
   test_half_bf16_conversions();
   test_qsgd_and_sign();
+  test_qsgd_elias();
   if (g_failures) {
     std::printf("%d check(s) failed\n", g_failures);
     return 1;

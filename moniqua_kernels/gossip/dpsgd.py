@@ -31,7 +31,7 @@ class DPSGD(GossipAlgorithm):
 
     def _end(self):
         for b, snap, pending in zip(self.buckets, self._snap, self._pending):
-            got = pending.wait()
+            got = self._wait(pending)
             acc = torch.zeros_like(snap)
             for j, w in self._peers:
                 acc += w * (got[j].view(snap.dtype) - snap)
@@ -59,6 +59,9 @@ class AllReduce(GossipAlgorithm):
         self.deterministic = bool(deterministic)
         super().__init__(model_or_params, "complete", process_group, **kw)
 
+    def fingerprint(self) -> dict:
+        return {**super().fingerprint(), "deterministic": self.deterministic}
+
     def _begin(self):
         # Post the collectives now so they run during the backward pass.
         self._snap = [b.tensor.detach().clone() for b in self.buckets]
@@ -76,7 +79,7 @@ class AllReduce(GossipAlgorithm):
 
     def _end(self):
         for b, snap, pending in zip(self.buckets, self._snap, self._pending):
-            got = pending.wait()
+            got = self._wait(pending)
             if self.deterministic:
                 avg = got[0].clone()
                 for p in got[1:]:

@@ -22,7 +22,7 @@ import numpy as np
 
 __all__ = ["Topology", "TopologyError", "ring", "torus", "exponential", "one_peer_exponential",
            "complete", "star", "random_matching", "from_adjacency", "from_weights",
-           "metropolis_hastings", "make"]
+           "metropolis_hastings", "from_file", "make"]
 
 _TOL = 1e-9
 
@@ -184,6 +184,22 @@ class Topology:
         j = np.full((self.n, self.n), 1.0 / self.n)
         return float(1.0 - np.linalg.svd(m - j, compute_uv=False)[0])
 
+    def noise_factor(self) -> float:
+        """S = (1/n) sum over W's eigenvalues l below 1 of 1 / (1 - l): how much noise added
+        to every worker each step spreads the models apart in the long run, summed over
+        all modes (gossip/theta.py uses it for Moniqua's gamma).  For time-varying graphs,
+        of the symmetrized mean of 64 steps' W_t."""
+        if self._w is not None and self.symmetric:
+            m = self._w
+        else:
+            steps = self.period if self.period else 64
+            m = sum(self.weights(t) for t in range(steps)) / steps
+            m = (m + m.T) / 2
+        if self.n == 1:
+            return 0.0
+        ev = np.sort(np.linalg.eigvalsh(m))[:-1]  # drop the consensus eigenvalue 1
+        return float(np.sum(1.0 / np.maximum(1.0 - ev, 1e-12)) / self.n)
+
     def min_eigenvalue(self) -> float:
         """Smallest eigenvalue of a static symmetric W (D2 needs it > -1/3)."""
         if self._w is None or not self.symmetric:
@@ -308,6 +324,54 @@ def from_weights(weights, name: str = "weights", symmetric: bool = True) -> Topo
     return Topology(np.asarray(weights, dtype=np.float64), name, symmetric=symmetric)
 
 
+def from_file(kind: str, path: str, n: int) -> Topology:
+    """A topology from a file, for n workers.
+
+    kind 'weights': the n x n mixing matrix, one row per line, numbers separated by
+    spaces or commas ('#' starts a comment), or a NumPy .npy file; checked like any
+    matrix (doubly stochastic, symmetric, connected).
+    kind 'edges': one undirected edge 'i j' per line (ranks from 0), Metropolis-Hastings
+    weights; every rank must be below n and the graph connected."""
+    import os
+    if kind not in ("weights", "edges"):
+        raise TopologyError(f"unknown topology file kind {kind!r}; use 'weights:PATH' or "
+                            "'edges:PATH'")
+    if not os.path.isfile(path):
+        raise TopologyError(f"topology file {path!r} does not exist")
+    name = f"{kind}:{os.path.basename(path)}"
+    if kind == "weights" and path.endswith(".npy"):
+        w = np.load(path, allow_pickle=False)
+    else:
+        rows = []
+        with open(path) as f:
+            for lineno, line in enumerate(f, 1):
+                text = line.split("#", 1)[0].replace(",", " ").split()
+                if not text:
+                    continue
+                try:
+                    rows.append([float(v) if kind == "weights" else int(v) for v in text])
+                except ValueError:
+                    raise TopologyError(f"{path}:{lineno}: expected "
+                                        f"{'numbers' if kind == 'weights' else 'two ranks i j'}"
+                                        f", got {line.strip()!r}") from None
+                if kind == "edges" and len(rows[-1]) != 2:
+                    raise TopologyError(f"{path}:{lineno}: an edge is two ranks 'i j', got "
+                                        f"{line.strip()!r}")
+        if kind == "edges":
+            bad = [e for e in rows if not (0 <= e[0] < n and 0 <= e[1] < n)]
+            if bad:
+                raise TopologyError(f"{path}: edge {bad[0]} names a rank outside 0..{n - 1} "
+                                    f"({n} workers)")
+            return _from_edges(n, rows, name)
+        if any(len(r) != len(rows[0]) for r in rows):
+            raise TopologyError(f"{path}: the rows of the weight matrix differ in length")
+        w = np.array(rows, dtype=np.float64)
+    if w.shape != (n, n):
+        raise TopologyError(f"{path}: a {'x'.join(map(str, w.shape))} weight matrix for {n} "
+                            "workers")
+    return Topology(w, name)
+
+
 def _check_n(n) -> None:
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
         raise TopologyError(f"number of workers must be a positive int, got {n!r}")
@@ -320,7 +384,8 @@ _NAMED = {"ring": ring, "torus": torus, "exponential": exponential, "exp": expon
 
 def make(spec: Union[str, Topology, np.ndarray, Sequence], n: int) -> Topology:
     """A topology from a name ('ring', 'torus', 'torus:2x4', 'exponential',
-    'exp-onepeer', 'complete', 'star'), a Topology, or a weight matrix."""
+    'exp-onepeer', 'complete', 'star'), a file ('weights:PATH', 'edges:PATH', see
+    from_file), a Topology, or a weight matrix."""
     if isinstance(spec, Topology):
         if spec.n != n:
             raise TopologyError(f"topology {spec.name} has {spec.n} workers but the process "
@@ -328,6 +393,8 @@ def make(spec: Union[str, Topology, np.ndarray, Sequence], n: int) -> Topology:
         return spec
     if isinstance(spec, str):
         name, _, arg = spec.partition(":")
+        if name in ("weights", "edges"):
+            return from_file(name, arg, n)
         if name == "torus" and arg:
             try:
                 r, c = (int(v) for v in arg.lower().split("x"))
@@ -338,7 +405,8 @@ def make(spec: Union[str, Topology, np.ndarray, Sequence], n: int) -> Topology:
             return torus(r, c)
         if name not in _NAMED:
             raise TopologyError(f"unknown topology {spec!r}; use one of {', '.join(_NAMED)}, "
-                                "'torus:RxC', a Topology or a weight matrix")
+                                "'torus:RxC', 'weights:FILE', 'edges:FILE', a Topology or a "
+                                "weight matrix")
         return _NAMED[name](n)
     top = from_weights(spec)
     return make(top, n)

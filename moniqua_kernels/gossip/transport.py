@@ -28,6 +28,17 @@ from typing import Optional, Sequence
 
 import torch
 import torch.distributed as dist
+# Imported here, before any process group exists, on purpose.  torch.distributed.nn's
+# functions take ``group=group.WORLD`` as a default argument, evaluated when that module
+# is first imported; torch.optim imports it (through torch._dynamo) on the first
+# optimizer.  Imported after init_process_group, those defaults keep the default group
+# alive after destroy_process_group, so its gloo worker threads (pt_gloo_runloop) are
+# never joined; one that is still releasing the last collective's tensors when the
+# interpreter finalizes cannot take the GIL and the process dies with "terminate called
+# without an active exception" (SIGABRT).  Found with a core dump of
+# tests/test_cli.py::test_train_resnet20_on_generated_cifar (1 abort in 25 runs under
+# load); tests/test_teardown.py checks that no gloo thread survives train.
+import torch.distributed.nn  # noqa: F401,E402
 
 __all__ = ["PeerError", "Transport", "DistTransport", "InMemoryNetwork", "InMemoryTransport"]
 
@@ -182,6 +193,74 @@ class DistTransport(Transport):
         self._collective("broadcast", lambda: dist.broadcast(tensor, self._g(src),
                                                              group=self.group, async_op=True))
         return tensor
+
+    # ------------------------------------------------ asynchronous gossip (AD-PSGD)
+    def split(self) -> "DistTransport":
+        """A transport over a new gloo group of the same ranks (a collective: every rank
+        calls it), for traffic another thread drives: the training thread's collectives
+        and the communication thread's messages then never interleave in one group."""
+        ranks = [self._g(r) for r in range(self.world_size)]
+        try:
+            group = dist.new_group(ranks=ranks, backend="gloo",
+                                   timeout=datetime.timedelta(seconds=self.timeout))
+        except Exception as exc:
+            raise PeerError(self.rank, [r for r in range(self.world_size) if r != self.rank],
+                            "creating a process group", f"{type(exc).__name__}: {exc}") from exc
+        return DistTransport(group, self.timeout)
+
+    def send(self, peer: int, buf: torch.Tensor, tag: int, what: str = "send"):
+        """Post one send; ``.wait()`` completes it (the buffer must live until then)."""
+        return self._p2p(what, [peer], lambda: dist.isend(buf, self._g(peer), self.group, tag),
+                         buf)
+
+    def recv(self, peer: int, nbytes: int, tag: int, what: str = "receive"):
+        """Post one receive of nbytes from peer; ``.wait()`` returns the uint8 buffer."""
+        buf = torch.empty(int(nbytes), dtype=torch.uint8)
+        return self._p2p(what, [peer], lambda: dist.irecv(buf, self._g(peer), self.group, tag),
+                         buf)
+
+    def recv_any(self, nbytes: int, tag: int, expected: Sequence[int], what: str = "receive"):
+        """Post a receive from whichever rank sends first with this tag; ``.wait()``
+        returns the buffer and ``.source()`` the sender (a rank within the group).
+        ``expected`` names the peers a timeout blames."""
+        buf = torch.empty(int(nbytes), dtype=torch.uint8)
+        pending = self._p2p(what, list(expected), lambda: self._group().recv_anysource([buf], tag),
+                            buf)
+        return pending
+
+    def _group(self):
+        return self.group if self.group is not None else dist.distributed_c10d._get_default_group()
+
+    def _p2p(self, what, peers, post, result):
+        try:
+            work = post()
+        except Exception as exc:
+            raise PeerError(self.rank, peers, what, f"{type(exc).__name__}: {exc}") from exc
+        return _P2PPending(self, work, peers, result, what)
+
+
+class _P2PPending:
+    """One posted send or receive; wait(timeout) applies the deadline (the transport's
+    by default) and names the peer(s) on failure."""
+
+    def __init__(self, transport, work, peers, result, what):
+        self._t, self._work, self._peers, self._result, self._what = (
+            transport, work, peers, result, what)
+
+    def wait(self, timeout: Optional[float] = None):
+        t = self._t
+        limit = t.timeout if timeout is None else timeout
+        try:
+            ok = self._work.wait(datetime.timedelta(seconds=max(limit, 0.001)))
+        except Exception as exc:
+            raise PeerError(t.rank, self._peers, self._what, f"{type(exc).__name__}: {exc}") from exc
+        if ok is False:
+            raise PeerError(t.rank, self._peers, self._what, f"no completion within {limit:g} s")
+        return self._result
+
+    def source(self) -> int:
+        """The sender of a completed receive-from-any (a rank within the group)."""
+        return int(self._work._source_rank())
 
 
 # --------------------------------------------------------------------------- in memory

@@ -107,6 +107,15 @@ def flag_row(row: int, device: torch.device, is_cuda: Optional[bool] = None) -> 
     return rows[row]
 
 
+# Ops whose payload check is more than the padding bits: what slot [2] counts for them.
+_PAYLOAD_ERRORS = {
+    "qsgd_elias_decode": "stream(s) that do not parse as Elias-coded QSGD (codes past a "
+                         "bucket's end, a level above s, a stream that ends early or has "
+                         "bytes or bits left over: another configuration's payload, or "
+                         "corrupted); the output holds whatever was decoded before",
+}
+
+
 def messages(row: int, counts) -> list[str]:
     op = _names[row]
     non_finite, bad_stream, padding = (int(c) for c in counts)
@@ -121,8 +130,9 @@ def messages(row: int, counts) -> list[str]:
         out.append(f"{op}: the stream tensor's offset was negative or not a multiple of 4 "
                    f"({bad_stream} call(s)); nothing was written")
     if padding:
-        out.append(f"{op}: {padding} payload(s) with non-zero padding bits in the last byte "
-                   "(a payload of another length, or corrupted)")
+        what = _PAYLOAD_ERRORS.get(op, "payload(s) with non-zero padding bits in the last "
+                                       "byte (a payload of another length, or corrupted)")
+        out.append(f"{op}: {padding} {what}")
     return out
 
 

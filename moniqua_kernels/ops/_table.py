@@ -75,6 +75,11 @@ def _randomk_encode_fake(x, ratio, seed, offset, flag):
     return x.new_empty(kept)
 
 
+def _qsgd_elias_encode_fake(x, bits, bucket_size, norm, seed, offset, stream, scales, flag):
+    nbytes = torch.library.get_ctx().new_dynamic_size()
+    return x.new_empty(nbytes, dtype=torch.uint8)
+
+
 F = "Tensor(f!)? flag"
 STREAM = "SymInt seed, SymInt offset, Tensor? stream"
 MONIQUA = "float modulus, int bits, str rounding"
@@ -98,6 +103,13 @@ declare("qsgd_encode",
 declare("qsgd_decode",
         f"(Tensor scales, Tensor payload, int bits, int bucket_size, Tensor(a!) out, {F}) "
         "-> ()", ref.qsgd_decode)
+# Elias-coded QSGD: the stream's length depends on the data (reference/qsgd_elias.py).
+declare("qsgd_elias_encode",
+        f"(Tensor x, int bits, int bucket_size, str norm, {STREAM}, Tensor(a!) scales, {F}) "
+        "-> Tensor", ref.qsgd_elias_encode, fake=_qsgd_elias_encode_fake)
+declare("qsgd_elias_decode",
+        f"(Tensor scales, Tensor payload, int bits, int bucket_size, Tensor(a!) out, {F}) "
+        "-> ()", ref.qsgd_elias_decode)
 declare("sign_encode", f"(Tensor x, Tensor(a!) scale, Tensor(b!) payload, {F}) -> ()",
         ref.sign_encode)
 declare("sign_decode", f"(Tensor scale, Tensor payload, Tensor(a!) out, {F}) -> ()",

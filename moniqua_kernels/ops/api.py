@@ -284,9 +284,8 @@ def qsgd_encode(x: torch.Tensor, bits: int = 4, bucket_size: int = 512, norm: st
     return scales, payload
 
 
-def qsgd_decode(scales: torch.Tensor, payload: torch.Tensor, n: int, bits: int = 4,
-                bucket_size: int = 512, *, out: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """float32 values N * (-1)^sign * l / s, flat, n elements."""
+def _check_qsgd_decode(scales, n, bits, bucket_size) -> tuple[int, int]:
+    """bits and n of a QSGD decode, checked with its scales (one float32 per bucket)."""
     bits = v.check_qsgd(bits, bucket_size)
     n = v.check_int("n", n, low=0)
     if not isinstance(scales, torch.Tensor) or scales.dtype != torch.float32:
@@ -295,12 +294,57 @@ def qsgd_decode(scales: torch.Tensor, payload: torch.Tensor, n: int, bits: int =
     if scales.numel() != nb:
         raise ValueError(f"scales has {scales.numel()} entries but n={n} in buckets of "
                          f"{bucket_size} needs {nb}")
+    return bits, n
+
+
+def qsgd_decode(scales: torch.Tensor, payload: torch.Tensor, n: int, bits: int = 4,
+                bucket_size: int = 512, *, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """float32 values N * (-1)^sign * l / s, flat, n elements."""
+    bits, n = _check_qsgd_decode(scales, n, bits, bucket_size)
     device = scales.device
     v.check_payload("payload", payload, n, bits, device)
     out = _output(out, "out", (n,), torch.float32, device)
     flag = _flag("qsgd_decode", payload, True)
     _run("qsgd_decode", device, flag, payload, _flat(scales), _flat(payload), bits, bucket_size, out,
          flag)
+    return out
+
+
+def qsgd_elias_encode(x: torch.Tensor, bits: int = 4, bucket_size: int = 512,
+                      norm: str = "max", seed: SeedLike = 0, offset: SeedLike = 0, *,
+                      out_scales: Optional[torch.Tensor] = None,
+                      check_finite: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """QSGD with Elias-coded positions and levels: (float32 scales, one per bucket; the
+    uint8 bit stream, whose length depends on the data).  The levels are exactly
+    qsgd_encode's for the same arguments (reference/qsgd_elias.py has the format)."""
+    v.check_float_tensor("x", x)
+    bits = v.check_qsgd(bits, bucket_size, norm)
+    device, n = x.device, x.numel()
+    seed, offset, stream = _stream(v.check_seed(seed, device), v.check_offset(offset, n, device),
+                                   device)
+    scales = _output(out_scales, "out_scales", ((n + bucket_size - 1) // bucket_size,),
+                     torch.float32, device)
+    flag = _flag("qsgd_elias_encode", x, check_finite)
+    codes = _run("qsgd_elias_encode", device, flag, x, _flat(x), bits, bucket_size, norm, seed,
+                 offset, stream, scales, flag)
+    return scales, codes
+
+
+def qsgd_elias_decode(scales: torch.Tensor, payload: torch.Tensor, n: int, bits: int = 4,
+                      bucket_size: int = 512, *, out: Optional[torch.Tensor] = None
+                      ) -> torch.Tensor:
+    """float32 values N * (-1)^sign * l / s of an Elias-coded stream, flat, n elements
+    (+0 where no code); a stream that does not parse raises."""
+    bits, n = _check_qsgd_decode(scales, n, bits, bucket_size)
+    if not isinstance(payload, torch.Tensor) or payload.dtype != torch.uint8:
+        raise TypeError("payload must be a uint8 tensor (the Elias bit stream)")
+    device = scales.device
+    if payload.device != device:
+        raise ValueError(f"payload is on {payload.device}, scales on {device}")
+    out = _output(out, "out", (n,), torch.float32, device)
+    flag = _flag("qsgd_elias_decode", payload, True)
+    _run("qsgd_elias_decode", device, flag, payload, _flat(scales), _flat(payload), bits,
+         bucket_size, out, flag)
     return out
 
 

@@ -9,7 +9,7 @@ from typing import Optional
 
 import torch
 
-from . import moniqua, packing, philox, qsgd, sign, sparse
+from . import moniqua, packing, philox, qsgd, qsgd_elias, sign, sparse
 
 
 def _stream(seed, offset, stream: Optional[torch.Tensor], flag) -> Optional[tuple[int, int]]:
@@ -109,6 +109,25 @@ def qsgd_encode(x, bits, bucket_size, norm, seed, offset, stream, scales, payloa
 def qsgd_decode(scales, payload, bits, bucket_size, out, flag):
     _padding(flag, payload, out.numel(), bits)
     out.copy_(qsgd.qsgd_decode(scales, payload, out.numel(), bits, bucket_size))
+
+
+def qsgd_elias_encode(x, bits, bucket_size, norm, seed, offset, stream, scales, flag):
+    st = _stream(seed, offset, stream, flag)
+    if st is None:
+        return torch.empty(0, dtype=torch.uint8, device=x.device)
+    _count(flag, ~torch.isfinite(x.reshape(-1)))
+    s, codes = qsgd_elias.elias_encode(x, bits, bucket_size, norm, *st)
+    scales.copy_(s)
+    return codes
+
+
+def qsgd_elias_decode(scales, payload, bits, bucket_size, out, flag):
+    try:
+        out.copy_(qsgd_elias.elias_decode(scales, payload, out.numel(), bits, bucket_size))
+    except qsgd_elias.EliasStreamError:
+        if flag is None:
+            raise
+        flag[2] += 1  # a malformed stream: counted with bad padding (a corrupt payload)
 
 
 def sign_encode(x, scale, payload, flag):

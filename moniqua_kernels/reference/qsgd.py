@@ -26,8 +26,10 @@ def _buckets(v: torch.Tensor, bucket_size: int) -> torch.Tensor:
     return padded.view(nb, bucket_size)
 
 
-def qsgd_encode(x: torch.Tensor, bits: int, bucket_size: int, norm: str, seed: int,
-                offset: int) -> tuple[torch.Tensor, torch.Tensor]:
+def qsgd_quantize(x: torch.Tensor, bits: int, bucket_size: int, norm: str, seed: int,
+                  offset: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(float32 scales per bucket, int32 sign per element (1 = negative), int32 level
+    per element): what every QSGD wire coding transmits."""
     v = x.reshape(-1).to(torch.float32)
     n = v.numel()
     s = qsgd_levels(bits)
@@ -42,8 +44,13 @@ def qsgd_encode(x: torch.Tensor, bits: int, bucket_size: int, norm: str, seed: i
     u = _buckets(philox_uniform(n, seed, offset, v.device), bucket_size)
     level = torch.floor(a * r[:, None] + u).clamp(max=s).to(torch.int32)
     sign = (vb < 0).to(torch.int32)
-    codes = (sign << (bits - 1)) | level
-    return scales.contiguous(), pack_bits(codes.reshape(-1)[:n], bits)
+    return scales.contiguous(), sign.reshape(-1)[:n], level.reshape(-1)[:n]
+
+
+def qsgd_encode(x: torch.Tensor, bits: int, bucket_size: int, norm: str, seed: int,
+                offset: int) -> tuple[torch.Tensor, torch.Tensor]:
+    scales, sign, level = qsgd_quantize(x, bits, bucket_size, norm, seed, offset)
+    return scales, pack_bits((sign << (bits - 1)) | level, bits)
 
 
 def qsgd_decode(scales: torch.Tensor, payload: torch.Tensor, n: int, bits: int,
