@@ -61,9 +61,15 @@ class Payload:
         """Bytes on the wire: the sum of the payload tensors' sizes."""
         return sum(t.numel() * t.element_size() for t in self.tensors.values())
 
-    def to_wire(self) -> torch.Tensor:
-        """All payload tensors as one flat uint8 buffer, in wire order."""
+    def to_wire(self, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """All payload tensors as one flat uint8 buffer, in wire order (written into
+        ``out``, a uint8 tensor of nbytes, when given)."""
         parts = [t.reshape(-1).contiguous().view(torch.uint8) for t in self.tensors.values()]
+        if out is not None:
+            if out.dtype != torch.uint8 or out.numel() != self.nbytes:
+                raise ValueError(f"to_wire: out must be uint8 with {self.nbytes} elements, "
+                                 f"got {out.dtype} with {out.numel()}")
+            return torch.cat(parts, out=out) if parts else out
         if not parts:
             return torch.empty(0, dtype=torch.uint8)
         return torch.cat(parts) if len(parts) > 1 else parts[0]

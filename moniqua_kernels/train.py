@@ -363,17 +363,18 @@ def _resume(args, rank, world, model, optimizer, algorithm, sampler):
     """Every rank reads its checkpoint; then the ranks agree (one all-gather) that every
     read succeeded and all resume the same step, before anything is loaded.  A failure
     on any rank raises CheckpointError on every rank, naming the ranks and why."""
-    from .gossip import handshake
+    from .gossip import DistTransport, handshake
     state, problem = None, "ok"
     try:
         state = read_checkpoint(_ckpt_path(args.checkpoint_dir, rank), args, rank, world)
     except CheckpointError as exc:
         problem = str(exc)
     try:
-        handshake.agree(algorithm.transport, {"checkpoint": problem,
-                                              "step": state["step"] if state else None},
+        # (a transport of its own: --algorithm ddp has no gossip transport)
+        handshake.agree(DistTransport(timeout=args.timeout),
+                        {"checkpoint": problem, "step": state["step"] if state else None},
                         what="the checkpoints to resume from",
-                        device=algorithm.buckets[0].tensor.device,
+                        device=next(model.parameters()).device,
                         advice="Fix or remove the checkpoints named, or run without --resume.")
     except handshake.ConfigMismatch as exc:
         raise CheckpointError(str(exc)) from None

@@ -445,3 +445,50 @@ def test_buckets_use_consecutive_stream_offsets():
     for (a, na, ba), (b, nb, bb) in zip(one, three):
         assert (na, nb) == (1, 3) and torch.equal(a, b)
         assert ba == 3 * 2 * packed_nbytes(300, 1) and bb == 3 * 2 * 3 * packed_nbytes(100, 1)
+
+
+class _PointerLog:
+    """A transport wrapper that notes the storage of every payload sent and received."""
+
+    def __init__(self, inner):
+        self._inner, self.steps = inner, []
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+    def exchange(self, sends, recvs, tag=0):
+        pending = self._inner.exchange(sends, recvs, tag)
+        log, wait = self, pending.wait
+
+        class Logged:
+            def wait(self):
+                got = wait()
+                log.steps[-1] += [("send", p, b.data_ptr()) for p, b in sends]
+                log.steps[-1] += [("recv", p, b.data_ptr()) for p, b in got.items()]
+                return got
+        return Logged()
+
+
+@pytest.mark.parametrize("make", [
+    lambda ps, tr: gossip.Moniqua(ps, "ring", transport=tr, theta=1.0, bits=2, gamma=0.5,
+                                  monitor=False),
+    lambda ps, tr: gossip.DPSGD(ps, "ring", transport=tr),
+    lambda ps, tr: gossip.Choco(ps, "ring", transport=tr, compressor="qsgd:4", gamma=0.5),
+], ids=["moniqua", "dpsgd", "choco-qsgd4"])
+def test_steps_reuse_their_payload_buffers(make):
+    """Issue 9: the gossip layer sends from and receives into buffers kept across steps;
+    after the first step no exchange touches new payload memory."""
+    def fn(r, tr):
+        log = _PointerLog(tr)
+        p = param(start_values(3, seed=r)[0])
+        g = make([p], log)
+        for _ in range(4):
+            log.steps.append([])
+            g.step()
+        return log.steps
+    for steps in run_workers(3, fn):
+        assert steps[0], "no payload was exchanged"
+        assert all(s == steps[1] for s in steps[1:]), steps
+        # the receive slots of different peers are different memory
+        recv_ptrs = [ptr for kind, _, ptr in steps[1] if kind == "recv"]
+        assert len(set(recv_ptrs)) == len(recv_ptrs)

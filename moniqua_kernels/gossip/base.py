@@ -127,6 +127,7 @@ class GossipAlgorithm(metaclass=_AgreeAfterInit):
         self._step_rounds = 0
         self._in_step = False
         self.timer = None          # a timing.StepTimer once enable_timing() ran
+        self._slots: dict = {}     # persistent payload buffers, see _slot()
 
     def _after_init(self) -> None:
         self.agree()
@@ -190,6 +191,13 @@ class GossipAlgorithm(metaclass=_AgreeAfterInit):
         if self.timer is not None:
             self.timer.stop()
         self._in_step = False
+        if self.buckets[0].tensor.is_cuda:
+            # The CUDA kernels count non-finite inputs in a device-side flag instead of
+            # synchronising per op; end() is where gossip reads it (one synchronisation
+            # per step, after the step's kernels are queued).  On CPU the ops raise at
+            # once.  Raises KernelInputError naming the op.
+            from ..ops import check_errors
+            check_errors(self.buckets[0].tensor.device)
         self.last_bytes_sent, self.last_rounds = self._step_bytes, self._step_rounds
         self.bytes_sent += self._step_bytes
         self.step_count += 1
@@ -258,10 +266,25 @@ class GossipAlgorithm(metaclass=_AgreeAfterInit):
         raise NotImplementedError
 
     def _wait(self, pending):
-        """The one place the algorithms wait for communication.  (Hook point: where a
-        device-side error flag, e.g. moniqua_kernels.check_errors() for the CUDA
-        kernels' non-finite counts, can be read without an extra synchronisation.)"""
+        """The one place the algorithms wait for communication."""
         return pending.wait()
+
+    def _slot(self, kind: str, bucket: int, peer: int, nbytes: int,
+              like: torch.Tensor) -> torch.Tensor:
+        """A uint8 buffer of ``nbytes`` kept from step to step for one (kind, bucket,
+        peer): the payloads sent and received reuse their memory, so a step allocates
+        nothing model-sized.  A step may write a slot again only after the exchange
+        that used it was waited for (end() waits for every exchange of its step)."""
+        key = (kind, bucket, peer)
+        buf = self._slots.get(key)
+        if buf is None or buf.numel() != nbytes or buf.device != like.device:
+            buf = self._slots[key] = torch.empty(nbytes, dtype=torch.uint8, device=like.device)
+        return buf
+
+    def _recv_slots(self, bucket, peers, nbytes: int) -> list:
+        """recvs for _exchange: one persistent receive buffer per peer of a bucket."""
+        return [(j, self._slot("recv", bucket.index, j, int(nbytes), bucket.tensor))
+                for j in peers]
 
     def _exchange(self, sends, recvs, tag: int = 0):
         """Post one round; count its exact send bytes."""

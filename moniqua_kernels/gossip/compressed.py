@@ -69,9 +69,11 @@ class CompressedGossip(GossipAlgorithm):
             if values is not None:
                 p = c.encode(values[i], seed=self._own_seed, offset=b.stream_offset)
                 self._own.append(p)
-                wire = p.to_wire()
+                wire = p.to_wire(out=self._slot("send", b.index, -1, p.nbytes, b.tensor))
                 sends = [(k, wire) for k in self._out]
-            recvs = [(j, c.nbytes(b.numel, b.tensor.dtype, self._seed(j), b.stream_offset))
+            recvs = [(j, self._slot("recv", b.index, j,
+                                    c.nbytes(b.numel, b.tensor.dtype, self._seed(j),
+                                             b.stream_offset), b.tensor))
                      for j in self._senders]
             self._pending.append(self._exchange(sends, recvs, tag=b.index) if sends or recvs
                                  else None)

@@ -27,6 +27,7 @@ import math
 import torch
 
 from .. import ops
+from ..reference.packing import packed_nbytes
 from . import theta as theta_mod
 from . import topology as topology_mod
 from .handshake import describe
@@ -218,10 +219,12 @@ class Moniqua(GossipAlgorithm):
         self._own_seed = self._seed(self.rank)
         self._own, self._pending = [], []
         for b in self.buckets:
+            nbytes = packed_nbytes(b.numel, self.bits)
             q = ops.moniqua_encode(b.tensor, self._B, self.bits, self.rounding, self._own_seed,
-                                   b.stream_offset)
+                                   b.stream_offset, out=self._slot("send", b.index, -1, nbytes,
+                                                                   b.tensor))
             self._own.append(q)
-            recvs = [(j, q.numel()) for j, _ in self._peers]
+            recvs = self._recv_slots(b, [j for j, _ in self._peers], nbytes)
             self._pending.append(self._exchange([(k, q) for k in out], recvs, tag=b.index))
 
     def _end(self):
