@@ -239,47 +239,23 @@ def _smooth(values, window: int = 20):
     return out
 
 
-# ------------------------------------------------------------------------------- bench
+# ---------------------------------------------------- bench, train, netbench: delegated
 
-def _add_bench(sub) -> None:
-    p = sub.add_parser("bench", help="kernel microbenchmarks on the backends present",
-                       description="Bandwidth of the kernels beside the copy bandwidth "
-                                   "measured in the same run; JSON + Markdown + PNG.",
-                       add_help=False)
-    p.add_argument("rest", nargs=argparse.REMAINDER)
-    p.set_defaults(func=_bench)
-
-
-def _bench(args) -> int:  # reached only through build_parser() users; main() dispatches
-    from . import bench
-    bench.main(args.rest)
-    return 0
+# These commands own their flags (argparse's REMAINDER would not pass a leading --flag
+# through), so main() hands them the rest of the command line; the subparsers below only
+# list them in --help.
+_DELEGATED = {
+    "bench": "kernel microbenchmarks on the backends present",
+    "train": "multi-process training under torchrun",
+    "netbench": "training over shaped links in network namespaces (root)",
+}
 
 
-# ------------------------------------------------------------------------------- train
-
-def _add_train(sub) -> None:
-    p = sub.add_parser("train", help="multi-process training under torchrun",
-                       add_help=False)
-    p.add_argument("rest", nargs=argparse.REMAINDER)
-    p.set_defaults(func=_train)
-
-
-def _train(args) -> int:
-    from . import train
-    return train.main(args.rest)
-
-
-def _add_netbench(sub) -> None:
-    p = sub.add_parser("netbench", help="training over shaped links in network namespaces "
-                                        "(root)", add_help=False)
-    p.add_argument("rest", nargs=argparse.REMAINDER)
-    p.set_defaults(func=_netbench)
-
-
-def _netbench(args) -> int:
-    from . import netbench
-    return netbench.main(args.rest)
+def _run_delegated(command: str, rest: list) -> int:
+    import importlib
+    module = importlib.import_module(f".{command}", __package__)
+    result = module.main(rest)  # bench returns its JSON document, the others an exit code
+    return result if isinstance(result, int) else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -290,26 +266,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="{demo,bench,train,netbench}")
     sub.required = True
     _add_demo(sub)
-    _add_bench(sub)
-    _add_train(sub)
-    _add_netbench(sub)
+    for command, summary in _DELEGATED.items():
+        sub.add_parser(command, help=summary, add_help=False)
     return parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    # bench, train and netbench own their flags (argparse's REMAINDER would not pass a leading
-    # --flag through), so hand them the rest of the command line directly.
-    if argv and argv[0] == "bench":
-        from . import bench
-        bench.main(argv[1:])
-        return 0
-    if argv and argv[0] == "train":
-        from . import train
-        return train.main(argv[1:])
-    if argv and argv[0] == "netbench":
-        from . import netbench
-        return netbench.main(argv[1:])
+    if argv and argv[0] in _DELEGATED:
+        return _run_delegated(argv[0], argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -318,7 +283,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.exit(2, f"{parser.prog} {args.command}: error: {exc}\n")
     except FileNotFoundError as exc:
         parser.exit(2, f"{parser.prog} {args.command}: error: {exc}\n")
-    return 0
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -195,9 +195,9 @@ class _RunsCode:
 
 def test_train_resnet20_on_generated_cifar(tmp_path):
     _write_fake_cifar(str(tmp_path / "cifar-10-batches-py"), n_train=32, n_test=8)
-    proc = _torchrun(["--algorithm", "choco", "--compressor", "sign", "--dataset", "cifar10",
-                      "--data-dir", str(tmp_path), "--model", "resnet20", "--steps", "2",
-                      "--batch-size", "4", "--json", str(tmp_path / "r.json")], tmp_path)
+    _torchrun(["--algorithm", "choco", "--compressor", "sign", "--dataset", "cifar10",
+               "--data-dir", str(tmp_path), "--model", "resnet20", "--steps", "2",
+               "--batch-size", "4", "--json", str(tmp_path / "r.json")], tmp_path)
     summary = json.loads((tmp_path / "r.json").read_text())["summary"]
     assert summary["model"] == "resnet20" and summary["n_params"] > 250_000
     assert summary["bytes_sent_rank0"] > 0

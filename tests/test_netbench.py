@@ -15,7 +15,7 @@ import time
 import pytest
 
 from moniqua_kernels.netbench import command as nb_main
-from moniqua_kernels.netbench import netns, procs, report, runner
+from moniqua_kernels.netbench import netns, report, runner
 from moniqua_kernels.netbench.measure import measure_link, measure_ring
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -37,7 +37,10 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Callable, Optional, Union
+from typing import TYPE_CHECKING, Callable, Optional, Union
+
+if TYPE_CHECKING:
+    import torch
 
 from .. import ops
 

@@ -54,8 +54,8 @@ def run(algorithm: str = "moniqua-1bit", *, config: Optional[AlgorithmConfig] = 
             errors[rank] = exc
             net.fail(f"worker {rank} raised {type(exc).__name__}: {exc}")
 
-    # Load the kernel backends here: backends.py's lazy loader is not thread-safe (a
-    # second thread can see a half-loaded backend), so no worker thread may be first.
+    # Load the kernel backends before the workers start, so that no worker's first step
+    # pays for the import (the loader itself is locked: backends._load).
     backends.available("moniqua_encode", "cpu")
     threads_before = torch.get_num_threads()
     torch.set_num_threads(1)
