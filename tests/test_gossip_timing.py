@@ -20,12 +20,13 @@ def _run(cls, steps, timed, delay_rank=None, delay_s=0.0, **kw):
     """Two in-memory workers; rank delay_rank sleeps delay_s before each step."""
     net = gossip.InMemoryNetwork(2, timeout=30)
     models = [data.make_model("mlp", 8, 3, seed=1, hidden=16) for _ in range(2)]
-    algs = [cls(models[r], "ring", transport=net.transport(r), seed=5, **kw) for r in range(2)]
-    timers = [a.enable_timing() if timed else None for a in algs]
-    errors = []
+    algs, timers, errors = [None, None], [None, None], []
 
     def work(r):
         try:
+            # each worker builds its own (construction is a handshake with the other)
+            algs[r] = cls(models[r], "ring", transport=net.transport(r), seed=5, **kw)
+            timers[r] = algs[r].enable_timing() if timed else None
             for t in range(steps):
                 with torch.no_grad():
                     for p in models[r].parameters():

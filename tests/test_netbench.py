@@ -103,8 +103,8 @@ def test_every_default_algorithm_maps_to_train_flags():
     for name in nb_main.DEFAULT_ALGORITHMS:
         flags = runner.algorithm_flags(name)
         assert flags[0] == "--algorithm"
-    assert runner.algorithm_flags("moniqua-1bit")[-4:] == ["--theta-lr-scale", "3.0",
-                                                          "--gamma", "0.05"]
+    # Moniqua runs its defaults: only the bit width is chosen (gamma and theta follow)
+    assert runner.algorithm_flags("moniqua-1bit") == ["--algorithm", "moniqua", "--bits", "1"]
     assert "--nesterov" in runner.algorithm_flags("squarm")
 
 
@@ -269,8 +269,10 @@ def test_quick_run_end_to_end(tmp_path):
         assert set(r["breakdown_s"]) == {"compute", "encode", "wire", "decode_mix"}
         assert r["steps_per_s"] > 0 and 0 < r["final_test_accuracy"] <= 1
         assert sum(r["breakdown_s"].values()) <= 1.05 * r["wall_s"] / r["steps"]
-    # float32 against 1 bit per parameter (plus Moniqua's padding)
-    assert rows["dpsgd"]["bytes_per_worker_step"] > 20 * rows["moniqua-1bit"][
+    # float32 against 1 bit per parameter, plus Moniqua's theta checks: a float32 first
+    # check and 8-bit checks at steps 1-7 dominate a 10-step run (measured 3.0x; at 150
+    # steps they add about 1 bit per parameter per step)
+    assert rows["dpsgd"]["bytes_per_worker_step"] > 2.5 * rows["moniqua-1bit"][
         "bytes_per_worker_step"]
     assert png.stat().st_size > 10_000
     assert "dpsgd" in proc.stdout and "Mbit/s" in proc.stdout

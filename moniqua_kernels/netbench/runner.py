@@ -17,8 +17,8 @@ from .procs import child_kwargs, stop
 _FLAGS = {"bits": "--bits", "rounding": "--rounding", "gamma": "--gamma",
           "compressor": "--compressor", "H": "--local-steps", "threshold": "--threshold",
           "variant": "--variant"}
-# Ignored: train has no theta monitor flag (the monitor only checks theta, a sampled
-# exchange every 100 steps, and does not change the model).
+# Ignored: a configuration's monitor setting; train runs Moniqua's default theta checks
+# (their bytes are counted, docs/theta-checks.md).
 _IGNORED = {"monitor"}
 
 
