@@ -431,7 +431,7 @@ def markdown(env: dict, results: list[dict]) -> str:
     lines = [f"# Op benchmarks on {env['device_name']} ({env['device']})", "",
              f"- commit `{env['git_commit'][:12]}`{' (dirty)' if env['git_dirty'] else ''}, "
              f"{env['date_utc']}",
-             f"- versions: " + ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v),
+             "- versions: " + ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v),
              f"- timer: {env['timer']}; torch threads: {env['threads']} "
              f"(cpu_count {env['cpu_count']}, 1-minute load average at start "
              f"{_fmt(env['load_avg_1m'], '.1f')})",

@@ -37,11 +37,28 @@ def find_root(root: str) -> str:
         "https://www.cs.toronto.edu/~kriz/cifar.html); pass --data-dir to that folder")
 
 
+class _BatchUnpickler(pickle.Unpickler):
+    """Unpickles only what a CIFAR-10 batch holds: dicts, lists, bytes, strings, numbers
+    and numpy arrays.  A pickle can name any importable callable and run it while it
+    loads; everything but numpy's array reconstruction and the str-to-bytes conversion
+    protocol-2 pickles use for bytes (_codecs.encode) is refused by name."""
+
+    _ALLOWED = {("numpy.core.multiarray", "_reconstruct"),
+                ("numpy._core.multiarray", "_reconstruct"), ("numpy", "ndarray"),
+                ("numpy", "dtype"), ("_codecs", "encode")}
+
+    def find_class(self, module, name):
+        if (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing {module}.{name}: a CIFAR-10 batch holds only "
+                                     "arrays, lists, bytes and numbers")
+
+
 def read_batch(path: str) -> tuple[np.ndarray, np.ndarray]:
     """(images uint8 [N, 3, 32, 32], labels int64 [N]) of one batch file."""
     with open(path, "rb") as f:
         try:
-            batch = pickle.load(f, encoding="bytes")
+            batch = _BatchUnpickler(f, encoding="bytes").load()
         except Exception as exc:
             raise ValueError(f"{path} is not a CIFAR-10 python batch ({exc})") from None
     if not isinstance(batch, dict) or b"data" not in batch or b"labels" not in batch:

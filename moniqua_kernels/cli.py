@@ -1,9 +1,10 @@
-"""Command line: ``python -m moniqua_kernels {demo,bench,train}`` (or ``moniqua-kernels``).
+"""Command line: ``python -m moniqua_kernels {demo,bench,train,netbench}`` (or ``moniqua-kernels``).
 
   demo   the simulator on an embedded dataset: 8 workers on a ring, full precision
          against compressed algorithms; a table, a PNG plot, optional JSON.
   bench  microbenchmarks of the kernels on whatever backends and devices are here.
   train  multi-process training under torchrun (gloo or NCCL).
+  netbench  train over real links shaped in network namespaces (root; see netbench/).
 
 Bad flags exit with code 2 and a message that says what to do.
 """
@@ -16,7 +17,7 @@ import sys
 from typing import Optional, Sequence
 
 DEMO_ALGORITHMS = ("dpsgd", "allreduce", "moniqua-1bit", "moniqua-2bit", "choco-sign",
-                   "qsgd-4bit", "squarm")
+                   "choco-qsgd4", "squarm")
 
 
 class UsageError(Exception):
@@ -124,6 +125,11 @@ def _demo(args) -> int:
     if unknown or not names:
         raise UsageError(f"unknown configuration(s) {', '.join(unknown) or '(none)'}; "
                          f"choose from {', '.join(configs)} (see demo --list)")
+    from .train import unwritable
+    for flag, path in (("--json", args.json), ("--plot", args.plot)):
+        problem = unwritable(path) if path else None
+        if problem:
+            raise UsageError(f"{flag} {path!r}: {problem}")
     steps = args.steps or (150 if args.quick else 600)
     network = simulate.NetworkModel(latency_s=args.latency_us * 1e-6,
                                     bandwidth_Bps=args.link_gbps * 1e9 / 8)
@@ -233,60 +239,42 @@ def _smooth(values, window: int = 20):
     return out
 
 
-# ------------------------------------------------------------------------------- bench
+# ---------------------------------------------------- bench, train, netbench: delegated
 
-def _add_bench(sub) -> None:
-    p = sub.add_parser("bench", help="kernel microbenchmarks on the backends present",
-                       description="Bandwidth of the kernels beside the copy bandwidth "
-                                   "measured in the same run; JSON + Markdown + PNG.",
-                       add_help=False)
-    p.add_argument("rest", nargs=argparse.REMAINDER)
-    p.set_defaults(func=_bench)
-
-
-def _bench(args) -> int:  # reached only through build_parser() users; main() dispatches
-    from . import bench
-    bench.main(args.rest)
-    return 0
+# These commands own their flags (argparse's REMAINDER would not pass a leading --flag
+# through), so main() hands them the rest of the command line; the subparsers below only
+# list them in --help.
+_DELEGATED = {
+    "bench": "kernel microbenchmarks on the backends present",
+    "train": "multi-process training under torchrun",
+    "netbench": "training over shaped links in network namespaces (root)",
+}
 
 
-# ------------------------------------------------------------------------------- train
-
-def _add_train(sub) -> None:
-    p = sub.add_parser("train", help="multi-process training under torchrun",
-                       add_help=False)
-    p.add_argument("rest", nargs=argparse.REMAINDER)
-    p.set_defaults(func=_train)
-
-
-def _train(args) -> int:
-    from . import train
-    return train.main(args.rest)
+def _run_delegated(command: str, rest: list) -> int:
+    import importlib
+    module = importlib.import_module(f".{command}", __package__)
+    result = module.main(rest)  # bench returns its JSON document, the others an exit code
+    return result if isinstance(result, int) else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="moniqua-kernels",
-        description="Compressed communication for decentralized SGD: demo, bench, train.")
-    sub = parser.add_subparsers(dest="command", metavar="{demo,bench,train}")
+        description="Compressed communication for decentralized SGD: demo, bench, train, "
+                    "netbench.")
+    sub = parser.add_subparsers(dest="command", metavar="{demo,bench,train,netbench}")
     sub.required = True
     _add_demo(sub)
-    _add_bench(sub)
-    _add_train(sub)
+    for command, summary in _DELEGATED.items():
+        sub.add_parser(command, help=summary, add_help=False)
     return parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    # bench and train own their flags (argparse's REMAINDER would not pass a leading
-    # --flag through), so hand them the rest of the command line directly.
-    if argv and argv[0] == "bench":
-        from . import bench
-        bench.main(argv[1:])
-        return 0
-    if argv and argv[0] == "train":
-        from . import train
-        return train.main(argv[1:])
+    if argv and argv[0] in _DELEGATED:
+        return _run_delegated(argv[0], argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -295,7 +283,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.exit(2, f"{parser.prog} {args.command}: error: {exc}\n")
     except FileNotFoundError as exc:
         parser.exit(2, f"{parser.prog} {args.command}: error: {exc}\n")
-    return 0
 
 
 if __name__ == "__main__":  # pragma: no cover

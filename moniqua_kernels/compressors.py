@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from typing import Optional
 
 import torch
 
@@ -61,9 +61,15 @@ class Payload:
         """Bytes on the wire: the sum of the payload tensors' sizes."""
         return sum(t.numel() * t.element_size() for t in self.tensors.values())
 
-    def to_wire(self) -> torch.Tensor:
-        """All payload tensors as one flat uint8 buffer, in wire order."""
+    def to_wire(self, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """All payload tensors as one flat uint8 buffer, in wire order (written into
+        ``out``, a uint8 tensor of nbytes, when given)."""
         parts = [t.reshape(-1).contiguous().view(torch.uint8) for t in self.tensors.values()]
+        if out is not None:
+            if out.dtype != torch.uint8 or out.numel() != self.nbytes:
+                raise ValueError(f"to_wire: out must be uint8 with {self.nbytes} elements, "
+                                 f"got {out.dtype} with {out.numel()}")
+            return torch.cat(parts, out=out) if parts else out
         if not parts:
             return torch.empty(0, dtype=torch.uint8)
         return torch.cat(parts) if len(parts) > 1 else parts[0]
@@ -260,6 +266,18 @@ class QSGD(Compressor):
         return decode(payload.tensors["scales"], payload.tensors["codes"], payload.n,
                       self.bits, self.bucket_size)
 
+    def variance_factor(self, n: int) -> float:
+        """beta with E||Q(v) - v||^2 <= beta ||v||^2 for any v of n elements (per bucket of
+        d = min(n, bucket_size)): l2 scale min(d/s^2, sqrt(d)/s) (Alistarh et al. Lemma
+        3.1); max scale min(d/(4 s^2), sqrt(d)/s): each level is a Bernoulli step of N/s
+        with variance at most (N/s) min(N/(4s), |v_i|), N <= ||v||_2, ||v||_1 <= sqrt(d)
+        ||v||_2."""
+        d, s = min(int(n), self.bucket_size), self.levels
+        if d == 0:
+            return 0.0
+        first = d / s ** 2 if self.norm == "l2" else d / (4 * s ** 2)
+        return float(min(first, math.sqrt(d) / s))
+
     def variance_bound(self, x: torch.Tensor) -> float:
         """Upper bound on E||Q(x) - x||^2, summed over buckets.
 
@@ -362,15 +380,29 @@ class Compose(Compressor):
 
     The sparsifier uses stream (seed, offset); the quantizer the positions right after
     it, (seed, offset + sparsifier span), so the two never share random numbers.
+
+    contractive=True scales the decoded values by 1 / (1 + beta), beta the quantizer's
+    variance factor for the k kept values (QSGD.variance_factor): an unbiased Q with
+    E||Q(v) - v||^2 <= beta ||v||^2 becomes Q / (1 + beta), a compression operator in
+    CHOCO-SGD's sense (E||C(v) - v||^2 <= (1 - w) ||v||^2), which is what SPARQ-SGD's and
+    SQuARM-SGD's analyses compose (Singh et al. 2019, Lemma 1: Q_s(Comp_k(x)) / (1 +
+    beta_{k,s})).  Both ends compute the factor from k, so nothing more travels.
     """
     name = "compose"
 
-    def __init__(self, sparsifier: Compressor, quantizer: Compressor):
+    def __init__(self, sparsifier: Compressor, quantizer: Compressor, contractive: bool = False):
         if not isinstance(sparsifier, (TopK, RandomK)):
             raise TypeError("Compose's sparsifier must be TopK or RandomK")
         if not isinstance(quantizer, (QSGD, ScaledSign, Identity)):
             raise TypeError("Compose's quantizer must be QSGD, ScaledSign or Identity")
         self.sparsifier, self.quantizer = sparsifier, quantizer
+        self.contractive = bool(contractive)
+
+    def scale(self, k: int) -> float:
+        """The factor applied to the decoded kept values (1 unless contractive)."""
+        if not self.contractive or not isinstance(self.quantizer, QSGD):
+            return 1.0
+        return 1.0 / (1.0 + self.quantizer.variance_factor(k))
 
     @property
     def unbiased(self) -> bool:
@@ -404,6 +436,9 @@ class Compose(Compressor):
                         payload.offset + _round4(n),
                         {key[2:]: t for key, t in payload.tensors.items() if key.startswith("q.")})
         values = self.quantizer._decode(inner, None).to(payload.dtype)
+        factor = self.scale(k)
+        if factor != 1.0:
+            values = values * factor
         sparse = Payload(self.sparsifier.name, payload.shape, payload.dtype, payload.seed,
                          payload.offset, {"values": values})
         if "indices" in payload.tensors:

@@ -3,7 +3,6 @@ basic blocks, 16/32/64 channels, 0.27M parameters).  The small MLP and logistic
 regression live in data.py."""
 from __future__ import annotations
 
-import torch
 from torch import nn
 import torch.nn.functional as F
 

@@ -1,8 +1,6 @@
 """Small utilities shared by the tests (inputs with a known bound, tolerances)."""
 import torch
 
-import moniqua_kernels as mk
-
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 EPS32 = torch.finfo(torch.float32).eps
 

@@ -2,9 +2,11 @@
 CIFAR-10 loader on generated files, and bad flags (exit code 2 with a message)."""
 import json
 import os
+import pickle
 import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -33,9 +35,12 @@ def test_demo_quick_json_has_every_algorithm(tmp_path):
     for r in rows:
         assert 0.5 < r["test_accuracy"] <= 1.0, r  # 10 classes: chance is 0.1
         assert r["bytes_per_worker_step"] > 0 and r["wall_time_s"] > 0
-    assert by_name["moniqua-1bit"]["bits"] < 2.1  # 1 bit per parameter to each of 2 peers
     assert by_name["dpsgd"]["bits"] == pytest.approx(64.0)  # 32 bits to each of 2 peers
-    assert by_name["moniqua-1bit"]["bytes_per_worker_step"] * 20 < \
+    # 1 bit per parameter to each of 2 peers, plus the theta checks (13 in 150 steps:
+    # two float32 (the first, and the one after identical models) and eleven 8-bit
+    # copies to each peer: ~2 bits per parameter per step over so short a run)
+    assert 2.0 < by_name["moniqua-1bit"]["bits"] < 2.0 + (2 * 64 + 11 * 16) / 150 + 0.05
+    assert by_name["moniqua-1bit"]["bytes_per_worker_step"] * 10 < \
         by_name["dpsgd"]["bytes_per_worker_step"]
     assert plot.stat().st_size > 10_000  # a real PNG was drawn
 
@@ -65,6 +70,44 @@ def test_train_bad_flags_exit_2():
                               capture_output=True, text=True, env=env, timeout=120)
         assert proc.returncode == 2, (argv, proc.stderr)
         assert needle in proc.stderr, (argv, proc.stderr)
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--lr", "inf"], "--lr must be a finite number > 0, got inf"),
+    (["--lr", "nan"], "--lr must be a finite number > 0"),
+    (["--timeout", "-5"], "--timeout must be a finite number > 0, got -5"),
+    (["--theta", "0"], "--theta must be a finite number > 0"),
+    (["--gamma", "2"], "--gamma must lie in (0, 1], got 2"),
+    (["--momentum", "1.5"], "--momentum must lie in [0, 1]"),
+    (["--weight-decay", "-1"], "--weight-decay must be a finite number >= 0"),
+    (["--theta-check-every", "-1"], "--theta-check-every must be >= 0"),
+    (["--algorithm", "squarm", "--momentum", "0"], "would be SPARQ-SGD"),
+    (["--algorithm", "squarm", "--momentum", "0.5"], "would be SPARQ-SGD"),
+    (["--algorithm", "dpsgd", "--nesterov"], "--nesterov needs --momentum > 0"),
+    (["--algorithm", "dpsgd", "--theta-check-every", "5"], "applies to --algorithm moniqua"),
+    (["--json", "/proc/nope/out.json"], "--json '/proc/nope/out.json': "),
+    (["--log-file", "/"], "is a folder"),
+])
+def test_train_refuses_bad_values_before_any_work(argv, needle, capsys, monkeypatch):
+    """Checked right after parsing: one line on stderr, exit 2, nothing started (no
+    process group: RANK and WORLD_SIZE are not even set)."""
+    from moniqua_kernels import train
+    monkeypatch.delenv("RANK", raising=False)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    with pytest.raises(SystemExit) as info:
+        train.main(argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert needle in err, err
+
+
+def test_demo_refuses_an_unwritable_json_before_running(capsys):
+    t0 = time.monotonic()
+    with pytest.raises(SystemExit) as info:
+        main(["demo", "--quick", "--json", "/proc/nope/demo.json", "--no-progress"])
+    assert info.value.code == 2
+    assert "--json '/proc/nope/demo.json'" in capsys.readouterr().err
+    assert time.monotonic() - t0 < 5  # refused before the runs (a quick demo takes ~15 s)
 
 
 def _free_port():
@@ -134,13 +177,27 @@ def test_cifar10_loader_reads_standard_format(tmp_path):
     (folder / "test_batch").write_bytes(b"not a pickle")
     with pytest.raises(ValueError, match="not a CIFAR-10 python batch"):
         cifar10.load(str(folder), train=False)
+    # A pickle that would run code while it loads is refused before it runs any.
+    marker = tmp_path / "ran"
+    (folder / "test_batch").write_bytes(pickle.dumps(_RunsCode(str(marker))))
+    with pytest.raises(ValueError, match="refusing .*system"):
+        cifar10.load(str(folder), train=False)
+    assert not marker.exists()
+
+
+class _RunsCode:
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.path}",))
 
 
 def test_train_resnet20_on_generated_cifar(tmp_path):
     _write_fake_cifar(str(tmp_path / "cifar-10-batches-py"), n_train=32, n_test=8)
-    proc = _torchrun(["--algorithm", "choco", "--compressor", "sign", "--dataset", "cifar10",
-                      "--data-dir", str(tmp_path), "--model", "resnet20", "--steps", "2",
-                      "--batch-size", "4", "--json", str(tmp_path / "r.json")], tmp_path)
+    _torchrun(["--algorithm", "choco", "--compressor", "sign", "--dataset", "cifar10",
+               "--data-dir", str(tmp_path), "--model", "resnet20", "--steps", "2",
+               "--batch-size", "4", "--json", str(tmp_path / "r.json")], tmp_path)
     summary = json.loads((tmp_path / "r.json").read_text())["summary"]
     assert summary["model"] == "resnet20" and summary["n_params"] > 250_000
     assert summary["bytes_sent_rank0"] > 0

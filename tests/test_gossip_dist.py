@@ -4,12 +4,14 @@ One process group runs every algorithm config in turn (spawning costs more than 
 training).  The simulator must reproduce the parameters bit for bit; bytes must match
 the formulas; a peer that exits makes the others fail with PeerError, not hang.
 """
+import functools
 import math
 import time
 
 import pytest
 import torch
 
+import faults
 from moniqua_kernels import simulate
 from moniqua_kernels.compressors import QSGD, Compose, ScaledSign, TopK
 from moniqua_kernels.reference.packing import packed_nbytes
@@ -22,7 +24,7 @@ CHOCO_RANDOMK = simulate.AlgorithmConfig("choco", {"compressor": "randomk:0.3+qs
                                                    "gamma": 0.3}, overlap=False)
 NAMES = ["dpsgd", "allreduce", EXACT_ALLREDUCE, "moniqua-1bit", "moniqua-2bit",
          "moniqua-d2-4bit", "moniqua-adpsgd-1bit", "choco-sign", "choco-qsgd4", "squarm",
-         CHOCO_RANDOMK]
+         CHOCO_RANDOMK, "dcd-qsgd4", "ecd-qsgd4", "deepsqueeze-sign", "adpsgd"]
 
 
 def _key(name):
@@ -84,18 +86,30 @@ def test_bytes_sent_equal_the_formulas(runs):
         "allreduce-exact": (n - 1) * 4 * n_params * steps,
         "choco-sign": deg * ScaledSign().nbytes(n_params) * steps,
         "choco-qsgd4": deg * QSGD(4).nbytes(n_params) * steps,
+        "dcd-qsgd4": deg * QSGD(4).nbytes(n_params) * steps,
+        "ecd-qsgd4": deg * QSGD(4).nbytes(n_params) * steps,
+        "deepsqueeze-sign": deg * ScaledSign().nbytes(n_params) * steps,
     }
     for name, total in expect.items():
         assert runs[name][0].bytes_sent == [total] * n, name
-    # Moniqua 1-bit with its theta monitor (every 100 steps: at step 0, 256 float32
-    # samples to each neighbour + one scalar max all-reduce)
-    monitor = deg * 256 * 4 + math.ceil(2 * (n - 1) * 4 / n)
+    # Moniqua with its theta checks at steps 0-8: a check sends every value as float32
+    # ("fine": the first one, one after identical models, one after codes that read near
+    # their range) or as 8-bit codes ("coarse") to each neighbour; each look ends with a
+    # 2-float max all-reduce.  So the extra bytes are a fine + b coarse looks, a >= 1,
+    # b < checks, a + b >= checks.
+    checks = [t for t in range(steps) if t < 8 or t & (t - 1) == 0]
+    reduce = math.ceil(2 * (n - 1) * 8 / n)
+    fine, coarse = deg * 4 * n_params + reduce, deg * n_params + reduce
+
+    def looks(extra):
+        return [(a, b) for b in range(len(checks)) for a in range(1, 2 * len(checks))
+                if a * fine + b * coarse == extra and a + b >= len(checks)]
     for bits in (1, 2):
-        assert runs[f"moniqua-{bits}bit"][0].bytes_sent == [
-            deg * packed_nbytes(n_params, bits) * steps + monitor] * n
-    # AD-PSGD: at most one partner per step
+        for b in runs[f"moniqua-{bits}bit"][0].bytes_sent:
+            assert looks(b - deg * packed_nbytes(n_params, bits) * steps), (bits, b)
+    # AD-PSGD: at most one partner per step (and per check)
     for b in runs["moniqua-adpsgd-1bit"][0].bytes_sent:
-        assert b <= packed_nbytes(n_params, 1) * steps + monitor
+        assert b <= packed_nbytes(n_params, 1) * steps + len(checks) * (fine + coarse)
     # SQuARM (H=2): flags and, when triggered, the composed payload, every 2nd step
     comp = Compose(TopK(0.1), QSGD(4))
     per_sync = deg * (1 + comp.nbytes(n_params))
@@ -106,16 +120,18 @@ def test_bytes_sent_equal_the_formulas(runs):
 
 @pytest.mark.parametrize("fault", ["exit", "stall"])
 def test_failed_peer_fails_the_others_with_peer_error_in_time(fault):
-    """Rank 2 of a ring of 3 exits (connection closed) or hangs (the deadline fires)."""
+    """Rank 2 of a ring of 3 exits (connection closed) or hangs (the deadline fires) at
+    its fourth exchange (a test transport, tests/faults.py, injects the fault)."""
     timeout = 8.0
     t0 = time.monotonic()
     with pytest.raises(RuntimeError) as info:
         simulate.run_processes("dpsgd", n_workers=3, dataset="synthetic", steps=200,
-                               hidden=8, batch_size=4, timeout=timeout, _fault_rank=2,
-                               _fault=(3, fault))
+                               hidden=8, batch_size=4, timeout=timeout,
+                               wrap_transport=functools.partial(faults.inject, rank=2,
+                                                                at_exchange=3, fault=fault))
     elapsed = time.monotonic() - t0
     errors = info.value.rank_errors
-    assert ("exited with code 3" if fault == "exit" else "killed") in errors[2]
+    assert (f"exited with code {faults.EXIT_CODE}" if fault == "exit" else "killed") in errors[2]
     for r in (0, 1):
         assert "PeerError" in errors[r] and "peer(s) [2]" in errors[r], errors[r]
         if fault == "stall":

@@ -89,6 +89,27 @@ def test_bad_weights_refused(w, match):
         T.from_weights(w)
 
 
+def test_noise_factor():
+    """S = (1/n) sum of 1 / (1 - l) over the non-consensus eigenvalues: ring of 4 with
+    weights 1/3 has l = 1/3, 1/3, -1/3, so S = (1.5 + 1.5 + 0.75) / 4; the complete graph
+    (W = J) has l = 0 n - 1 times."""
+    assert T.ring(4).noise_factor() == pytest.approx(3.75 / 4)
+    assert T.complete(5).noise_factor() == pytest.approx(4 / 5)
+    assert T.ring(8).noise_factor() > T.ring(4).noise_factor()
+    assert T.random_matching(T.ring(8), 0).noise_factor() > T.ring(8).noise_factor()
+
+
+def test_row_but_not_column_stochastic_refused_by_the_column_check():
+    """Rows sum to 1, column 1 to 1.5: gossip with it would not keep the average.  Not
+    symmetric either, so the symmetric check is off here: only the column check can
+    refuse it, and the test names exactly that refusal."""
+    w = [[0.5, 0.5, 0.0], [0.25, 0.5, 0.25], [0.0, 0.5, 0.5]]
+    with pytest.raises(T.TopologyError, match=r"not doubly stochastic: column 1 sums to 1\.5"):
+        T.from_weights(w, symmetric=False)
+    with pytest.raises(T.TopologyError, match=r"not doubly stochastic: column 1"):
+        T.Topology(lambda t: w, "directed", period=2, symmetric=False, n=3)
+
+
 def test_bad_specs_refused():
     with pytest.raises(T.TopologyError, match="unknown topology"):
         T.make("hypercube", 8)

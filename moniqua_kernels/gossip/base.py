@@ -21,11 +21,14 @@ random stream from what both ends know, and every bucket gets its own stream off
 """
 from __future__ import annotations
 
+import hashlib
 import math
 from typing import Optional
 
+import numpy as np
 import torch
 
+from . import handshake
 from . import topology as topology_mod
 from .flat import FlatParams
 from .transport import DEFAULT_TIMEOUT, DistTransport, Transport
@@ -61,9 +64,25 @@ def ring_allreduce_bytes(nbytes: int, n: int) -> int:
     return 0 if n <= 1 else math.ceil(2 * (n - 1) * nbytes / n)
 
 
-class GossipAlgorithm:
+class _AgreeAfterInit(type):
+    """Runs ``_after_init`` once the subclass's __init__ has set every field, so the
+    handshake sees the whole configuration before anything model-sized travels."""
+
+    def __call__(cls, *args, **kwargs):
+        obj = super().__call__(*args, **kwargs)
+        obj._after_init()
+        return obj
+
+
+class GossipAlgorithm(metaclass=_AgreeAfterInit):
     """Base class.  Subclasses implement ``_begin`` (encode, post sends) and ``_end``
-    (wait, decode, update) and call ``self._exchange`` so bytes are counted.
+    (wait, decode, update), call ``self._exchange`` so bytes are counted and
+    ``self._wait`` on every pending exchange, and extend ``fingerprint()`` with every
+    setting both ends of a message must share.
+
+    Construction ends with a handshake (gossip.handshake): the ranks compare their
+    fingerprints and every rank raises ConfigMismatch naming the fields that differ,
+    before the initial broadcast or any exchange.
 
     Arguments shared by all algorithms:
       model_or_params  an nn.Module, an iterable of parameters, or param groups
@@ -74,6 +93,9 @@ class GossipAlgorithm:
                        when given, process_group is ignored
       seed             run seed for every random stream (same on all workers)
       bucket_numel     cut the flat buffers into buckets of about this many elements
+      per_layer        one bucket per parameter tensor, so a compressor's scale (sign's
+                       mean |x|, QSGD's bucket scales, Moniqua's stream) is per layer,
+                       as CHOCO-SGD's experiments compress (overrides bucket_numel)
       timeout          seconds any wait may take before PeerError names the peer
       sync_params      broadcast rank 0's parameters at construction (consensus start)
     """
@@ -83,8 +105,8 @@ class GossipAlgorithm:
 
     def __init__(self, model_or_params, topology="ring", process_group=None, *,
                  transport: Optional[Transport] = None, seed: int = 0,
-                 bucket_numel: Optional[int] = None, timeout: float = DEFAULT_TIMEOUT,
-                 sync_params: bool = True):
+                 bucket_numel: Optional[int] = None, per_layer: bool = False,
+                 timeout: float = DEFAULT_TIMEOUT, sync_params: bool = True):
         self.transport = transport if transport is not None else DistTransport(process_group,
                                                                                timeout)
         self.rank, self.world_size = self.transport.rank, self.transport.world_size
@@ -94,7 +116,9 @@ class GossipAlgorithm:
                 f"{type(self).__name__} keeps per-neighbour state and needs a static topology, "
                 f"got {self.topology.name}")
         self.seed = int(seed)
-        self.flat = FlatParams(model_or_params, bucket_numel)
+        self.per_layer = bool(per_layer)
+        self.flat = FlatParams(model_or_params, 1 if self.per_layer else bucket_numel)
+        self._sync_params = bool(sync_params)
         self.step_count = 0
         self.bytes_sent = 0        # cumulative, this worker
         self.last_bytes_sent = 0   # in the last completed step
@@ -102,13 +126,38 @@ class GossipAlgorithm:
         self._step_bytes = 0
         self._step_rounds = 0
         self._in_step = False
-        if sync_params and self.world_size > 1:
+        self.timer = None          # a timing.StepTimer once enable_timing() ran
+        self._slots: dict = {}     # persistent payload buffers, see _slot()
+
+    def _after_init(self) -> None:
+        self.agree()
+        if self._sync_params and self.world_size > 1:
             with torch.no_grad():
                 for buf in self.flat.buffers:
                     self.transport.broadcast_(buf, 0)
 
     def _make_topology(self, topology):
         return topology_mod.make(topology, self.world_size)
+
+    def fingerprint(self) -> dict:
+        """Everything both ends of a message must share.  Subclasses add their own
+        fields (bits, rounding, theta schedule, gamma, compressor, ...)."""
+        top = self.topology
+        w = np.round(np.asarray(top.weights(0), dtype=np.float64), 12)
+        digest = hashlib.sha256(w.tobytes()).hexdigest()[:12]
+        return {"algorithm": type(self).__name__, "world_size": self.world_size,
+                "topology": f"{top.name}, period {top.period}, W sha256:{digest}",
+                "seed": self.seed, "step": self.step_count,
+                "buckets": [b.numel for b in self.buckets],
+                "dtypes": sorted({str(b.tensor.dtype) for b in self.buckets}),
+                "device_type": self.buckets[0].tensor.device.type}
+
+    def agree(self, **extra) -> None:
+        """The handshake: every rank compares fingerprint() (plus ``extra``) with the
+        others' and raises handshake.ConfigMismatch naming what differs.  A collective:
+        every rank calls it (construction and load_state_dict do)."""
+        handshake.agree(self.transport, {**self.fingerprint(), **extra},
+                        device=self.buckets[0].tensor.device)
 
     # ----------------------------------------------------------------- public API
     @property
@@ -125,18 +174,42 @@ class GossipAlgorithm:
             raise RuntimeError(f"{type(self).__name__}.begin() called twice without end()")
         self._in_step = True
         self._step_bytes, self._step_rounds = 0, 0
+        if self.timer is not None:
+            self.timer.start("encode")
         with torch.no_grad():
             self._begin()
+        if self.timer is not None:
+            self.timer.stop()
 
     def end(self) -> None:
         if not self._in_step:
             raise RuntimeError(f"{type(self).__name__}.end() called without begin()")
+        if self.timer is not None:
+            self.timer.start("decode_mix")
         with torch.no_grad():
             self._end()
+        if self.timer is not None:
+            self.timer.stop()
         self._in_step = False
+        if self.buckets[0].tensor.is_cuda:
+            # The CUDA kernels count non-finite inputs in a device-side flag instead of
+            # synchronising per op; end() is where gossip reads it (one synchronisation
+            # per step, after the step's kernels are queued).  On CPU the ops raise at
+            # once.  Raises KernelInputError naming the op.
+            from ..ops import check_errors
+            check_errors(self.buckets[0].tensor.device)
         self.last_bytes_sent, self.last_rounds = self._step_bytes, self._step_rounds
         self.bytes_sent += self._step_bytes
         self.step_count += 1
+
+    def enable_timing(self):
+        """Time every later step's encode, wire wait and decode+mix (gossip.timing);
+        returns the StepTimer whose ``seconds`` accumulate them."""
+        from .timing import StepTimer, TimedTransport
+        if self.timer is None:
+            self.timer = StepTimer()
+            self.transport = TimedTransport(self.transport, self.timer)
+        return self.timer
 
     def consensus_distance(self) -> float:
         """(1/n) sum_i ||x_i - x_bar||^2 over all workers: a collective (every worker
@@ -162,7 +235,9 @@ class GossipAlgorithm:
                 "counters": {name: getattr(self, name) for name in self._STATE_COUNTERS},
                 "tensors": tensors}
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict, agree: bool = True) -> None:
+        """Restore counters and state tensors; then (``agree=True``, a collective) the
+        ranks check that they resumed the same configuration at the same step."""
         if state.get("algorithm") != type(self).__name__:
             raise ValueError(f"state of {state.get('algorithm')!r} cannot be loaded into "
                              f"{type(self).__name__}")
@@ -175,6 +250,8 @@ class GossipAlgorithm:
             with torch.no_grad():
                 for dst, src in zip(current, saved):
                     dst.copy_(src)
+        if agree:
+            self.agree()
 
     def bits_per_element(self) -> float:
         """Average bits sent per model element per step so far."""
@@ -187,6 +264,27 @@ class GossipAlgorithm:
 
     def _end(self) -> None:
         raise NotImplementedError
+
+    def _wait(self, pending):
+        """The one place the algorithms wait for communication."""
+        return pending.wait()
+
+    def _slot(self, kind: str, bucket: int, peer: int, nbytes: int,
+              like: torch.Tensor) -> torch.Tensor:
+        """A uint8 buffer of ``nbytes`` kept from step to step for one (kind, bucket,
+        peer): the payloads sent and received reuse their memory, so a step allocates
+        nothing model-sized.  A step may write a slot again only after the exchange
+        that used it was waited for (end() waits for every exchange of its step)."""
+        key = (kind, bucket, peer)
+        buf = self._slots.get(key)
+        if buf is None or buf.numel() != nbytes or buf.device != like.device:
+            buf = self._slots[key] = torch.empty(nbytes, dtype=torch.uint8, device=like.device)
+        return buf
+
+    def _recv_slots(self, bucket, peers, nbytes: int) -> list:
+        """recvs for _exchange: one persistent receive buffer per peer of a bucket."""
+        return [(j, self._slot("recv", bucket.index, j, int(nbytes), bucket.tensor))
+                for j in peers]
 
     def _exchange(self, sends, recvs, tag: int = 0):
         """Post one round; count its exact send bytes."""

@@ -18,118 +18,122 @@ compressor is typically Compose(sparsifier, quantizer), e.g. "topk:0.1+qsgd:4".
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .. import compressors as comp
-from .base import GossipAlgorithm
+from .compressed import CompressedGossip, as_compressor
 
 __all__ = ["Choco", "SQuARM"]
 
 _FLAG_TAG = 1 << 21
 
 
-def _compressor(spec) -> comp.Compressor:
-    c = comp.from_spec(spec) if isinstance(spec, str) else spec
-    if not isinstance(c, comp.Compressor):
-        raise TypeError(f"compressor must be a Compressor or a spec string, got {type(c)}")
-    if c.needs_reference:
-        raise ValueError(f"{c.name} decodes against the receiver's own model; CHOCO/SQuARM "
-                         "send differences x - xhat, so use qsgd, sign, randomk, topk, "
-                         "identity or a composition (for Moniqua use gossip.Moniqua)")
-    return c
-
-
-class Choco(GossipAlgorithm):
-    """CHOCO-SGD gossip with any compressor.
+class Choco(CompressedGossip):
+    """CHOCO-SGD gossip with any compressor (Koloskova et al. 2019, Algorithm 1).
 
       compressor  a Compressor or a spec ('sign', 'qsgd:4', 'topk:0.1', ...)
       gamma       consensus step size (CHOCO's gamma; smaller for coarser compressors)
     """
 
     name = "choco"
-    time_varying_ok = False
     _STATE_TENSORS = ("_xhat", "_s")
 
     def __init__(self, model_or_params, topology="ring", process_group=None, *,
                  compressor="sign", gamma: float = 0.5, **kw):
-        self.compressor = _compressor(compressor)
-        self.gamma = float(gamma)
-        super().__init__(model_or_params, topology, process_group, **kw)
-        self.flat.assign_stream_offsets(self.compressor.stream_span)
-        self._xhat = [torch.zeros_like(b.tensor) for b in self.buckets]
-        self._s = [torch.zeros_like(b.tensor) for b in self.buckets]
-        self._peers = self.topology.in_peers(self.rank)
-        self._out = self.topology.out_peers(self.rank)
-        self._w_self = self.topology.self_weight(self.rank)
+        super().__init__(model_or_params, topology, process_group, compressor=compressor,
+                         gamma=gamma, **kw)
+        self._xhat = self._buffers()
+        self._s = self._buffers()
 
     # Choco always sends; SQuARM decides per sync step.
     def _begin(self):
-        self._post(send=True, senders=[j for j, _ in self._peers])
+        self._post([b.tensor - xhat for b, xhat in zip(self.buckets, self._xhat)])
 
     def _end(self):
         self._apply()
 
-    def _post(self, send: bool, senders: list[int]) -> None:
-        self._sending, self._senders = send, senders
-        self._own_seed = self._seed(self.rank)
-        self._own, self._pending = [], []
-        c = self.compressor
-        for b, xhat in zip(self.buckets, self._xhat):
-            sends = []
-            if send:
-                p = c.encode(b.tensor - xhat, seed=self._own_seed, offset=b.stream_offset)
-                self._own.append(p)
-                wire = p.to_wire()
-                sends = [(k, wire) for k in self._out]
-            recvs = [(j, c.nbytes(b.numel, b.tensor.dtype, self._seed(j), b.stream_offset))
-                     for j in senders]
-            self._pending.append(self._exchange(sends, recvs, tag=b.index) if sends or recvs
-                                 else None)
-
     def _apply(self) -> None:
-        c, weight = self.compressor, dict(self._peers)
+        weight = dict(self._peers)
         for i, (b, xhat, s) in enumerate(zip(self.buckets, self._xhat, self._s)):
-            got = self._pending[i].wait() if self._pending[i] is not None else {}
-            if self._sending:
-                q = c.decode(self._own[i])
-                xhat.add_(q)
-                s.add_(q, alpha=self._w_self)
-            for j in self._senders:
-                p = c.from_wire(got[j], b.tensor.shape, b.tensor.dtype, seed=self._seed(j),
-                                offset=b.stream_offset)
-                s.add_(c.decode(p), alpha=weight[j])
+            own, theirs = self._collect(i)
+            if own is not None:
+                xhat.add_(own)
+                s.add_(own, alpha=self._w_self)
+            for j, q in theirs.items():
+                s.add_(q, alpha=weight[j])
             b.tensor.add_(s - xhat, alpha=self.gamma)
-        self._own = self._pending = None
+        self._done()
 
 
 class SQuARM(Choco):
-    """SQuARM-SGD gossip (use with SGD(momentum=beta, nesterov=True)).
+    """SQuARM-SGD gossip (Singh, Data, George, Diggavi 2020, Algorithm 1).
 
-      compressor  default 'topk:0.1+qsgd:4' (sparsify, then quantize the kept values)
+    The local optimizer must be SGD with Nesterov momentum (``SQuARM.optimizer(params,
+    lr)`` makes one: momentum 0.9, the papers' value); with plain SGD this gossip is
+    SPARQ-SGD (Singh et al. 2019).  Passing the optimizer as ``lr=`` lets SQuARM read its
+    learning rate and refuse one without Nesterov momentum.
+
+      compressor  default Compose(TopK(0.1), QSGD(4), contractive=True): sparsify, quantize
+                  the kept values, scale by 1 / (1 + beta) (compressors.Compose)
       gamma       consensus step size
       H           local steps between synchronisations (communicate at every H-th step)
-      threshold   c in the trigger ||x_i - xhat_i||^2 > c * lr^2 (0: send unless equal)
+      threshold   c_0 of the trigger ||x_i - xhat_i||^2 > c_t lr^2 (0: send unless equal),
+                  with c_t = c_0 (t + 1)^threshold_power, t the step: the papers' increasing
+                  sequence (c_t <= c_0 t^(1 - eps), eps > 0, for their convergence rates;
+                  power 1 - eps, default 0.5)
       lr          float, callable step -> lr, or the optimizer (its current lr is read)
     """
 
     name = "squarm"
     _STATE_COUNTERS = Choco._STATE_COUNTERS + ("sync_steps", "triggers")
+    MOMENTUM = 0.9
 
     def __init__(self, model_or_params, topology="ring", process_group=None, *,
                  compressor="topk:0.1+qsgd:4", gamma: float = 0.5, H: int = 1,
-                 threshold: float = 0.0, lr=None, **kw):
+                 threshold: float = 0.0, threshold_power: float = 0.5, lr=None,
+                 contractive: bool = True, **kw):
         if int(H) < 1:
             raise ValueError(f"H (local steps per sync) must be >= 1, got {H}")
-        if threshold < 0:
-            raise ValueError(f"threshold must be >= 0, got {threshold}")
-        self.H, self.threshold, self._lr = int(H), float(threshold), lr
+        if not (threshold >= 0 and math.isfinite(threshold)):
+            raise ValueError(f"threshold must be finite and >= 0, got {threshold}")
+        if not 0 <= threshold_power < 1:
+            raise ValueError(f"threshold_power must lie in [0, 1) (c_t <= c_0 t^(1 - eps)), "
+                             f"got {threshold_power}")
+        self.H, self.threshold, self.threshold_power = int(H), float(threshold), float(threshold_power)
+        self._lr = lr
         if self.threshold > 0 and lr is None:
             raise ValueError("a threshold > 0 is scaled by lr^2: pass lr= (float, callable "
                              "or the optimizer)")
+        if hasattr(lr, "param_groups"):
+            group = lr.param_groups[0]
+            if not (group.get("nesterov") and group.get("momentum", 0) > 0):
+                raise ValueError(
+                    "SQuARM-SGD runs Nesterov momentum locally; this optimizer has momentum="
+                    f"{group.get('momentum', 0)}, nesterov={group.get('nesterov', False)} "
+                    "(that would be SPARQ-SGD): use SQuARM.optimizer(params, lr)")
         self.triggers = 0       # sync steps at which this worker sent
         self.sync_steps = 0
+        compressor = as_compressor(compressor, "SQuARM")
+        if contractive and isinstance(compressor, comp.Compose) and not compressor.contractive:
+            compressor = comp.Compose(compressor.sparsifier, compressor.quantizer,
+                                      contractive=True)
         super().__init__(model_or_params, topology, process_group, compressor=compressor,
                          gamma=gamma, **kw)
+
+    @classmethod
+    def optimizer(cls, params, lr: float, momentum: float = MOMENTUM, weight_decay: float = 0.0):
+        """The local optimizer SQuARM-SGD assumes: SGD with Nesterov momentum."""
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=True,
+                               weight_decay=weight_decay)
+
+    def fingerprint(self) -> dict:
+        return {**super().fingerprint(), "H": self.H, "threshold": self.threshold,
+                "threshold_power": self.threshold_power}
+
+    def threshold_at(self, step: int) -> float:
+        return self.threshold * (step + 1) ** self.threshold_power
 
     def lr(self) -> float:
         if self._lr is None:
@@ -149,13 +153,14 @@ class SQuARM(Choco):
         self.sync_steps += 1
         sq = sum(float((b.tensor - xhat).double().square().sum())
                  for b, xhat in zip(self.buckets, self._xhat))
-        send = sq > self.threshold * self.lr() ** 2
+        send = sq > self.threshold_at(self.step_count) * self.lr() ** 2
         self.triggers += int(send)
         flag = torch.tensor([int(send)], dtype=torch.uint8, device=self.buckets[0].tensor.device)
-        flags = self._exchange([(k, flag) for k in self._out],
-                               [(j, 1) for j, _ in self._peers], tag=_FLAG_TAG).wait()
+        flags = self._wait(self._exchange([(k, flag) for k in self._out],
+                                          [(j, 1) for j, _ in self._peers], tag=_FLAG_TAG))
         senders = [j for j, _ in self._peers if int(flags[j][0])]
-        self._post(send, senders)
+        self._post([b.tensor - xhat for b, xhat in zip(self.buckets, self._xhat)] if send
+                   else None, senders)
 
     def _end(self):
         if self._sync:

@@ -22,20 +22,26 @@ class DPSGD(GossipAlgorithm):
         t = self.step_count
         self._peers = self.topology.in_peers(self.rank, t)
         out = self.topology.out_peers(self.rank, t)
-        self._snap = [b.tensor.detach().clone() for b in self.buckets]
-        self._pending = []
-        for b, snap in zip(self.buckets, self._snap):
-            wire = snap.view(torch.uint8)
-            recvs = [(j, wire.numel()) for j, _ in self._peers]
+        self._snap, self._pending = [], []
+        for b in self.buckets:
+            # the snapshot is the payload; both live in buffers kept across steps
+            nbytes = b.tensor.numel() * b.tensor.element_size()
+            wire = self._slot("send", b.index, -1, nbytes, b.tensor)
+            self._snap.append(wire.view(b.tensor.dtype).copy_(b.tensor.reshape(-1)))
+            recvs = self._recv_slots(b, [j for j, _ in self._peers], nbytes)
             self._pending.append(self._exchange([(k, wire) for k in out], recvs, tag=b.index))
 
     def _end(self):
         for b, snap, pending in zip(self.buckets, self._snap, self._pending):
-            got = pending.wait()
-            acc = torch.zeros_like(snap)
+            got = self._wait(pending)
+            acc = self._slot("acc", b.index, -1, snap.numel() * snap.element_size(),
+                             b.tensor).view(snap.dtype).zero_()
+            diff = self._slot("diff", b.index, -1, snap.numel() * snap.element_size(),
+                              b.tensor).view(snap.dtype)
             for j, w in self._peers:
-                acc += w * (got[j].view(snap.dtype) - snap)
-            b.tensor.add_(acc)
+                torch.sub(got[j].view(snap.dtype), snap, out=diff)
+                acc.add_(diff.mul_(w))
+            b.tensor.add_(acc.view(b.tensor.shape))
         self._snap = self._pending = None
 
 
@@ -59,6 +65,9 @@ class AllReduce(GossipAlgorithm):
         self.deterministic = bool(deterministic)
         super().__init__(model_or_params, "complete", process_group, **kw)
 
+    def fingerprint(self) -> dict:
+        return {**super().fingerprint(), "deterministic": self.deterministic}
+
     def _begin(self):
         # Post the collectives now so they run during the backward pass.
         self._snap = [b.tensor.detach().clone() for b in self.buckets]
@@ -76,7 +85,7 @@ class AllReduce(GossipAlgorithm):
 
     def _end(self):
         for b, snap, pending in zip(self.buckets, self._snap, self._pending):
-            got = pending.wait()
+            got = self._wait(pending)
             if self.deterministic:
                 avg = got[0].clone()
                 for p in got[1:]:

@@ -1,27 +1,85 @@
-"""Moniqua's theta: the bound on |x_i - x_j| its modulo decode relies on.
+"""Moniqua's theta: the bound on |x_i - x_j| its modulo decode relies on, and gamma.
 
 If a neighbour's model differs from the receiver's by more than theta in some
 coordinate, that coordinate decodes to the wrong value *silently* (it wraps by a
 multiple of B).  So theta is (a) a schedule every worker evaluates identically and (b)
-checked now and then by ``ThetaMonitor``.
+checked by ``ThetaMonitor`` (on by default).
 
-Schedules: a float (constant), any callable step -> theta, or ``LRProportional``: the
-paper's bound on the model spread is proportional to the learning rate (Lu & De Sa
-2020, Lemma 1: |x_i - x_j| = O(alpha G / (1 - rho))), so theta_t = scale * lr_t.
+Schedules: a float (constant), any callable step -> theta, ``LRProportional`` (the
+paper's bound on the model spread is proportional to the learning rate: Lu & De Sa
+2020, Lemma 1, |x_i - x_j| = O(alpha G / (1 - rho)), so theta_t = scale * lr_t), or
+``Adaptive`` (the default): theta = margin x the measured max |x_i - x_j|.
+
+Checks: at steps 0-7, 8, 16, 32, ... (the spread grows fastest from the common start)
+and then every ``every`` steps, each worker sends all its values, 8-bit Moniqua codes at
+a 32 x theta modulus, to its neighbours (Moniqua._measure_spread); the max difference
+over every coordinate and edge is max-all-reduced, so every worker sees the same number
+(and Adaptive gives the same theta everywhere).
+
+Gamma and margin (``default_gamma``, ``default_margin``).  The mix injects the decode
+error (uniform in +-eps theta for dither, eps = delta B / theta) with weight gamma; a mode
+of W with eigenvalue l contracts by gamma (1 - l) per step, so the noise alone spreads
+the models by a variance ~ gamma (eps theta)^2 S, S = (1/n) sum_l 1 / (1 - l) over W's
+non-consensus modes (``Topology.noise_factor``: 0.94 for a ring of 4, 1.97 for a ring
+of 8).  With an adaptive theta = margin x spread, that is a feedback loop of gain
+~ eps margin sqrt(gamma S): too high and theta feeds on its own noise, the spread growing
+without bound (measured: 4 bits, gamma 1, ring of 8, margin 4: consensus distance 14
+after 600 steps, 187 after 1500, against 0.01 and 0.003 with margin 2).  Below it the
+noise multiplies the gradient-driven spread, which itself grows as 1 / gamma, so the
+gain should not be much smaller either.  The defaults: gamma = min(1, GAMMA_C / (S (eps
+margin)^2)), a gain of sqrt(GAMMA_C) where gamma < 1 (GAMMA_C = 0.1, measured: see its
+comment); the margin as large as a gain of MARGIN_GAIN at gamma = 1 allows, between 2
+and 4 (a larger margin absorbs the step-to-step bursts of the spread that nearly exact
+mixing shows; at gamma = 1 the loop turned unstable at a lower gain than where gamma
+damps the noise, see the measurements at MARGIN_GAIN).
 """
 from __future__ import annotations
 
 import math
 import warnings
-from typing import Callable, Optional, Union
+from typing import TYPE_CHECKING, Callable, Optional, Union
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
-__all__ = ["Constant", "LRProportional", "as_schedule", "ThetaMonitor", "ThetaViolation"]
+from .. import ops
+
+__all__ = ["Constant", "LRProportional", "Adaptive", "as_schedule", "ThetaMonitor",
+           "ThetaViolation", "ThetaViolationError", "default_gamma", "default_margin",
+           "check_steps"]
 
 
 class ThetaViolation(UserWarning):
     """The measured max |x_i - x_j| exceeded theta: decoded values may be wrong."""
+
+
+class ThetaViolationError(RuntimeError):
+    """Theta was violated at several checks in a row: the models are being corrupted."""
+
+
+# Checks after the start, every CHECK_EVERY steps.  Measured with
+# scripts/theta_check_cost.py (4 gloo ranks on this 2-core machine, digits MLP, 1 bit):
+# a check costs ~1.3 steps' time; every 128 steps the checks took 1.8% (4810 parameters)
+# and 1.5% (38410) of 2000 steps, over the 1% budget; every 256 see docs/theta-checks.md.
+CHECK_EVERY = 256
+
+
+def check_steps(step: int, every: int) -> bool:
+    """Every step below 8, then 8, 16, 32, ... below ``every``, then the multiples of
+    ``every``: the models spread fastest from their common start (measured: 4 workers
+    on random pairwise matchings, 1 bit, the spread at step 7 was 2.5x the spread at
+    step 4, above a margin-2 theta set at 4)."""
+    if step < min(8, every):
+        return True
+    if step < every:
+        return step & (step - 1) == 0
+    return step % every == 0
+
+
+def _check_every(every) -> int:
+    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+        raise ValueError(f"every must be an int >= 1, got {every!r}")
+    return every
 
 
 class Constant:
@@ -57,52 +115,193 @@ class LRProportional:
             raise ValueError(f"theta schedule gave {theta!r} at step {step}; set floor > 0")
         return theta
 
+    def __repr__(self):
+        return f"LRProportional({self.scale:g}, floor={self.floor:g})"
+
+
+class Adaptive:
+    """theta = margin x the largest spread max |x_i - x_j| seen at the recent checks.
+
+    The measurement is of the values about to be encoded at the checked step, over every
+    coordinate, so that step's theta holds by construction; between checks theta stays,
+    and the margin covers the growth until the next check.  The spread fluctuates from
+    step to step with the minibatches, so theta follows a running max of the checks'
+    spreads that decays by ``decay`` per check (it still comes down when the spread
+    does, e.g. after a learning-rate drop).  Checks at 0-7, 8, 16, ... then every
+    ``every`` steps (``check_steps``).  With ``lr`` (an optimizer or callable step -> lr),
+    theta also follows a learning rate that grew since the check (warm-up).
+    """
+
+    measures = True
+
+    def __init__(self, margin: float = 2.0, every: int = CHECK_EVERY, decay: float = 0.5,
+                 lr=None):
+        margin, decay = float(margin), float(decay)
+        if not math.isfinite(margin) or margin < 1:
+            raise ValueError(f"margin must be a finite number >= 1, got {margin!r}")
+        if not 0 <= decay <= 1:
+            raise ValueError(f"decay must lie in [0, 1], got {decay!r}")
+        self.margin, self.every, self.decay = margin, _check_every(every), decay
+        self._lr = lr
+        self._spread: Optional[float] = None
+        self._theta: Optional[float] = None
+        self._lr_at_check: Optional[float] = None
+        self._check_step: Optional[int] = None
+
+    def due(self, step: int) -> bool:
+        return check_steps(step, self.every)
+
+    def _lr_now(self, step: int) -> Optional[float]:
+        if self._lr is None:
+            return None
+        if hasattr(self._lr, "param_groups"):
+            return float(self._lr.param_groups[0]["lr"])
+        return float(self._lr(step))
+
+    def update(self, step: int, spread: float, scale: float) -> None:
+        """A check measured ``spread`` >= max |x_i - x_j| and ``scale`` = max |x|."""
+        held = 0.0 if self._spread is None else self.decay * self._spread
+        self._spread = max(spread, held)
+        # Identical models (spread 0, e.g. the first step) still need a theta > 0; 2^-20
+        # of the largest value keeps x / B within float32's exact integers (2^24).
+        self._theta = max(self.margin * self._spread, scale * 2.0 ** -20, 1e-30)
+        self._lr_at_check = self._lr_now(step)
+        self._check_step = step
+
+    def __call__(self, step: int) -> float:
+        if self._theta is None:
+            raise RuntimeError("Adaptive theta has no measurement yet: the first step "
+                               "must be a check (step 0)")
+        theta = self._theta
+        lr = self._lr_now(step)
+        if lr is not None and self._lr_at_check and lr > self._lr_at_check:
+            theta *= lr / self._lr_at_check
+        return theta
+
+    def state_dict(self) -> dict:
+        return {"spread": self._spread, "theta": self._theta, "lr_at_check": self._lr_at_check,
+                "check_step": self._check_step}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._spread, self._theta = state["spread"], state["theta"]
+        self._lr_at_check, self._check_step = state["lr_at_check"], state["check_step"]
+
+    def __repr__(self):
+        return f"Adaptive(margin={self.margin:g}, every={self.every}, decay={self.decay:g})"
+
 
 def as_schedule(theta) -> Callable[[int], float]:
+    if isinstance(theta, bool):
+        raise TypeError("theta must be a float, a callable step -> float or None (adaptive)")
+    if theta is None:
+        return Adaptive()
     if isinstance(theta, (int, float)):
         return Constant(theta)
     if callable(theta):
         return theta
-    raise TypeError(f"theta must be a float or a callable step -> float, got {type(theta)}")
+    raise TypeError(f"theta must be a float, a callable step -> float or None (adaptive), "
+                    f"got {type(theta).__name__}")
+
+
+# Measured (margin 2, 1 bit unless said; consensus distance after n1 / n2 steps, D-PSGD's
+# ~0.003; digits MLP, seed 0), gamma = c (1 - rho) / (eps margin)^2, the first form of
+# the rule:
+#   ring of 8 (1 - rho = 0.195, S = 1.97), 600 / 1500 steps:
+#     gamma 0.0049: 2.55 / 1.52;  0.0122: 1.75 / 0.84 (accuracy 97.21%);  0.0244: 3.1 / 1.9
+#     2 bits, gamma 0.044: 0.28 / 0.09;  0.110: 0.21 / 0.05;  0.220: 0.44 / 0.29
+#   ring of 4 (1 - rho = 0.667, S = 0.94), 400 / 1000 steps:
+#     gamma 0.0083: 1.19 / 0.70;  0.0167: 1.10 / 0.52;  0.0255: 1.99 / 1.73;
+#     0.0417: 14 / 33 (growing: unstable);  2 bits, gamma 0.23: 0.60 / 0.57, 0.375: 5.2 / 9.8
+# So the stable gamma hardly depends on 1 - rho: the slowest mode alone (that first
+# form) over-credits the better connected ring.  With S, gamma = GAMMA_C / (S (eps
+# margin)^2) = 0.0127 on the ring of 8 (its best measured value) and 0.0267 on the ring of
+# 4 (between 0.0255, stable, and 0.0417, not).  (The first guess, c = 1, let the 1-bit
+# spread on 8 workers grow to 36 in 600 steps.)
+GAMMA_C = 0.1
+# The adaptive margin: the loop gain eps x margin x sqrt(S) at gamma = 1 held at
+# MARGIN_GAIN, clipped to MARGIN_RANGE.  Measured at gamma 1 (4 bits, ring of 8, S = 1.97,
+# digits MLP, seed 0; consensus distance after 600 / 1500 steps): gain 0.19 (margin 2)
+# 0.011 / 0.003; 0.28 (margin 3) 0.11 / 0.03; 0.31 (3.3) 0.51 / 0.61; 0.37 (4) 14 / 187.
+# At least 2: a spread that doubles between two early checks stays inside theta.  At
+# most 4: 8 bits, gamma 1, margin 2: the spread exceeded the theta in use at 126 of 600
+# steps (bursts of nearly exact mixing, which follow the last few minibatches); with
+# margin 4 at none.
+MARGIN_GAIN = 0.19
+MARGIN_RANGE = (2.0, 4.0)
+
+
+def relative_error(bits: int, rounding: str) -> float:
+    """eps = delta B / theta, the decode error as a fraction of theta."""
+    delta = ops.moniqua_delta(bits, rounding)
+    return 2.0 * delta / (1.0 - 2.0 * delta)
+
+
+def default_margin(bits: int, rounding: str, noise_factor: float) -> float:
+    """MARGIN_GAIN / (eps sqrt(S)) clipped to MARGIN_RANGE: the largest margin whose
+    feedback at gamma = 1 stays at MARGIN_GAIN (module docstring); S from
+    Topology.noise_factor()."""
+    eps = relative_error(bits, rounding)
+    low, high = MARGIN_RANGE
+    return float(min(high, max(low, MARGIN_GAIN / (eps * math.sqrt(max(noise_factor, 1e-6))))))
+
+
+def default_gamma(bits: int, rounding: str, noise_factor: float, margin: float = 2.0,
+                  c: float = None) -> float:
+    """min(1, c / (S (eps margin)^2)): the consensus step size at which the decode noise
+    cannot drive an adaptive theta up (module docstring); S from Topology.noise_factor()."""
+    c = GAMMA_C if c is None else c
+    eps = relative_error(bits, rounding)
+    return float(min(1.0, c / (max(noise_factor, 1e-6) * (eps * margin) ** 2)))
 
 
 class ThetaMonitor:
-    """Every ``every`` steps, measure max |x_i - x_j| between neighbours.
+    """Checks that max |x_i - x_j| between neighbours stays below theta.
 
-    Each worker sends ``sample`` coordinates per bucket (all of them for smaller
-    buckets; otherwise positions drawn from a generator seeded by the step, the same on
-    every worker) in full precision to its neighbours, takes the max difference, and
-    one scalar max all-reduce makes every worker see the same number.  A sample can miss
-    a violation confined to unsampled coordinates; ``sample=None`` checks them all.
-    The bytes are counted in the algorithm's bytes_sent.
+    At ``check_steps(step, every)`` every coordinate is compared (the module docstring
+    says how); one max all-reduce makes every worker see the same number.  The bytes
+    (one per element to each neighbour per check) are counted in bytes_sent.
+
+    A violation warns (ThetaViolation, on rank 0: every rank sees the same measurement)
+    with the measured spread and what to change; ``raise_after`` violations at
+    consecutive checks raise ThetaViolationError on every rank (none is left waiting).
     """
 
-    def __init__(self, every: int = 100, sample: Optional[int] = 4096, warn: bool = True,
-                 seed: int = 0):
-        if every < 1:
-            raise ValueError("every must be >= 1")
-        self.every, self.sample, self.warn, self.seed = int(every), sample, bool(warn), seed
+    def __init__(self, every: int = CHECK_EVERY, warn: bool = True,
+                 raise_after: Optional[int] = 3):
+        self.every, self.warn = _check_every(every), bool(warn)
+        if raise_after is not None and (isinstance(raise_after, bool) or int(raise_after) < 1):
+            raise ValueError(f"raise_after must be None or an int >= 1, got {raise_after!r}")
+        self.raise_after = raise_after
         self.history: list[tuple[int, float, float]] = []  # (step, max diff, theta)
         self.violations = 0
+        self._in_a_row = 0
 
     def due(self, step: int) -> bool:
-        return step % self.every == 0
+        return check_steps(step, self.every)
 
-    def indices(self, numel: int, step: int, bucket: int, device) -> Optional[torch.Tensor]:
-        if self.sample is None or numel <= self.sample:
-            return None
-        g = torch.Generator().manual_seed((self.seed * 1000003 + step * 131 + bucket) & (2**63 - 1))
-        return torch.randint(numel, (self.sample,), generator=g).to(device)
-
-    def record(self, step: int, max_diff: float, theta: float, rank: int) -> bool:
+    def record(self, step: int, max_diff: float, theta: float, rank: int,
+               speak: Optional[bool] = None) -> bool:
+        """Record a check; warn (rank 0, or where ``speak``) and raise as documented."""
         self.history.append((step, max_diff, theta))
-        if max_diff > theta:
-            self.violations += 1
-            if self.warn and rank == 0:
-                warnings.warn(
-                    f"Moniqua theta bound violated at step {step}: max |x_i - x_j| = "
-                    f"{max_diff:.4g} > theta = {theta:.4g}; decoded models are corrupted. "
-                    "Raise theta (or its scale), lower the learning rate, or use more bits.",
-                    ThetaViolation, stacklevel=4)
-            return False
-        return True
+        if max_diff <= theta:
+            self._in_a_row = 0
+            return True
+        self.violations += 1
+        self._in_a_row += 1
+        what = (f"Moniqua theta bound violated at step {step}: max |x_i - x_j| "
+                f"= {max_diff:.4g} > theta = {theta:.4g}, so coordinates beyond theta decoded "
+                "to wrong values. Raise theta (or its scale), use the adaptive default "
+                "(theta=None), lower the learning rate or gamma, or use more bits.")
+        if self.raise_after is not None and self._in_a_row >= self.raise_after:
+            raise ThetaViolationError(f"{what} ({self._in_a_row} checks in a row)")
+        if self.warn and (rank == 0 if speak is None else speak):
+            warnings.warn(what, ThetaViolation, stacklevel=4)
+        return False
+
+    def state_dict(self) -> dict:
+        return {"violations": self.violations, "in_a_row": self._in_a_row,
+                "history": [list(h) for h in self.history]}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.violations, self._in_a_row = state["violations"], state["in_a_row"]
+        self.history = [tuple(h) for h in state["history"]]

@@ -184,6 +184,22 @@ class Topology:
         j = np.full((self.n, self.n), 1.0 / self.n)
         return float(1.0 - np.linalg.svd(m - j, compute_uv=False)[0])
 
+    def noise_factor(self) -> float:
+        """S = (1/n) sum over W's eigenvalues l below 1 of 1 / (1 - l): how much noise added
+        to every worker each step spreads the models apart in the long run, summed over
+        all modes (gossip/theta.py uses it for Moniqua's gamma).  For time-varying graphs,
+        of the symmetrized mean of 64 steps' W_t."""
+        if self._w is not None and self.symmetric:
+            m = self._w
+        else:
+            steps = self.period if self.period else 64
+            m = sum(self.weights(t) for t in range(steps)) / steps
+            m = (m + m.T) / 2
+        if self.n == 1:
+            return 0.0
+        ev = np.sort(np.linalg.eigvalsh(m))[:-1]  # drop the consensus eigenvalue 1
+        return float(np.sum(1.0 / np.maximum(1.0 - ev, 1e-12)) / self.n)
+
     def min_eigenvalue(self) -> float:
         """Smallest eigenvalue of a static symmetric W (D2 needs it > -1/3)."""
         if self._w is None or not self.symmetric:

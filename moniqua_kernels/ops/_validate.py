@@ -11,7 +11,6 @@ values: a seed or offset may be a SymInt (range checks then become torch._check)
 """
 from __future__ import annotations
 
-import functools
 import math
 import operator
 import struct

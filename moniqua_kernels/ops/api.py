@@ -15,7 +15,6 @@ import torch
 
 from .. import backends
 from ..reference.packing import packed_nbytes
-from ..reference.qsgd import NORMS  # noqa: F401  (re-exported for the compressors)
 from ..reference.sparse import topk_count, topk_index_dtype
 from . import _errors
 from . import _validate as v
