@@ -7,6 +7,9 @@ side in one run, and each provider that cannot run is recorded with its reason:
                   directly on prepared inputs (reference, cpu, cuda, triton)
   public          the public op with its default arguments (auto backend, the default
                   finite check): what a user's call costs
+  public-unchecked  the same with check_finite=False (Moniqua encode/decode)
+  public-out      the same defaults writing into a preallocated out= (Moniqua
+                  encode/decode): the cost of allocating the result, by difference
   eager           the reference function called directly (plain torch)
   compile         torch.compile(reference function)
   torch           the obvious torch code a user would write (torch.rand dither,
@@ -133,6 +136,11 @@ class BenchOp:
     reference: Callable
     ref_args: Callable[["Case"], tuple]
     obvious: Optional[Callable[["Case"], Optional[Callable]]] = None
+    # the public op with its defaults but one change, for ops that allocate or check:
+    # check_finite=False ("public-unchecked": what the default check costs) and a
+    # preallocated out= ("public-out": what allocating the result costs)
+    unchecked: Optional[Callable[["Case"], Callable[[], object]]] = None
+    with_out: Optional[Callable[["Case"], Callable[[], object]]] = None
 
 
 def _nb(c):
@@ -157,7 +165,12 @@ TABLE = {
                                             seed=SEED),
         ref_moniqua.moniqua_encode, lambda c: (c.x, MODULUS, c.bits, c.rounding, SEED, OFFSET),
         lambda c: (None if c.rounding == "nearest" else
-                   (torch_moniqua_encode, (c.x, MODULUS, c.bits)))),
+                   (torch_moniqua_encode, (c.x, MODULUS, c.bits))),
+        lambda c: lambda: mk.moniqua_encode(c.x, MODULUS, bits=c.bits, rounding=c.rounding,
+                                            seed=SEED, check_finite=False),
+        lambda c: (lambda out: lambda: mk.moniqua_encode(
+            c.x, MODULUS, bits=c.bits, rounding=c.rounding, seed=SEED, out=out))(
+                _u8(_nb(c), c.device))),
     "moniqua_decode": BenchOp(
         "moniqua_decode", lambda c: _nb(c) + 2 * c.n * c.esize,  # payload, y in; values out
         lambda c: (c.payloads[0], c.y, MODULUS, c.bits, c.rounding, SEED, OFFSET, None,
@@ -167,7 +180,13 @@ TABLE = {
         ref_moniqua.moniqua_decode,
         lambda c: (c.payloads[0], c.y, MODULUS, c.bits, c.rounding, SEED, OFFSET),
         lambda c: (None if c.rounding != "dither" else
-                   (torch_moniqua_decode, (c.payloads[0], c.y, MODULUS, c.bits)))),
+                   (torch_moniqua_decode, (c.payloads[0], c.y, MODULUS, c.bits))),
+        lambda c: lambda: mk.moniqua_decode(c.payloads[0], c.y, MODULUS, bits=c.bits,
+                                            rounding=c.rounding, seed=SEED,
+                                            check_finite=False),
+        lambda c: (lambda out: lambda: mk.moniqua_decode(
+            c.payloads[0], c.y, MODULUS, bits=c.bits, rounding=c.rounding, seed=SEED,
+            out=out))(torch.empty_like(c.y))),
     "moniqua_mix": BenchOp(
         "moniqua_mix_", lambda c: 3 * _nb(c) + 2 * c.n * c.esize,  # 3 payloads, x in and out
         _mix_kernel_args,
@@ -326,6 +345,10 @@ def providers(case: Case, device: str, use_compile: bool, include_interpreter: b
         else:
             rows.append((name, None, reason))
     rows.append(("public", case.public(), None))
+    if case.spec.unchecked is not None:
+        rows.append(("public-unchecked", case.spec.unchecked(case), None))
+    if case.spec.with_out is not None:
+        rows.append(("public-out", case.spec.with_out(case), None))
     not_here = "not run at this size: baselines run only at --baseline-sizes"
     no_compile = "not run: --quick or --no-compile (compiling takes seconds per case)"
     if baselines:
@@ -412,7 +435,12 @@ def add_ratios(results: list[dict]) -> None:
             auto = backends.select(rows["public"]["registry"],
                                    torch.device(rows["public"]["device"]))[0]
             kern = rows.get(auto, {}).get("seconds")
-            rows["public"]["x_kernel"] = rows["public"]["seconds"] / kern if kern else None
+            for name in ("public", "public-out"):
+                if rows.get(name, {}).get("seconds"):
+                    rows[name]["x_kernel"] = rows[name]["seconds"] / kern if kern else None
+            unchecked = rows.get("public-unchecked", {}).get("seconds")
+            rows["public"]["x_unchecked"] = (rows["public"]["seconds"] / unchecked
+                                             if unchecked else None)
         for r in rows.values():
             if r.get("seconds") is None:
                 continue
@@ -437,10 +465,13 @@ def markdown(env: dict, results: list[dict]) -> str:
              f"{_fmt(env['load_avg_1m'], '.1f')})",
              "- GB/s = (bytes the op must read + write) / median time; % copy = that over the "
              "bandwidth of `y.copy_(x)` (2 x the input's bytes / its time) in the same run", "",
-             "- x kernel: the public op (default arguments) over the kernel the registry picks, "
-             "called directly with checks off", "",
+             "- x kernel: the public op (default arguments; public-out: with a preallocated "
+             "out=) over the kernel the registry picks, called directly with checks off and "
+             "its output preallocated; x unchecked: the public op over the same call with "
+             "check_finite=False (both allocate their result)", "",
              "| op | bits | rounding | dtype | n | provider | median us | GB/s | % copy | "
-             "x eager | x compile | x kernel |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "x eager | x compile | x kernel | x unchecked |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     skipped = {}
     for r in results:
         if r.get("seconds") is None:
@@ -451,7 +482,7 @@ def markdown(env: dict, results: list[dict]) -> str:
                      f"{r['provider']} | "
                      f"{r['seconds'] * 1e6:.1f} | {r['gbps']:.2f} | {pct} | "
                      f"{_fmt(r['x_eager'], '.2f')} | {_fmt(r['x_compile'], '.2f')} | "
-                     f"{_fmt(r.get('x_kernel'), '.2f')} |")
+                     f"{_fmt(r.get('x_kernel'), '.2f')} | {_fmt(r.get('x_unchecked'), '.2f')} |")
     if skipped:
         lines += ["", "## Not measured", ""]
         for (provider, reason), ops in skipped.items():

