@@ -132,15 +132,14 @@ class BenchOp:
     registry: str
     nbytes: Callable[["Case"], int]
     kernel: Callable[["Case"], tuple]
-    public: Callable[["Case"], Callable[[], object]]
+    public: Callable[..., Callable[[], object]]  # (case, **overrides of the defaults)
     reference: Callable
     ref_args: Callable[["Case"], tuple]
     obvious: Optional[Callable[["Case"], Optional[Callable]]] = None
-    # the public op with its defaults but one change, for ops that allocate or check:
-    # check_finite=False ("public-unchecked": what the default check costs) and a
-    # preallocated out= ("public-out": what allocating the result costs)
-    unchecked: Optional[Callable[["Case"], Callable[[], object]]] = None
-    with_out: Optional[Callable[["Case"], Callable[[], object]]] = None
+    # For ops that allocate and check (Moniqua encode/decode): their result, preallocated.
+    # Rows "public-unchecked" (check_finite=False: what the default check costs) and
+    # "public-out" (out= this: what allocating the result costs) then run beside "public".
+    result: Optional[Callable[["Case"], torch.Tensor]] = None
 
 
 def _nb(c):
@@ -161,39 +160,30 @@ TABLE = {
         "moniqua_encode", lambda c: c.n * c.esize + _nb(c),
         lambda c: (c.x, MODULUS, c.bits, c.rounding, SEED, OFFSET, None, _u8(_nb(c), c.device),
                    None),
-        lambda c: lambda: mk.moniqua_encode(c.x, MODULUS, bits=c.bits, rounding=c.rounding,
-                                            seed=SEED),
+        lambda c, **kw: lambda: mk.moniqua_encode(c.x, MODULUS, bits=c.bits,
+                                                  rounding=c.rounding, seed=SEED, **kw),
         ref_moniqua.moniqua_encode, lambda c: (c.x, MODULUS, c.bits, c.rounding, SEED, OFFSET),
         lambda c: (None if c.rounding == "nearest" else
                    (torch_moniqua_encode, (c.x, MODULUS, c.bits))),
-        lambda c: lambda: mk.moniqua_encode(c.x, MODULUS, bits=c.bits, rounding=c.rounding,
-                                            seed=SEED, check_finite=False),
-        lambda c: (lambda out: lambda: mk.moniqua_encode(
-            c.x, MODULUS, bits=c.bits, rounding=c.rounding, seed=SEED, out=out))(
-                _u8(_nb(c), c.device))),
+        lambda c: _u8(_nb(c), c.device)),
     "moniqua_decode": BenchOp(
         "moniqua_decode", lambda c: _nb(c) + 2 * c.n * c.esize,  # payload, y in; values out
         lambda c: (c.payloads[0], c.y, MODULUS, c.bits, c.rounding, SEED, OFFSET, None,
                    torch.empty_like(c.y), None),
-        lambda c: lambda: mk.moniqua_decode(c.payloads[0], c.y, MODULUS, bits=c.bits,
-                                            rounding=c.rounding, seed=SEED),
+        lambda c, **kw: lambda: mk.moniqua_decode(c.payloads[0], c.y, MODULUS, bits=c.bits,
+                                                  rounding=c.rounding, seed=SEED, **kw),
         ref_moniqua.moniqua_decode,
         lambda c: (c.payloads[0], c.y, MODULUS, c.bits, c.rounding, SEED, OFFSET),
         lambda c: (None if c.rounding != "dither" else
                    (torch_moniqua_decode, (c.payloads[0], c.y, MODULUS, c.bits))),
-        lambda c: lambda: mk.moniqua_decode(c.payloads[0], c.y, MODULUS, bits=c.bits,
-                                            rounding=c.rounding, seed=SEED,
-                                            check_finite=False),
-        lambda c: (lambda out: lambda: mk.moniqua_decode(
-            c.payloads[0], c.y, MODULUS, bits=c.bits, rounding=c.rounding, seed=SEED,
-            out=out))(torch.empty_like(c.y))),
+        lambda c: torch.empty_like(c.y)),
     "moniqua_mix": BenchOp(
         "moniqua_mix_", lambda c: 3 * _nb(c) + 2 * c.n * c.esize,  # 3 payloads, x in and out
         _mix_kernel_args,
-        lambda c: lambda: mk.moniqua_mix_(c.xm, c.payloads[:2], MIX_WEIGHTS, c.payloads[2],
+        lambda c, **kw: lambda: mk.moniqua_mix_(c.xm, c.payloads[:2], MIX_WEIGHTS, c.payloads[2],
                                           MODULUS, bits=c.bits, rounding=c.rounding,
                                           gamma=MIX_GAMMA, seeds=[SEED] * 3,
-                                          offsets=[OFFSET] * 3),
+                                          offsets=[OFFSET] * 3, **kw),
         ref_moniqua.moniqua_mix_,
         lambda c: (c.xm, c.payloads[:2], list(MIX_WEIGHTS), c.payloads[2], MODULUS, c.bits,
                    c.rounding, MIX_GAMMA, [SEED] * 3, [OFFSET] * 3),
@@ -205,18 +195,18 @@ TABLE = {
         lambda c: (c.x, c.bits, QSGD_BUCKET, "max", SEED, OFFSET, None,
                    torch.empty(math.ceil(c.n / QSGD_BUCKET), device=c.device),
                    _u8(_nb(c), c.device), None),
-        lambda c: lambda: mk.qsgd_encode(c.x, bits=c.bits, seed=SEED),
+        lambda c, **kw: lambda: mk.qsgd_encode(c.x, bits=c.bits, seed=SEED, **kw),
         ref_qsgd.qsgd_encode, lambda c: (c.x, c.bits, QSGD_BUCKET, "max", SEED, OFFSET)),
     "sign_encode": BenchOp(
         "sign_encode", lambda c: c.n * c.esize + _nb(c) + 4,
         lambda c: (c.x, torch.empty((), device=c.device), _u8(_nb(c), c.device), None),
-        lambda c: lambda: mk.sign_encode(c.x),
+        lambda c, **kw: lambda: mk.sign_encode(c.x, **kw),
         ref_sign.sign_encode, lambda c: (c.x,),
         lambda c: (torch_sign_encode, (c.x,))),
     "philox_uniform": BenchOp(
         "philox_uniform", lambda c: 4 * c.n,
         lambda c: (SEED, OFFSET, None, torch.empty(c.n, device=c.device)),
-        lambda c: lambda: mk.philox_uniform(c.n, SEED, device=c.device),
+        lambda c, **kw: lambda: mk.philox_uniform(c.n, SEED, device=c.device, **kw),
         ref_philox.philox_uniform, lambda c: (c.n, SEED, OFFSET, c.device),
         lambda c: (torch.rand, (c.n,), {"device": c.device})),
 }
@@ -250,9 +240,10 @@ class Case:
         args = self.spec.kernel(self)
         return lambda: fn(*args)
 
-    def public(self) -> Callable[[], object]:
-        """The public op with its default arguments (auto backend, finite check on)."""
-        return self.spec.public(self)
+    def public(self, **overrides) -> Callable[[], object]:
+        """The public op with its default arguments (auto backend, finite check on),
+        but for the given overrides."""
+        return self.spec.public(self, **overrides)
 
     def reference(self, wrap=lambda f: f) -> Callable[[], object]:
         """The reference function called directly; wrap=torch.compile for 'compile'."""
@@ -345,10 +336,9 @@ def providers(case: Case, device: str, use_compile: bool, include_interpreter: b
         else:
             rows.append((name, None, reason))
     rows.append(("public", case.public(), None))
-    if case.spec.unchecked is not None:
-        rows.append(("public-unchecked", case.spec.unchecked(case), None))
-    if case.spec.with_out is not None:
-        rows.append(("public-out", case.spec.with_out(case), None))
+    if case.spec.result is not None:
+        rows.append(("public-unchecked", case.public(check_finite=False), None))
+        rows.append(("public-out", case.public(out=case.spec.result(case)), None))
     not_here = "not run at this size: baselines run only at --baseline-sizes"
     no_compile = "not run: --quick or --no-compile (compiling takes seconds per case)"
     if baselines:
