@@ -1,7 +1,9 @@
 """Every refused input of DESIGN.md section 7 raises a clear exception before any kernel
 runs, and writes nothing."""
 import math
+import re
 
+import numpy as np
 import pytest
 import torch
 
@@ -70,6 +72,27 @@ def test_bad_seed():
         mk.moniqua_encode(x_(), 1.0, seed=2 ** 64)
     with pytest.raises(TypeError, match="seed must be an int"):
         mk.moniqua_encode(x_(), 1.0, seed=1.5)
+
+
+def test_stream_fast_line_agrees_with_the_full_checks():
+    """check_stream's first line (plain in-range ints) returns what check_seed and
+    check_offset return, and every other value goes through them."""
+    from moniqua_kernels.ops import _validate as v
+    cpu = torch.device("cpu")
+    values = [0, 1, 4, 2 ** 62, 2 ** 63 - 8, 2 ** 63, 2 ** 64 - 1, -1, -(2 ** 63), 3, -4,
+              True, np.int64(8), np.uint64(2 ** 63 + 4)]
+    for seed in values:
+        for offset in values:
+            for n in (0, 1024, 2 ** 62):
+                try:
+                    want = (v.check_seed(seed, cpu), v.check_offset(offset, n, cpu))
+                except (TypeError, ValueError) as exc:
+                    with pytest.raises(type(exc), match=re.escape(str(exc))):
+                        v.check_stream(seed, offset, n, cpu)
+                    continue
+                got = v.check_stream(seed, offset, n, cpu)
+                assert got == want and [type(g) for g in got] == [type(w) for w in want], \
+                    (seed, offset, n)
 
 
 def test_payload_length_mismatch_says_both():

@@ -48,8 +48,10 @@ def _as_tensor(value, device: torch.device) -> torch.Tensor:
     return torch.full((), value, dtype=torch.int64, device=device)
 
 
-def _stream(seed, offset, device) -> tuple:
-    """(seed, offset, stream tensor or None) for the schema's stream arguments."""
+def _stream(seed, offset, n, device) -> tuple:
+    """(seed, offset, stream tensor or None) for the schema's stream arguments, checked
+    (seed and offset as ints, SymInts or 0-d int64 tensors; n: the elements drawn)."""
+    seed, offset = v.check_stream(seed, offset, n, device)
     if isinstance(seed, torch.Tensor) or isinstance(offset, torch.Tensor):
         return 0, 0, torch.stack([_as_tensor(seed, device), _as_tensor(offset, device)])
     return seed, offset, None
@@ -62,9 +64,19 @@ def _flat(x: torch.Tensor) -> torch.Tensor:
 
 
 def _output(out, name, shape, dtype, device) -> torch.Tensor:
+    """out, checked, or a new tensor.  shape: an int for a 1-d output (torch.empty parses a
+    tuple ~0.5 us slower, a sixth of a 1024-element op's cost; bench.py)."""
     if out is None:
         return torch.empty(shape, dtype=dtype, device=device)
-    v.check_out(name, out, shape, dtype, device)
+    v.check_out(name, out, (shape,) if isinstance(shape, (int, torch.SymInt)) else shape, dtype, device)
+    return out
+
+
+def _output_like(out, name, like: torch.Tensor) -> torch.Tensor:
+    """out, checked, or a new contiguous tensor shaped and typed like `like`."""
+    if out is None:
+        return torch.empty_like(like, memory_format=torch.contiguous_format)
+    v.check_out(name, out, like.shape, like.dtype, like.device)
     return out
 
 
@@ -98,9 +110,8 @@ def philox_uniform(n: int, seed: SeedLike, offset: SeedLike = 0, device=None, *,
     n = v.check_int("n", n, low=0)
     device = out.device if isinstance(out, torch.Tensor) and device is None \
         else v.device_of(device)
-    seed, offset, stream = _stream(v.check_seed(seed, device),
-                                   v.check_offset(offset, n, device), device)
-    out = _output(out, "out", (n,), torch.float32, device)
+    seed, offset, stream = _stream(seed, offset, n, device)
+    out = _output(out, "out", n, torch.float32, device)
     _run("philox_uniform", device, None, out, seed, offset, stream, out)
     return out
 
@@ -128,7 +139,7 @@ def pack_bits(codes: torch.Tensor, bits: int, *, out: Optional[torch.Tensor] = N
         if lo < 0 or hi >= 1 << bits:
             raise ValueError(f"codes must lie in [0, {1 << bits}) for bits={bits}, "
                              f"got values in [{lo}, {hi}]")
-    out = _output(out, "out", (packed_nbytes(codes.numel(), bits),), torch.uint8, codes.device)
+    out = _output(out, "out", packed_nbytes(codes.numel(), bits), torch.uint8, codes.device)
     _run("pack_bits", codes.device, None, codes, _flat(codes).to(torch.uint8), bits, out)
     return out
 
@@ -142,7 +153,7 @@ def unpack_bits(payload: torch.Tensor, bits: int, n: int, *,
         raise TypeError(f"payload must be a torch.Tensor, got {type(payload).__name__}")
     device = payload.device
     v.check_payload("payload", payload, n, bits, device)
-    out = _output(out, "out", (n,), torch.uint8, device)
+    out = _output(out, "out", n, torch.uint8, device)
     flag = _flag("unpack_bits", payload, True)
     _run("unpack_bits", device, flag, payload, _flat(payload), bits, out, flag)
     return out
@@ -164,9 +175,8 @@ def moniqua_encode(x: torch.Tensor, modulus: float, bits: int = 1, rounding: str
     v.check_float_tensor("x", x)
     bits, modulus = v.check_moniqua(bits, rounding, modulus, "moniqua_encode")
     device = x.device
-    seed, offset, stream = _stream(v.check_seed(seed, device),
-                                   v.check_offset(offset, x.numel(), device), device)
-    out = _output(out, "out", (packed_nbytes(x.numel(), bits),), torch.uint8, device)
+    seed, offset, stream = _stream(seed, offset, x.numel(), device)
+    out = _output(out, "out", packed_nbytes(x.numel(), bits), torch.uint8, device)
     flag = _flag("moniqua_encode", x, check_finite)
     _run("moniqua_encode", device, flag, x, _flat(x), modulus, bits, rounding, seed, offset,
          stream, out, flag)
@@ -187,17 +197,18 @@ def moniqua_decode(payload: torch.Tensor, reference: torch.Tensor, modulus: floa
     bits, modulus = v.check_moniqua(bits, rounding, modulus, "moniqua_decode")
     device = reference.device
     n = reference.numel()
-    seed, offset, stream = _stream(v.check_seed(seed, device),
-                                   v.check_offset(offset, n, device), device)
+    seed, offset, stream = _stream(seed, offset, n, device)
     v.check_payload("payload", payload, n, bits, device)
-    out = _output(out, "out", reference.shape, reference.dtype, device)
+    out = _output_like(out, "out", reference)
     flag = _flag("moniqua_decode", reference, check_finite)
     _run("moniqua_decode", device, flag, reference, _flat(payload), _flat(reference), modulus, bits,
          rounding, seed, offset, stream, out, flag)
     return out
 
 
-def _stream_list(name: str, values, count: int, n: int, device) -> Union[list, torch.Tensor]:
+def _stream_list(name: str, values, count: int, device) -> Union[list, torch.Tensor]:
+    """The mix's seeds or offsets as a list of count values (checked by the caller) or
+    an int64 tensor of count values."""
     if isinstance(values, torch.Tensor):
         if values.dtype != torch.int64 or values.numel() != count:
             raise ValueError(f"{name} as a tensor must hold {count} int64 values "
@@ -209,9 +220,7 @@ def _stream_list(name: str, values, count: int, n: int, device) -> Union[list, t
         raise ValueError(
             f"{name} has {len(values)} entries; give len(payloads) + 1 = {count} "
             "(one per neighbour payload, then the own payload's)")
-    if name == "seeds":
-        return [v.check_seed(s, device) for s in values]
-    return [v.check_offset(o, n, device) for o in values]
+    return values
 
 
 def moniqua_mix_(x: torch.Tensor, payloads: Sequence[torch.Tensor], weights: Sequence[float],
@@ -233,16 +242,21 @@ def moniqua_mix_(x: torch.Tensor, payloads: Sequence[torch.Tensor], weights: Seq
     v.check_in_place("x", x)
     bits, modulus = v.check_moniqua(bits, rounding, modulus, "moniqua_mix_")
     payloads = list(payloads)
-    weights = [float(w) for w in weights]
+    weights, gamma = v.check_weights(weights, gamma)
     if len(weights) != len(payloads):
         raise ValueError(f"got {len(payloads)} payloads but {len(weights)} weights; "
                          "give one weight per neighbour payload")
-    v.check_finite_scalars(**{f"weights[{j}]": w for j, w in enumerate(weights)},
-                           gamma=float(gamma))
     device, n = x.device, x.numel()
     count = len(payloads) + 1
-    seeds = _stream_list("seeds", seeds, count, n, device)
-    offsets = _stream_list("offsets", offsets, count, n, device)
+    seeds = _stream_list("seeds", seeds, count, device)
+    offsets = _stream_list("offsets", offsets, count, device)
+    if isinstance(seeds, list) and isinstance(offsets, list):
+        checked = [v.check_stream(s, o, n, device) for s, o in zip(seeds, offsets)]
+        seeds, offsets = [s for s, _ in checked], [o for _, o in checked]
+    elif isinstance(seeds, list):
+        seeds = [v.check_seed(s, device) for s in seeds]
+    elif isinstance(offsets, list):
+        offsets = [v.check_offset(o, n, device) for o in offsets]
     for j, p in enumerate(payloads):
         v.check_payload(f"payloads[{j}]", p, n, bits, device)
     v.check_payload("own_payload", own_payload, n, bits, device)
@@ -255,7 +269,7 @@ def moniqua_mix_(x: torch.Tensor, payloads: Sequence[torch.Tensor], weights: Seq
     flag = _flag("moniqua_mix_", x, check_finite)
     work = x if x.is_contiguous() else x.contiguous()
     _run("moniqua_mix_", device, flag, x, work, [_flat(p) for p in payloads], weights,
-         _flat(own_payload), modulus, bits, rounding, float(gamma), seeds, offsets, streams,
+         _flat(own_payload), modulus, bits, rounding, gamma, seeds, offsets, streams,
          flag)
     if work is not x:  # the kernels update contiguous memory: write the result back once
         x.copy_(work)
@@ -270,12 +284,11 @@ def qsgd_encode(x: torch.Tensor, bits: int = 4, bucket_size: int = 512, norm: st
     v.check_float_tensor("x", x)
     bits = v.check_qsgd(bits, bucket_size, norm)
     device, n = x.device, x.numel()
-    seed, offset, stream = _stream(v.check_seed(seed, device), v.check_offset(offset, n, device),
-                                   device)
+    seed, offset, stream = _stream(seed, offset, n, device)
     scales_out, payload_out = out if out is not None else (None, None)
-    scales = _output(scales_out, "out[0] (scales)", ((n + bucket_size - 1) // bucket_size,),
+    scales = _output(scales_out, "out[0] (scales)", (n + bucket_size - 1) // bucket_size,
                      torch.float32, device)
-    payload = _output(payload_out, "out[1] (payload)", (packed_nbytes(n, bits),), torch.uint8,
+    payload = _output(payload_out, "out[1] (payload)", packed_nbytes(n, bits), torch.uint8,
                       device)
     flag = _flag("qsgd_encode", x, check_finite)
     _run("qsgd_encode", device, flag, x, _flat(x), bits, bucket_size, norm, seed, offset, stream,
@@ -302,7 +315,7 @@ def qsgd_decode(scales: torch.Tensor, payload: torch.Tensor, n: int, bits: int =
     bits, n = _check_qsgd_decode(scales, n, bits, bucket_size)
     device = scales.device
     v.check_payload("payload", payload, n, bits, device)
-    out = _output(out, "out", (n,), torch.float32, device)
+    out = _output(out, "out", n, torch.float32, device)
     flag = _flag("qsgd_decode", payload, True)
     _run("qsgd_decode", device, flag, payload, _flat(scales), _flat(payload), bits, bucket_size, out,
          flag)
@@ -319,9 +332,8 @@ def qsgd_elias_encode(x: torch.Tensor, bits: int = 4, bucket_size: int = 512,
     v.check_float_tensor("x", x)
     bits = v.check_qsgd(bits, bucket_size, norm)
     device, n = x.device, x.numel()
-    seed, offset, stream = _stream(v.check_seed(seed, device), v.check_offset(offset, n, device),
-                                   device)
-    scales = _output(out_scales, "out_scales", ((n + bucket_size - 1) // bucket_size,),
+    seed, offset, stream = _stream(seed, offset, n, device)
+    scales = _output(out_scales, "out_scales", (n + bucket_size - 1) // bucket_size,
                      torch.float32, device)
     flag = _flag("qsgd_elias_encode", x, check_finite)
     codes = _run("qsgd_elias_encode", device, flag, x, _flat(x), bits, bucket_size, norm, seed,
@@ -340,7 +352,7 @@ def qsgd_elias_decode(scales: torch.Tensor, payload: torch.Tensor, n: int, bits:
     device = scales.device
     if payload.device != device:
         raise ValueError(f"payload is on {payload.device}, scales on {device}")
-    out = _output(out, "out", (n,), torch.float32, device)
+    out = _output(out, "out", n, torch.float32, device)
     flag = _flag("qsgd_elias_decode", payload, True)
     _run("qsgd_elias_decode", device, flag, payload, _flat(scales), _flat(payload), bits,
          bucket_size, out, flag)
@@ -354,7 +366,7 @@ def sign_encode(x: torch.Tensor, *, out: Optional[tuple[torch.Tensor, torch.Tens
     device = x.device
     scale_out, payload_out = out if out is not None else (None, None)
     scale = _output(scale_out, "out[0] (scale)", (), torch.float32, device)
-    payload = _output(payload_out, "out[1] (payload)", (packed_nbytes(x.numel(), 1),),
+    payload = _output(payload_out, "out[1] (payload)", packed_nbytes(x.numel(), 1),
                       torch.uint8, device)
     flag = _flag("sign_encode", x, check_finite)
     _run("sign_encode", device, flag, x, _flat(x), scale, payload, flag)
@@ -369,7 +381,7 @@ def sign_decode(scale: torch.Tensor, payload: torch.Tensor, n: int, *,
         raise TypeError("scale must be a float32 tensor with one element")
     device = scale.device
     v.check_payload("payload", payload, n, 1, device)
-    out = _output(out, "out", (n,), torch.float32, device)
+    out = _output(out, "out", n, torch.float32, device)
     flag = _flag("sign_decode", payload, True)
     _run("sign_decode", device, flag, payload, scale.reshape(()), _flat(payload), out, flag)
     return out
@@ -425,7 +437,7 @@ def randomk_decode(values: torch.Tensor, n: int, ratio: float, seed: SeedLike = 
             raise ValueError(f"values has {values.numel()} elements but stream (seed={seed}, "
                              f"offset={offset}) keeps {kept} of n={n} at ratio={ratio}; "
                              "use the sender's seed, offset and ratio")
-    out = _output(out, "out", (n,), values.dtype, device)
+    out = _output(out, "out", n, values.dtype, device)
     _run("randomk_decode", device, None, values, _flat(values), ratio, seed, offset, bool(rescale), out)
     return out
 
@@ -439,8 +451,8 @@ def topk_encode(x: torch.Tensor, ratio: float, *,
     device, n = x.device, x.numel()
     k = topk_count(n, ratio)
     idx_out, val_out = out if out is not None else (None, None)
-    indices = _output(idx_out, "out[0] (indices)", (k,), topk_index_dtype(n), device)
-    values = _output(val_out, "out[1] (values)", (k,), x.dtype, device)
+    indices = _output(idx_out, "out[0] (indices)", k, topk_index_dtype(n), device)
+    values = _output(val_out, "out[1] (values)", k, x.dtype, device)
     flag = _flag("topk_encode", x, check_finite)
     _run("topk_encode", device, flag, x, _flat(x), ratio, indices, values, flag)
     return indices, values
@@ -462,6 +474,6 @@ def topk_decode(indices: torch.Tensor, values: torch.Tensor, n: int, *,
         lo, hi = int(indices.min()), int(indices.max())
         if lo < 0 or hi >= n:
             raise ValueError(f"indices must lie in [0, {n}), got values in [{lo}, {hi}]")
-    out = _output(out, "out", (n,), values.dtype, device)
+    out = _output(out, "out", n, values.dtype, device)
     _run("topk_decode", device, None, values, _flat(indices), _flat(values), out)
     return out
