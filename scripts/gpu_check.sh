@@ -166,8 +166,10 @@ fi
 
 # 5. benchmarks: kernels over sizes, then the baselines at one size -------------------
 if [ "$DRY" = 1 ]; then
+  # --quick: 0.05 s a timing, not 0.3 (the dry run shows every op's case runs, not
+  # speed; it took 20 s of CI's time without)
   phase bench 120 "$PY" -m moniqua_kernels bench --device cpu --sizes 4096 --bits 1,8 \
-    --dtypes fp32 --roundings dither --no-compile --out "$OUTDIR/bench" --budget-s 60
+    --dtypes fp32 --roundings dither --quick --out "$OUTDIR/bench" --budget-s 60
 else
   # Moniqua first (the goals), every op, both GPU backends and the public op.
   phase bench 70 "$PY" -m moniqua_kernels bench --device cuda --sizes 2^22,2^26 \

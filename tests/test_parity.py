@@ -305,6 +305,8 @@ def test_qsgd_max(backend, device, bits, bucket_size, dtype):
     """512 and 24 take Triton's one-program-per-bucket kernel, 100 and 7 (buckets share
     bytes) the scale-then-pack path."""
     for k, n in enumerate((0, 1, 9, 1023, 5003)):
+        if interpreted(backend, device) and bucket_size == 24 and n > 1023:
+            continue  # 209 programs run one by one (~3.5 s a case); 1023 has 43, same path
         seed, offset = STREAMS[k % len(STREAMS)]
         x = sample(n, dtype, seed=n)
         key = ("qsgd", bits, bucket_size, dtype, n)
