@@ -5,6 +5,10 @@ side in one run, and each provider that cannot run is recorded with its reason:
 
   <backend>       the kernel alone: the backend's registered implementation called
                   directly on prepared inputs (reference, cpu, cuda, triton)
+  dispatcher      the table's op through torch.ops (torch.ops.moniqua_kernels.<op>), same
+                  arguments as the kernel row: the dispatcher routes it to the kernel
+                  auto picks (what torch.compile calls; the first build's "registered
+                  kernel called directly")
   public          the public op with its default arguments (auto backend, the default
                   finite check): what a user's call costs
   public-unchecked  the same with check_finite=False (Moniqua encode/decode)
@@ -51,6 +55,7 @@ import torch
 
 import moniqua_kernels as mk
 from moniqua_kernels import backends
+from moniqua_kernels.ops._table import op as table_op
 from moniqua_kernels.reference import moniqua as ref_moniqua
 from moniqua_kernels.reference import philox as ref_philox
 from moniqua_kernels.reference import qsgd as ref_qsgd
@@ -335,6 +340,7 @@ def providers(case: Case, device: str, use_compile: bool, include_interpreter: b
                              None))
         else:
             rows.append((name, None, reason))
+    rows.append(("dispatcher", case.kernel(table_op(op)), None))
     rows.append(("public", case.public(), None))
     if case.spec.result is not None:
         rows.append(("public-unchecked", case.public(check_finite=False), None))
@@ -425,7 +431,7 @@ def add_ratios(results: list[dict]) -> None:
             auto = backends.select(rows["public"]["registry"],
                                    torch.device(rows["public"]["device"]))[0]
             kern = rows.get(auto, {}).get("seconds")
-            for name in ("public", "public-out"):
+            for name in ("public", "public-out", "dispatcher"):
                 if rows.get(name, {}).get("seconds"):
                     rows[name]["x_kernel"] = rows[name]["seconds"] / kern if kern else None
             unchecked = rows.get("public-unchecked", {}).get("seconds")
@@ -456,8 +462,8 @@ def markdown(env: dict, results: list[dict]) -> str:
              "- GB/s = (bytes the op must read + write) / median time; % copy = that over the "
              "bandwidth of `y.copy_(x)` (2 x the input's bytes / its time) in the same run", "",
              "- x kernel: the public op (default arguments; public-out: with a preallocated "
-             "out=) over the kernel the registry picks, called directly with checks off and "
-             "its output preallocated; x unchecked: the public op over the same call with "
+             "out=; dispatcher: the op through torch.ops) over the kernel the registry picks, "
+             "called directly with checks off and its output preallocated; x unchecked: the public op over the same call with "
              "check_finite=False (both allocate their result)", "",
              "| op | bits | rounding | dtype | n | provider | median us | GB/s | % copy | "
              "x eager | x compile | x kernel | x unchecked |",

@@ -111,6 +111,9 @@ _GOOD_MODULI: set[float] = set()
 
 def check_moniqua(bits, rounding, modulus, what: str) -> tuple[int, float]:
     """The parameters every Moniqua op shares: (bits, modulus as a float)."""
+    if type(bits) is int and (bits, rounding) in _GOOD_MONIQUA and type(modulus) is float \
+            and modulus in _GOOD_MODULI and not torch.compiler.is_compiling():
+        return bits, modulus  # the common call: a B already checked (check_modulus)
     if type(bits) is not int or (bits, rounding) not in _GOOD_MONIQUA:  # bools, floats: slow path
         bits = check_bits(bits, MONIQUA_BITS, what)
         check_rounding(rounding, bits)
