@@ -99,6 +99,71 @@ def test_noise_factor():
     assert T.random_matching(T.ring(8), 0).noise_factor() > T.ring(8).noise_factor()
 
 
+def _mean_eigen_noise_factor(top, steps):
+    """The noise factor as it was before decode_noise: S of the symmetrized mean W."""
+    ws = [top.weights(t) for t in range(steps)]
+    m = sum(ws) / len(ws)
+    ev = np.sort(np.linalg.eigvalsh((m + m.T) / 2))[:-1]
+    return float(np.sum(1 / (1 - ev)) / top.n)
+
+
+@pytest.mark.parametrize("top", [T.ring(8), T.ring(4), T.ring(3), T.torus(2, 4), T.star(6),
+                                 T.exponential(8), T.complete(5),
+                                 T.from_weights([[0.5, 0.5], [0.5, 0.5]]),
+                                 T.one_peer_exponential(8)], ids=lambda t: t.name)
+def test_noise_factor_unchanged_without_a_matching(top):
+    """Only random matchings are rescaled by decode_noise: every other topology keeps S
+    of its (mean) W, so Moniqua's default gamma and margin there are what they were."""
+    assert top.base is None
+    assert top.noise_factor() == pytest.approx(_mean_eigen_noise_factor(top, top.period),
+                                               rel=1e-12)
+
+
+def test_ring_default_gamma_unchanged():
+    """The values behind the measurements at theta.GAMMA_C: 1 bit, margin 2."""
+    from moniqua_kernels.gossip import theta as th
+    for top, gamma in ((T.ring(8), 0.1 / 1.96875 / 4), (T.ring(4), 0.1 / 0.9375 / 4)):
+        s = top.noise_factor()
+        margin = th.default_margin(1, "dither", s)
+        assert margin == 2.0
+        assert th.default_gamma(1, "dither", s, margin) == pytest.approx(gamma, rel=1e-12)
+
+
+def test_decode_noise():
+    """N = tr(L^+ E[(I - W_t)^T (I - W_t)]) / n: tr(I - W) / n for a static symmetric W
+    (2/3 for every ring with weights 1/3), (n - 1) / n for random matchings (I - W_t is a
+    projection), and the matching's noise factor is its base's x N(matching) / N(base)."""
+    for n in (3, 4, 8, 16):
+        assert T.ring(n).decode_noise() == pytest.approx(2 / 3)
+    assert T.complete(5).decode_noise() == pytest.approx(4 / 5)
+    for n in (4, 8):
+        base = T.ring(n)
+        rm = T.random_matching(base, 0)
+        assert rm.base is base
+        assert rm.decode_noise() == pytest.approx((n - 1) / n)
+        assert rm.noise_factor() == pytest.approx(base.noise_factor() * (n - 1) / n / (2 / 3))
+    # the rule moved the matching's S below the mean-W value it had (3.07 on ring(8))
+    rm8 = T.random_matching(T.ring(8), 0)
+    assert rm8.noise_factor() < 0.85 * _mean_eigen_noise_factor(rm8, 64)
+
+
+def test_decode_noise_matches_simulation():
+    """The stationary spread of x <- x + gamma (W_t - I)(x + e), iid e of variance 1, is
+    gamma N / 2 per worker to first order in gamma (measured 0.337, 0.445 per gamma for
+    ring(8) and its matching with 200 coordinates; here fewer, to 10%)."""
+    rng = np.random.default_rng(0)
+    gamma, dim = 0.02, 64
+    for top in (T.ring(8), T.random_matching(T.ring(8), 0)):
+        x, acc, count = np.zeros((8, dim)), 0.0, 0
+        for t in range(6000):
+            w = top.weights(t)
+            x = x + gamma * (w - np.eye(8)) @ (x + rng.uniform(-3 ** 0.5, 3 ** 0.5, (8, dim)))
+            if t >= 1500:
+                acc += ((x - x.mean(0)) ** 2).sum(1).mean() / dim
+                count += 1
+        assert acc / count / gamma == pytest.approx(top.decode_noise() / 2, rel=0.1), top.name
+
+
 def test_row_but_not_column_stochastic_refused_by_the_column_check():
     """Rows sum to 1, column 1 to 1.5: gossip with it would not keep the average.  Not
     symmetric either, so the symmetric check is off here: only the column check can

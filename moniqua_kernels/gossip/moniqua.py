@@ -111,7 +111,17 @@ class Moniqua(GossipAlgorithm):
                 raise ValueError(f"gamma must lie in (0, 1], got {gamma!r}")
         super().__init__(model_or_params, topology, process_group, **kw)
         self.flat.assign_stream_offsets(lambda n: (n + 3) // 4 * 4)
-        noise = self.topology.noise_factor()
+        noise_top = self.topology
+        if self.asynchronous and self.world_size > 1 and not self._base.time_varying:
+            # The asynchronous exchanges are random pairwise averages on the ring's edges
+            # (weight gamma / 2, as in the synchronous emulation), not the static ring's
+            # mix: gamma and margin follow the matching's noise factor, so both modes of
+            # variant='adpsgd' get the same defaults.  (The asynchronous pattern, where a
+            # passive may average with two actives in one step, has N = 0.91 on a ring of
+            # 8 and 0.81 on a ring of 4 against the matching's 0.875 and 0.75:
+            # Topology.decode_noise.)
+            noise_top = topology_mod.random_matching(self._base, self._matching_seed)
+        noise = noise_top.noise_factor()
         if variant == "d2":
             check_d2(bits, rounding, self.topology.spectral_gap(), self.topology.name)
         if theta is None:

@@ -21,7 +21,9 @@ error (uniform in +-eps theta for dither, eps = delta B / theta) with weight gam
 of W with eigenvalue l contracts by gamma (1 - l) per step, so the noise alone spreads
 the models by a variance ~ gamma (eps theta)^2 S, S = (1/n) sum_l 1 / (1 - l) over W's
 non-consensus modes (``Topology.noise_factor``: 0.94 for a ring of 4, 1.97 for a ring
-of 8).  With an adaptive theta = margin x spread, that is a feedback loop of gain
+of 8; for random matchings, AD-PSGD's pattern, the base ring's S x the ratio of the decode
+noise each leaves in the models, ``Topology.decode_noise``: 2.58 on a ring of 8, where
+S of the mean W would be 3.07).  With an adaptive theta = margin x spread, that is a feedback loop of gain
 ~ eps margin sqrt(gamma S): too high and theta feeds on its own noise, the spread growing
 without bound (measured: 4 bits, gamma 1, ring of 8, margin 4: consensus distance 14
 after 600 steps, 187 after 1500, against 0.01 and 0.003 with margin 2).  Below it the
