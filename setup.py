@@ -27,8 +27,12 @@ def native_extensions():
     include_dirs = [os.path.join(ROOT, "csrc", "include"), os.path.join(ROOT, "csrc")]
     # -ffp-contract=off: no FMA contraction (DESIGN section 4).  -fno-trapping-math only
     # gives up FP exception flags, never changes a result; without it GCC will not
-    # vectorize floorf (measured: Moniqua encode stayed scalar, 5x slower).
-    cxx_flags = ["-O3", "-std=c++17", "-fopenmp", "-ffp-contract=off", "-fno-trapping-math"]
+    # vectorize floorf (measured: Moniqua encode stayed scalar, 5x slower).  -g0 overrides
+    # the -g of Python's CFLAGS: the ISA clones of every template made the debug info
+    # 26 MB of a 27 MB library and a quarter of the build time (Moniqua's CPU kernels,
+    # one thread of the CI box: 125 s with it, 90 s without).
+    cxx_flags = ["-O3", "-std=c++17", "-fopenmp", "-ffp-contract=off", "-fno-trapping-math",
+                 "-g0"]
     use_cuda = bool(torch.version.cuda) and cpp_extension.CUDA_HOME is not None \
         and os.environ.get("MONIQUA_NO_CUDA", "0") != "1"
     if use_cuda:
