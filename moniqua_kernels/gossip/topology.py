@@ -116,7 +116,6 @@ class Topology:
                  *, period: Optional[int] = None, symmetric: bool = True, n: Optional[int] = None):
         self.name = name
         self.symmetric = symmetric
-        self.base: Optional["Topology"] = None  # random_matching's static graph
         if callable(weights):
             if period is None or n is None:
                 raise TopologyError("a time-varying topology needs n and period")
@@ -198,28 +197,10 @@ class Topology:
     def noise_factor(self) -> float:
         """S = (1/n) sum over W's eigenvalues l below 1 of 1 / (1 - l): how much noise added
         to every worker each step spreads the models apart in the long run, summed over
-        all modes (gossip/theta.py uses it for Moniqua's gamma).  For time-varying graphs,
-        of the symmetrized mean of 64 steps' W_t; for random matchings (``base`` set), the
-        base's S scaled by decode_noise() relative to the base's (below)."""
+        all modes (gossip/theta.py sets Moniqua's default margin from it).  For
+        time-varying graphs, of the symmetrized mean of 64 steps' W_t."""
         if self.n == 1:
             return 0.0
-        base = self.base
-        if base is not None:
-            # Moniqua mixes against its own decoded payload, so a step injects
-            # gamma (W_t - I) e (e: each worker's decode error), not gamma e as S assumes;
-            # its stationary spread is gamma sigma^2 / 2 x decode_noise() (first order in
-            # gamma; the numpy simulation of x <- x + gamma (W_t - I)(x + e) gives 0.337,
-            # 0.336, 0.445, 0.379 per gamma sigma^2 for ring(8), ring(4) and their random
-            # matchings against N / 2 = 0.333, 0.333, 0.438, 0.375).  S on static graphs
-            # is a calibration (theta.py GAMMA_C: measured on rings, whose N is 2/3 for
-            # every n), so it stays; a matching on base's edges gets base's S times
-            # N(matching) / N(base): it leaves more decode noise in the models per unit
-            # gamma than its base (it injects less per step, 0.43 against 0.67 per worker
-            # on ring(8), but contracts it more slowly), so its gamma is the base's x
-            # N(base) / N(matching) = 0.76 (ring of 8), 0.89 (ring of 4).  (S of the
-            # mean W, 3.07 on ring(8), counted the slower mixing as more noise; it gave
-            # gamma 0.64 x the ring's.)
-            return base.noise_factor() * self.decode_noise() / base.decode_noise()
         if self._w is not None and self.symmetric:
             m = self._w
         else:
@@ -234,7 +215,8 @@ class Topology:
         Lyapunov equation L C + C L = gamma sigma^2 E[(I - W_t)^T (I - W_t)] of the
         spread's covariance C, to first order in gamma).  tr(I - W) / n for a static
         symmetric W (2/3 for any ring with weights 1/3); (n - 1) / n for random matchings
-        ((I - W_t) is then a projection, so its mean square is L)."""
+        ((I - W_t) is then a projection, so its mean square is L).  gossip/theta.py sets
+        Moniqua's default gamma from it."""
         if self.n == 1:
             return 0.0
         lap, q = self._mean_and_noise()
@@ -339,7 +321,6 @@ def random_matching(base: Topology, seed: int = 0) -> Topology:
     # The pattern never repeats; "period" only bounds how many steps the checks sample.
     top = Topology(w_at, f"random_matching({base.name})", period=max(8, 4 * n), n=n)
     top.period = 0  # weights(step) uses the step itself
-    top.base = base  # noise_factor() scales base's
     return top
 
 

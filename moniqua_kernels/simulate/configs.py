@@ -42,7 +42,8 @@ CONFIGS: dict[str, AlgorithmConfig] = {
     "allreduce": AlgorithmConfig("allreduce", {}, overlap=False,
                                  description="exact model averaging every step"),
     # Moniqua runs its defaults: only bits (and the variant) chosen; theta adaptive, gamma
-    # from bits and the spectral gap (gossip/theta.py says how and what was measured).
+    # from bits and the topology's decode noise (gossip/theta.py says how and what was
+    # measured).
     "moniqua-1bit": AlgorithmConfig("moniqua", {"bits": 1},
                                     description="Moniqua on D-PSGD, 1 bit, defaults"),
     "moniqua-2bit": AlgorithmConfig("moniqua", {"bits": 2},
