@@ -10,6 +10,11 @@ ARGS=()
 if ! command -v nvcc >/dev/null 2>&1 && [ -x /usr/local/cuda/bin/nvcc ]; then
   ARGS+=("-DCMAKE_CUDA_COMPILER=/usr/local/cuda/bin/nvcc")
 fi
-cmake -S . -B "$BUILD" -DCMAKE_BUILD_TYPE=Release "${ARGS[@]}" >/dev/null
+# -O1: the extension's -O3 build of the same kernels is checked bit for bit against the
+# reference by tests/test_parity.py; here the CPU kernels compile in 10 s instead of 72 s
+# on the 2-core CI box, and a second optimization level also catches code whose result
+# depends on it.
+cmake -S . -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DCMAKE_CXX_FLAGS_RELEASE="-O1 -DNDEBUG" \
+  "${ARGS[@]}" >/dev/null
 cmake --build "$BUILD" -j "${MONIQUA_BUILD_JOBS:-2}"
 ctest --test-dir "$BUILD" --output-on-failure
