@@ -184,15 +184,17 @@ class Topology:
         j = np.full((self.n, self.n), 1.0 / self.n)
         return float(1.0 - np.linalg.svd(m - j, compute_uv=False)[0])
 
-    def _mean_and_noise(self) -> tuple[np.ndarray, np.ndarray]:
-        """(I - the symmetrized mean W, the mean of (I - W_t)^T (I - W_t)), over one period
-        or, for random matchings, 64 steps."""
-        ws = [self._w] if self._w is not None else [
-            self.weights(t) for t in range(self.period if self.period else 64)]
-        eye = np.eye(self.n)
+    def _sampled_weights(self) -> list[np.ndarray]:
+        """W_t over one period (the one W of a static graph) or, for random matchings,
+        64 steps."""
+        if self._w is not None:
+            return [self._w]
+        return [self.weights(t) for t in range(self.period if self.period else 64)]
+
+    @staticmethod
+    def _symmetric_mean(ws: list[np.ndarray]) -> np.ndarray:
         m = sum(ws) / len(ws)
-        q = sum((eye - w).T @ (eye - w) for w in ws) / len(ws)
-        return eye - (m + m.T) / 2, q
+        return (m + m.T) / 2
 
     def noise_factor(self) -> float:
         """S = (1/n) sum over W's eigenvalues l below 1 of 1 / (1 - l): how much noise added
@@ -204,7 +206,7 @@ class Topology:
         if self._w is not None and self.symmetric:
             m = self._w
         else:
-            m = np.eye(self.n) - self._mean_and_noise()[0]
+            m = self._symmetric_mean(self._sampled_weights())
         ev = np.sort(np.linalg.eigvalsh(m))[:-1]  # drop the consensus eigenvalue 1
         return float(np.sum(1.0 / np.maximum(1.0 - ev, 1e-12)) / self.n)
 
@@ -219,7 +221,9 @@ class Topology:
         Moniqua's default gamma from it."""
         if self.n == 1:
             return 0.0
-        lap, q = self._mean_and_noise()
+        ws, eye = self._sampled_weights(), np.eye(self.n)
+        lap = eye - self._symmetric_mean(ws)
+        q = sum((eye - w).T @ (eye - w) for w in ws) / len(ws)
         return float(np.trace(np.linalg.pinv(lap, hermitian=True) @ q) / self.n)
 
     def min_eigenvalue(self) -> float:
