@@ -68,6 +68,7 @@ def _straggler_run(rank, world):
     return out
 
 
+@pytest.mark.serial
 def test_straggler_does_not_slow_the_others():
     """4 gloo processes on a ring; rank 1 sleeps 20 ms per step.  Synchronous D-PSGD runs
     at the straggler's pace; asynchronous AD-PSGD lets the other three run at least 2x
@@ -137,6 +138,7 @@ def _peer_dies(rank, world):
         return ("PeerError", str(exc), time.monotonic() - t0)
 
 
+@pytest.mark.serial
 def test_a_dead_peer_is_named_within_the_timeout():
     """Rank 2's neighbours (1 and 3) raise PeerError in their training threads within the
     timeout (8 s), naming it: the one exchanging with it at once, a passive waiting for

@@ -18,6 +18,11 @@ from moniqua_kernels.netbench import command as nb_main
 from moniqua_kernels.netbench import netns, report, runner
 from moniqua_kernels.netbench.measure import measure_link, measure_ring
 
+# Serial (scripts/test.sh runs these alone): some compare the whole list of this
+# package's namespaces (and sweep_stale's result) before and after, and the measured
+# bandwidths would bend under another test's load.
+pytestmark = pytest.mark.serial
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WHY_NOT = netns.preflight()
 needs_netns = pytest.mark.skipif(WHY_NOT is not None, reason=f"netbench: {WHY_NOT}")
@@ -31,6 +36,13 @@ def _env():
 def _netbench(*argv, timeout=240, **kw):
     return subprocess.run([sys.executable, "-m", "moniqua_kernels", "netbench", *argv],
                           capture_output=True, text=True, env=_env(), timeout=timeout, **kw)
+
+
+def _signal_state(pid: int) -> list[str]:
+    """The signal masks of process pid (/proc/PID/status; SIGINT is bit 0x2)."""
+    with open(f"/proc/{pid}/status") as f:
+        return [ln.strip() for ln in f if ln.startswith(("SigPnd", "ShdPnd", "SigBlk",
+                                                          "SigIgn", "SigCgt"))]
 
 
 def _namespaces_of(pid: int) -> list[str]:
@@ -227,9 +239,14 @@ def test_ctrl_c_removes_everything(tmp_path):
     time.sleep(1.0)
     inside = [p for ns in _namespaces_of(proc.pid) for p in netns._ns_pids(ns)]
     assert inside, "no rank process found inside the namespaces"
+    # The run has ignored this SIGINT and trained to the end (exit 0) in 4 of 10 long
+    # test sessions on 2026-11-27, never in about 50 runs of this test or its module
+    # alone, under load or not; cause not found yet.  The failure then says whether
+    # SIGINT was pending, blocked, ignored or caught in the process.
+    state = _signal_state(proc.pid)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err
+    assert proc.returncode == 130, (err, state, out[-800:])
     assert _namespaces_of(proc.pid) == []
     assert not [p for p in inside if _alive(p)]
 
