@@ -25,3 +25,10 @@ def _reset_backend():
 
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def pytest_collection_modifyitems(items):
+    """Tests marked slow (the 20-run teardown stress test, the defaults sweeps; none in a
+    module with a module-scoped fixture) start first: xdist's load schedule (scripts/
+    test.sh) handed the 100 s stress test out near the end, where it ran alone."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
