@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import faults
+from dist_helpers import rank_context
 from moniqua_kernels import simulate
 from moniqua_kernels.compressors import QSGD, Compose, ScaledSign, TopK
 from moniqua_kernels.reference.packing import packed_nbytes
@@ -35,7 +36,7 @@ def _key(name):
 
 @pytest.fixture(scope="module")
 def runs():
-    procs = simulate.run_processes(NAMES, **KW)
+    procs = simulate.run_processes(NAMES, **KW, mp_context=rank_context())
     sims = [simulate.run(n if isinstance(n, str) else "x",
                          config=None if isinstance(n, str) else n, **KW) for n in NAMES]
     return {_key(n): (p, s) for n, p, s in zip(NAMES, procs, sims)}
@@ -55,7 +56,7 @@ def test_time_varying_directed_topology_equals_simulator():
     another, over gloo as in the simulator."""
     kw = {**KW, "topology": "exp-onepeer", "steps": 6}
     names = ["dpsgd", "moniqua-2bit"]
-    for name, proc in zip(names, simulate.run_processes(names, **kw)):
+    for name, proc in zip(names, simulate.run_processes(names, **kw, mp_context=rank_context())):
         sim = simulate.run(name, **kw)
         assert all(torch.equal(a, b) for a, b in zip(proc.params, sim.params)), name
         assert proc.bytes_sent == sim.bytes_sent
@@ -127,7 +128,7 @@ def test_failed_peer_fails_the_others_with_peer_error_in_time(fault):
     with pytest.raises(RuntimeError) as info:
         simulate.run_processes("dpsgd", n_workers=3, dataset="synthetic", steps=200,
                                hidden=8, batch_size=4, timeout=timeout,
-                               wrap_transport=functools.partial(faults.inject, rank=2,
+                               mp_context=rank_context(), wrap_transport=functools.partial(faults.inject, rank=2,
                                                                 at_exchange=3, fault=fault))
     elapsed = time.monotonic() - t0
     errors = info.value.rank_errors

@@ -62,7 +62,8 @@ def run_processes(algorithm="moniqua-1bit", *, config: Optional[AlgorithmConfig]
                   timeout: float = 60.0, schedule: Optional[recipe.LRSchedule] = None,
                   dirichlet_alpha: Optional[float] = None,
                   wrap_transport: Optional[Callable[[gossip.transport.Transport, int],
-                                                    gossip.transport.Transport]] = None):
+                                                    gossip.transport.Transport]] = None,
+                  mp_context=None):
     """The same run as ``run`` with real processes: gloo over TCP on 127.0.0.1.
 
     algorithm may be a list of config names: they run one after another in the same
@@ -75,6 +76,11 @@ def run_processes(algorithm="moniqua-1bit", *, config: Optional[AlgorithmConfig]
     the transport that rank uses instead (it must be picklable: a module-level function
     or a functools.partial of one).  The tests inject faults this way
     (tests/faults.py); instrumentation can count or delay messages.
+
+    ``mp_context``, if given, is the multiprocessing context that starts the workers
+    (default: spawn, a fresh interpreter each).  A forkserver context with torch
+    preloaded starts them without importing torch again in every worker (the tests do
+    this: tests/dist_helpers.py).
     """
     import multiprocessing as mp
     import queue as queue_mod
@@ -84,7 +90,7 @@ def run_processes(algorithm="moniqua-1bit", *, config: Optional[AlgorithmConfig]
                   timeout=timeout, schedule=schedule, dirichlet_alpha=dirichlet_alpha)
     named = [make_spec(a, config, **common) for a in names]
     specs = [s for _, s in named]
-    ctx = mp.get_context("spawn")
+    ctx = mp_context or mp.get_context("spawn")
     q = ctx.Queue()
     port = free_port()
     procs = [ctx.Process(target=_process_main, args=(r, specs, port, q, wrap_transport),
