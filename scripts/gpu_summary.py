@@ -22,8 +22,16 @@ def phases(out: Path) -> list[str]:
         return ["(no phases.tsv: the script stopped before its first phase)"]
     for row in path.read_text().splitlines():
         name, rc, secs, *note = row.split("\t") + [""]
-        status = "ok" if rc == "0" else ("skipped" if rc == "skipped" else
-                                         ("TIMEOUT" if rc in ("124", "137") else f"rc={rc}"))
+        if rc in ("0", "skipped"):
+            status = "ok" if rc == "0" else rc
+        elif rc in ("124", "137"):
+            status = "TIMEOUT"
+        elif rc == "5" and name.startswith("tests"):
+            # pytest's "no tests ran": what the dry run's tests_gpu gives (the module
+            # skips without CUDA); on a GPU it means the phase tested nothing
+            status = "no tests ran (pytest rc=5)"
+        else:
+            status = f"rc={rc}"
         lines.append(f"| {name} | {status} | {secs} | {note[0]} |")
     return lines
 
