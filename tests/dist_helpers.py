@@ -1,12 +1,22 @@
-"""Run a function in n spawned processes that share one gloo process group (tests only).
+"""Start ranks for the multi-process tests (tests only).
 
-    results = run_ranks(fn, n, timeout=60)   # fn(rank, world) in every process
+    results = run_ranks(fn, n, timeout=60)   # fn(rank, world) in n processes, one gloo group
+    results = train_forks(n, ARGS)           # `moniqua-kernels train ARGS` as n ranks, forked
+    results = train_ranks(n, ARGS)           # the same as n fresh interpreters
 
-fn must live at module level in an importable module (each rank imports it).
+run_ranks: fn must live at module level in an importable module (each rank imports it).
 Each rank's return value, or "ExceptionType: message" if it raised, comes back in rank
 order; a rank that dies without reporting is "died with exit code N".
+
+train_forks and train_ranks both return [(exit code, stdout+stderr)] in rank order.
+train_ranks pays a torch import per rank (about 3 s of CPU with torch.optim's first
+import of dynamo); train_forks runs the same CLI entry point in forks of a server that
+has imported everything, so it tests what train does, not how an interpreter exits.
+Tests about the exit itself (aborts at teardown) and the README's literal commands use
+train_ranks or launch_ranks.
 """
 import datetime
+import functools
 import multiprocessing as mp
 import queue as queue_mod
 import time
@@ -14,7 +24,7 @@ import time
 from moniqua_kernels.simulate.processes import free_port, reap
 
 
-def _main(fn, rank, world, port, timeout, q):
+def _main(fn, rank, world, port, timeout, q):  # run_ranks' rank
     import torch
     import torch.distributed as dist
     torch.set_num_threads(1)
@@ -31,26 +41,28 @@ def _main(fn, rank, world, port, timeout, q):
 
 def rank_context():
     """The multiprocessing context the tests start ranks with: a forkserver that has
-    imported torch and the package once per test process.  Each rank is then a fork of
-    it instead of a fresh interpreter importing torch (about 1.4 s of CPU a rank, 4 ranks
-    a test on a 2-core machine).  Measured: the 4-rank handshake test 4.4 -> 2.6 s,
-    AD-PSGD's average test 4.2 -> 2.0 s.  The server imports nothing that starts a thread
-    (torch starts its OpenMP pool on first use), so forking it is safe."""
+    imported torch, dynamo (torch.optim imports it on an optimizer's first use) and the
+    package once per test process.  Each rank is then a fork of it instead of a fresh
+    interpreter importing torch (about 1.4 s of CPU, and 1.4 s more for dynamo, a rank;
+    4 ranks a test on a 2-core machine).  Measured: the 4-rank handshake test 4.4 ->
+    2.6 s, AD-PSGD's average test 4.2 -> 2.0 s.  Forking after torch's import is what
+    DataLoader workers do on Linux; torch's one idle helper thread is not copied."""
     ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(["torch", "torch.distributed", "moniqua_kernels"])
+    ctx.set_forkserver_preload(["torch", "torch.distributed", "torch._dynamo",
+                                "moniqua_kernels", "moniqua_kernels.train"])
     return ctx
 
 
-def run_ranks(fn, world: int, timeout: float = 60.0) -> list:
+def _start_and_collect(target, args, world: int, deadline_s: float) -> tuple:
+    """Start target(rank, *args, queue) in `world` forks; each puts (rank, value) once.
+    Returns ({rank: value}, processes) after all reported, all died, or the deadline."""
     ctx = rank_context()
     q = ctx.Queue()
-    port = free_port()
-    procs = [ctx.Process(target=_main, args=(fn, r, world, port, timeout, q), daemon=True)
-             for r in range(world)]
+    procs = [ctx.Process(target=target, args=(r, *args, q), daemon=True) for r in range(world)]
     for p in procs:
         p.start()
     out = {}
-    deadline = time.monotonic() + timeout + 90  # start-up of `world` torch imports
+    deadline = time.monotonic() + deadline_s
     try:
         while len(out) < world and time.monotonic() < deadline:
             try:
@@ -61,7 +73,63 @@ def run_ranks(fn, world: int, timeout: float = 60.0) -> list:
                     break
     finally:
         reap(procs)
+    return out, procs
+
+
+def run_ranks(fn, world: int, timeout: float = 60.0) -> list:
+    port = free_port()
+    out, procs = _start_and_collect(functools.partial(_main, fn), (world, port, timeout), world,
+                                    timeout + 90)
     return [out.get(r, f"died with exit code {procs[r].exitcode}") for r in range(world)]
+
+
+def _cli_rank(rank, world, port, argvs, cwd, q):
+    """Rank `rank` of `python -m moniqua_kernels argvs[rank]` in a fork: the rendezvous
+    environment torchrun gives, the output of fds 1 and 2 (C++ code's too) captured as
+    a subprocess's would be, and the exit code the interpreter would give: main's
+    return value, a SystemExit's code, or 1 with the traceback printed."""
+    import os
+    import sys
+    import tempfile
+    import traceback
+    import torch
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1")
+    torch.set_num_threads(1)  # what OMP_NUM_THREADS=1 gives a fresh interpreter
+    if cwd is not None:
+        os.chdir(cwd)
+    log = tempfile.TemporaryFile()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.dup2(log.fileno(), 1)
+    os.dup2(log.fileno(), 2)
+    from moniqua_kernels import cli
+    try:
+        code = cli.main(argvs[rank])
+    except SystemExit as exc:
+        code = exc.code
+    except BaseException:  # noqa: BLE001 - as the interpreter reports it
+        traceback.print_exc()
+        code = 1
+    if code is not None and not isinstance(code, int):  # sys.exit("message")
+        print(code, file=sys.stderr)
+        code = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    log.seek(0)
+    q.put((rank, (code or 0, log.read().decode(errors="replace"))))
+
+
+def train_forks(world: int, args, cwd=None, timeout: float = 300.0, rank_args=None) -> list:
+    """`moniqua-kernels train --no-progress ARGS` as `world` forked ranks (module
+    docstring); rank_args[r], if given, is appended to rank r's arguments."""
+    port = free_port()
+    argvs = [["train", "--no-progress", *map(str, args),
+              *map(str, (rank_args or {}).get(r, ()))] for r in range(world)]
+    out, procs = _start_and_collect(_cli_rank, (world, port, argvs, cwd), world, timeout)
+    return [out.get(r, (procs[r].exitcode, f"died with exit code {procs[r].exitcode}"))
+            for r in range(world)]
+
 
 
 def train_ranks(world: int, args, cwd=None, timeout: float = 300.0) -> list:

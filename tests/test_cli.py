@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from dist_helpers import train_forks
 from moniqua_kernels import cifar10
 from moniqua_kernels.cli import DEMO_ALGORITHMS, main
 
@@ -127,20 +128,29 @@ def _torchrun(args, tmp_path, timeout=300):
     return proc
 
 
+def _train_2_ranks(args, tmp_path):
+    """Two forked ranks of train (dist_helpers.train_forks): the resume tests compare
+    what train computes; torchrun itself runs in test_train_resnet20_on_generated_cifar,
+    test_teardown and test_gossip_timing."""
+    res = train_forks(2, args, cwd=tmp_path)
+    for rank, (rc, out) in enumerate(res):
+        assert rc == 0, (rank, out[-3000:])
+
+
 def test_train_two_process_gloo_and_resume(tmp_path):
     common = ["--algorithm", "moniqua", "--bits", "2", "--theta-lr-scale", "2.0",
               "--dataset", "digits", "--batch-size", "16", "--lr", "0.1", "--seed", "3",
               "--log-every", "5"]
     ckpt = tmp_path / "ckpt"
     # One run of 40 steps straight through ...
-    _torchrun(common + ["--steps", "40", "--json", str(tmp_path / "full.json")], tmp_path)
+    _train_2_ranks(common + ["--steps", "40", "--json", str(tmp_path / "full.json")], tmp_path)
     # ... equals 20 steps, a stop, and 20 more resumed from the checkpoint.
-    _torchrun(common + ["--steps", "20", "--checkpoint-dir", str(ckpt),
-                        "--checkpoint-every", "10"], tmp_path)
+    _train_2_ranks(common + ["--steps", "20", "--checkpoint-dir", str(ckpt),
+                             "--checkpoint-every", "10"], tmp_path)
     assert (ckpt / "rank0.pt").exists() and (ckpt / "rank1.pt").exists()
-    _torchrun(common + ["--steps", "40", "--checkpoint-dir", str(ckpt), "--resume",
-                        "--json", str(tmp_path / "resumed.json"),
-                        "--log-file", str(tmp_path / "log.jsonl")], tmp_path)
+    _train_2_ranks(common + ["--steps", "40", "--checkpoint-dir", str(ckpt), "--resume",
+                             "--json", str(tmp_path / "resumed.json"),
+                             "--log-file", str(tmp_path / "log.jsonl")], tmp_path)
     full = json.loads((tmp_path / "full.json").read_text())
     resumed = json.loads((tmp_path / "resumed.json").read_text())
     assert resumed["summary"]["resumed_from"] == 20

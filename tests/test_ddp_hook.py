@@ -17,12 +17,12 @@ and a 2000-byte cap it makes two buckets from the start (the "2buckets" mode):
 - ranks with different compressors raise one clear error on both ranks.
 """
 import datetime
-import multiprocessing as mp
 import socket
 
 import pytest
 import torch
 
+from dist_helpers import rank_context
 from moniqua_kernels.compressors import from_spec
 from moniqua_kernels.gossip import stream_seed
 
@@ -169,7 +169,7 @@ def _worker(rank, port, q):
 
 @pytest.fixture(scope="module")
 def ddp_runs():
-    ctx = mp.get_context("spawn")
+    ctx = rank_context()
     q, port = ctx.Queue(), _free_port()
     procs = [ctx.Process(target=_worker, args=(r, port, q), daemon=True) for r in range(2)]
     for p in procs:

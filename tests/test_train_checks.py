@@ -1,12 +1,16 @@
 """train under real gloo ranks: resume refuses what it cannot continue (exit 2, every
 rank, one message naming the rank and the reason), ranks started with other flags are
-refused, and the theta monitor of the defaults speaks up when theta is wrong."""
+refused, and the theta monitor of the defaults speaks up when theta is wrong.
+
+The ranks are forks running the CLI's entry point (dist_helpers.train_forks): these
+tests are about what train decides, and a fresh interpreter per rank cost 3 s of CPU
+each, 25 ranks here.  The exit of a real interpreter is test_teardown's subject."""
 import shutil
 
 import pytest
 import torch
 
-from dist_helpers import train_ranks
+from dist_helpers import train_forks
 
 COMMON = ["--algorithm", "moniqua", "--bits", "2", "--dataset", "synthetic",
           "--batch-size", "8", "--seed", "1", "--log-every", "5", "--timeout", "60"]
@@ -17,16 +21,16 @@ def checkpoints(tmp_path_factory):
     """A 2-rank run with checkpoints at steps 5 and 10 (step 5 kept aside)."""
     root = tmp_path_factory.mktemp("ckpt")
     ckpt = root / "ckpt"
-    res = train_ranks(2, COMMON + ["--steps", "5", "--checkpoint-dir", ckpt])
+    res = train_forks(2, COMMON + ["--steps", "5", "--checkpoint-dir", ckpt])
     assert all(rc == 0 for rc, _ in res), res
     shutil.copytree(ckpt, root / "at5")
-    res = train_ranks(2, COMMON + ["--steps", "10", "--checkpoint-dir", ckpt, "--resume"])
+    res = train_forks(2, COMMON + ["--steps", "10", "--checkpoint-dir", ckpt, "--resume"])
     assert all(rc == 0 for rc, _ in res), res
     return root
 
 
 def _resume_from(folder, world=2, extra=()):
-    return train_ranks(world, COMMON + ["--steps", "20", "--checkpoint-dir", folder,
+    return train_forks(world, COMMON + ["--steps", "20", "--checkpoint-dir", folder,
                                         "--resume", *extra])
 
 
@@ -95,30 +99,17 @@ def test_resume_refuses_another_world_size_and_other_bits(checkpoints):
 def test_ranks_with_other_flags_are_refused_before_training(tmp_path):
     """A rank with another --steps would leave the others waiting at the end; another
     --lr would train something else.  Refused by the flag handshake, every rank."""
-    import os
-    import subprocess
-    import sys
-    from dist_helpers import free_port
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    port = str(free_port())
-    procs = []
-    for rank, steps in ((0, "10"), (1, "12")):
-        env = {**os.environ, "PYTHONPATH": root, "OMP_NUM_THREADS": "1", "RANK": str(rank),
-               "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port}
-        procs.append(subprocess.Popen(
-            [sys.executable, "-m", "moniqua_kernels", "train", "--no-progress", *COMMON,
-             "--steps", steps], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            text=True, env=env))
-    res = [(p.wait(timeout=120), p.stdout.read()) for p in procs]
+    res = train_forks(2, COMMON, rank_args={0: ["--steps", "10"], 1: ["--steps", "12"]},
+                      timeout=120)
     _assert_refused(res, "ranks disagree on the train flags", "steps: rank 0 has 10; "
                     "rank 1 has 12")
 
 
 def test_monitor_raises_on_a_theta_far_too_small_and_can_be_switched_off():
     small = COMMON + ["--steps", "30", "--theta", "1e-6"]
-    res = train_ranks(2, small)
+    res = train_forks(2, small)
     for rank, (rc, out) in enumerate(res):
         assert rc == 1, (rank, out[-2000:])
         assert "theta bound violated" in out and "3 checks in a row" in out, out[-2000:]
-    res = train_ranks(2, small + ["--theta-check-every", "0"])
+    res = train_forks(2, small + ["--theta-check-every", "0"])
     assert all(rc == 0 for rc, _ in res), res  # the user's choice: silence, at their risk

@@ -1,19 +1,19 @@
-"""train --algorithm ddp under 2-process torchrun: trains, counts bytes, resumes bit for
+"""train --algorithm ddp on 2 ranks: trains, counts bytes, resumes bit for
 bit (the hook's error-feedback residuals travel in the checkpoint)."""
 import json
 
-from test_cli import _torchrun
+from test_cli import _train_2_ranks
 
 
 def test_train_ddp_sign_ef_trains_and_resumes(tmp_path):
     common = ["--algorithm", "ddp", "--compressor", "sign", "--dataset", "digits",
               "--batch-size", "16", "--lr", "0.1", "--seed", "1", "--log-every", "10"]
     ckpt = tmp_path / "ckpt"
-    _torchrun(common + ["--steps", "60", "--json", str(tmp_path / "full.json")], tmp_path)
-    _torchrun(common + ["--steps", "30", "--checkpoint-dir", str(ckpt),
-                        "--checkpoint-every", "30"], tmp_path)
-    _torchrun(common + ["--steps", "60", "--checkpoint-dir", str(ckpt), "--resume",
-                        "--json", str(tmp_path / "resumed.json")], tmp_path)
+    _train_2_ranks(common + ["--steps", "60", "--json", str(tmp_path / "full.json")], tmp_path)
+    _train_2_ranks(common + ["--steps", "30", "--checkpoint-dir", str(ckpt),
+                             "--checkpoint-every", "30"], tmp_path)
+    _train_2_ranks(common + ["--steps", "60", "--checkpoint-dir", str(ckpt), "--resume",
+                             "--json", str(tmp_path / "resumed.json")], tmp_path)
     full = json.loads((tmp_path / "full.json").read_text())
     resumed = json.loads((tmp_path / "resumed.json").read_text())
     assert resumed["history"] == full["history"]
