@@ -7,8 +7,12 @@
 // Outputs are allocated by the caller.  moniqua_kernels/_native.py registers these
 // functions as the "cpu" and "cuda" kernels; tests/test_ops_table.py checks that their
 // signatures are the schemas'.
+// ATen and pybind11's tensor caster, not <torch/extension.h>: that header pulls in the
+// whole C++ frontend (nn, optim, data), which nothing here uses.  Measured on the 2-core
+// CI box: this file compiled in 27.5 s with it, 16.7 s without.
+#include <ATen/ATen.h>
 #include <ATen/Parallel.h>
-#include <torch/extension.h>
+#include <torch/csrc/utils/pybind.h>
 
 #include <algorithm>
 #include <atomic>
