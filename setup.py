@@ -31,8 +31,11 @@ def native_extensions():
     # the -g of Python's CFLAGS: the ISA clones of every template made the debug info
     # 26 MB of a 27 MB library and a quarter of the build time (Moniqua's CPU kernels,
     # one thread of the CI box: 125 s with it, 90 s without).
-    cxx_flags = ["-O3", "-std=c++17", "-fopenmp", "-ffp-contract=off", "-fno-trapping-math",
-                 "-g0"]
+    # No -std: torch's build adds the standard its headers are written for (C++17 in
+    # older releases, C++20 in torch 2.13); a -std=c++17 here overrode it, and torch
+    # 2.13's headers warned about C++20 features in every file.  The kernels compile
+    # under either (scripts/ctest.sh builds them as C++17).
+    cxx_flags = ["-O3", "-fopenmp", "-ffp-contract=off", "-fno-trapping-math", "-g0"]
     use_cuda = bool(torch.version.cuda) and cpp_extension.CUDA_HOME is not None \
         and os.environ.get("MONIQUA_NO_CUDA", "0") != "1"
     if use_cuda:
