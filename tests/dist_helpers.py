@@ -94,8 +94,8 @@ def _cli_rank(rank, world, port, argvs, cwd, q):
     import traceback
     import torch
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1")
-    torch.set_num_threads(1)  # what OMP_NUM_THREADS=1 gives a fresh interpreter
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)  # what train_ranks' OMP_NUM_THREADS=1 gives an interpreter
     if cwd is not None:
         os.chdir(cwd)
     log = tempfile.TemporaryFile()
@@ -129,7 +129,6 @@ def train_forks(world: int, args, cwd=None, timeout: float = 300.0, rank_args=No
     out, procs = _start_and_collect(_cli_rank, (world, port, argvs, cwd), world, timeout)
     return [out.get(r, (procs[r].exitcode, f"died with exit code {procs[r].exitcode}"))
             for r in range(world)]
-
 
 
 def train_ranks(world: int, args, cwd=None, timeout: float = 300.0) -> list:

@@ -3,7 +3,6 @@ CIFAR-10 loader on generated files, and bad flags (exit code 2 with a message)."
 import json
 import os
 import pickle
-import socket
 import subprocess
 import sys
 import time
@@ -12,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from dist_helpers import train_forks
+from dist_helpers import free_port, train_forks
 from moniqua_kernels import cifar10
 from moniqua_kernels.cli import DEMO_ALGORITHMS, main
 
@@ -112,15 +111,10 @@ def test_demo_refuses_an_unwritable_json_before_running(capsys):
     assert time.monotonic() - t0 < 5  # refused before the runs (a quick demo takes ~15 s)
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def _torchrun(args, tmp_path, timeout=300):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
+           "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
            "-m", "moniqua_kernels", "train", "--no-progress", *args]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=timeout,
                           cwd=tmp_path)

@@ -17,12 +17,11 @@ and a 2000-byte cap it makes two buckets from the start (the "2buckets" mode):
 - ranks with different compressors raise one clear error on both ranks.
 """
 import datetime
-import socket
 
 import pytest
 import torch
 
-from dist_helpers import rank_context
+from dist_helpers import free_port, rank_context
 from moniqua_kernels.compressors import from_spec
 from moniqua_kernels.gossip import stream_seed
 
@@ -40,11 +39,6 @@ MODES = {  # name -> (compressor spec, error feedback, per_tensor, two buckets)
     "qsgd4-l2-elias": ("qsgd:4:512:l2:elias", False, True, True),
 }
 
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _recording_hook(record):
@@ -170,7 +164,7 @@ def _worker(rank, port, q):
 @pytest.fixture(scope="module")
 def ddp_runs():
     ctx = rank_context()
-    q, port = ctx.Queue(), _free_port()
+    q, port = ctx.Queue(), free_port()
     procs = [ctx.Process(target=_worker, args=(r, port, q), daemon=True) for r in range(2)]
     for p in procs:
         p.start()

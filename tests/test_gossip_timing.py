@@ -2,7 +2,6 @@
 --timing, --eval-every and --hidden flags."""
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -11,6 +10,7 @@ import time
 import pytest
 import torch
 
+from dist_helpers import free_port
 from moniqua_kernels import data, gossip
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -78,18 +78,13 @@ def test_enable_timing_is_idempotent_and_wraps_collectives():
     assert timer.seconds["wire"] > 0  # the all-reduce's wait
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def test_train_timing_eval_and_hidden_flags(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1",
                PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     out = tmp_path / "s.json"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
+           "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
            "-m", "moniqua_kernels", "train", "--no-progress", "--algorithm", "moniqua",
            "--bits", "1", "--theta-lr-scale", "3", "--gamma", "0.05", "--hidden", "40",
            "--steps", "12", "--log-every", "4", "--eval-every", "6", "--timing",

@@ -14,8 +14,8 @@ import sys
 
 import pytest
 
-from dist_helpers import train_ranks
-from test_cli import ROOT, _env, _free_port
+from dist_helpers import free_port, train_ranks
+from test_cli import ROOT, _env
 
 TRAIN = ["--algorithm", "dpsgd", "--dataset", "synthetic", "--steps", "5",
          "--batch-size", "8"]
@@ -23,7 +23,7 @@ TRAIN = ["--algorithm", "dpsgd", "--dataset", "synthetic", "--steps", "5",
 
 def _torchrun(target, args, timeout=180):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), *target, *args]
+           "--master_addr", "127.0.0.1", "--master_port", str(free_port()), *target, *args]
     return subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=timeout)
 
 
