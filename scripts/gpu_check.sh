@@ -144,7 +144,8 @@ if [ "$DRY" = 1 ]; then
 else
   XDIST=()
   "$PY" -c "import xdist" 2>/dev/null && XDIST=(-n 4)
-  phase tests_triton 150 "$PY" -m pytest -q -ra \
+  phase tests_triton 150 env MONIQUA_TEST_PROGRESS="$OUTDIR/tests_triton.progress" \
+    "$PY" -m pytest -q -ra \
     tests/test_parity.py -k "triton_cuda" "${XDIST[@]}" "${PYTEST_OPTS[@]}" \
     --junitxml="$OUTDIR/junit_triton.xml" -p no:cacheprovider
 fi
@@ -154,12 +155,14 @@ fi
 #    alignment, flags, n > 2^31) --------------------------------------------------------
 if [ "$DRY" = 1 ]; then
   # The same files: without CUDA their GPU cases skip, which the JUnit file records.
-  phase tests_gpu 120 "$PY" -m pytest -q -ra tests/test_gpu.py \
+  phase tests_gpu 120 env MONIQUA_TEST_PROGRESS="$OUTDIR/tests_gpu.progress" \
+    "$PY" -m pytest -q -ra tests/test_gpu.py \
     "${PYTEST_OPTS[@]}" --junitxml="$OUTDIR/junit_gpu.xml" -p no:cacheprovider
 else
   XDIST=()
   "$PY" -c "import xdist" 2>/dev/null && XDIST=(-n 4)
-  phase tests_gpu 200 "$PY" -m pytest -q -ra tests/test_gpu.py tests/test_ops_table.py \
+  phase tests_gpu 200 env MONIQUA_TEST_PROGRESS="$OUTDIR/tests_gpu.progress" \
+    "$PY" -m pytest -q -ra tests/test_gpu.py tests/test_ops_table.py \
     tests/test_parity.py -k "cuda_cuda or gpu or table" \
     "${XDIST[@]}" "${PYTEST_OPTS[@]}" --junitxml="$OUTDIR/junit_gpu.xml" -p no:cacheprovider
 fi

@@ -63,6 +63,43 @@ def junit(out: Path) -> tuple[list[str], int]:
     return lines, failures
 
 
+def progress(out: Path) -> tuple[list[str], int]:
+    """What the streaming test logs (tests/progress_log.py) show: each phase's counts, its
+    failures with their first error line, and the tests still running when it stopped.
+    These survive a phase its time limit killed, which leaves no JUnit file."""
+    lines, failures = [], 0
+    for path in sorted(out.glob("*.progress")):
+        started, results, failed, detail = [], {}, [], {}
+        current = None
+        for line in path.read_text(errors="replace").splitlines():
+            if line.startswith("    "):
+                if current and line.strip().startswith("E ") and current not in detail:
+                    detail[current] = line.strip()[1:].strip()[:160]
+                continue
+            event, nodeid, *rest = line.split("\t") + [""]
+            if event == "start":
+                started.append(nodeid)
+                continue
+            results.setdefault(nodeid, []).append(event)
+            current = nodeid
+            if event == "failed":
+                failed.append(f"{nodeid} ({rest[0]})")
+        outcome = lambda ev: "failed" if "failed" in ev else ev[0]  # noqa: E731
+        counts = {}
+        for ev in results.values():
+            counts[outcome(ev)] = counts.get(outcome(ev), 0) + 1
+        running = [n for n in started if n not in results]
+        failures += len(failed)
+        lines.append(f"- {path.name}: " + ", ".join(f"{v} {k}" for k, v in sorted(
+            counts.items())) + (f", {len(running)} still running when it stopped" if running
+                                else ""))
+        for f in failed:
+            lines.append(f"  - FAILED {f}: {detail.get(f.split(' (')[0], '')}")
+        for n in running:
+            lines.append(f"  - RUNNING {n}")
+    return lines, failures
+
+
 def bench(out: Path) -> list[str]:
     lines = []
     for path in sorted(out.glob("bench*/ops_*.json")):
@@ -173,6 +210,12 @@ def main(argv=None) -> int:
     doc += ["## Phases", ""] + phases(out) + [""]
     tests, failures = junit(out)
     doc += ["## Tests", ""] + (tests or ["(no JUnit files)"]) + [""]
+    streamed, streamed_failures = progress(out)
+    if streamed:
+        # the streaming logs count what a killed phase ran; JUnit counts finished phases
+        doc += ["Streaming test logs (a failure's whole report is in the .progress file):",
+                ""] + streamed + [""]
+        failures = max(failures, streamed_failures)
     b = bench(out)
     if b:
         doc += ["## Bandwidth at the largest size (% of y.copy_(x) in the same run)", ""] + b

@@ -32,3 +32,7 @@ def pytest_collection_modifyitems(items):
     module with a module-scoped fixture) start first: xdist's load schedule (scripts/
     test.sh) handed the 100 s stress test out near the end, where it ran alone."""
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
+# The streaming test log of scripts/gpu_check.sh (off unless MONIQUA_TEST_PROGRESS is set).
+from progress_log import pytest_runtest_logreport, pytest_runtest_logstart  # noqa: E402,F401

@@ -47,3 +47,76 @@ def test_refuses_bad_arguments():
     out = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_check.sh"), "--bogus"],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "unknown option" in out.stderr
+
+
+_SESSION = '''
+import time
+import pytest
+
+def test_ok():
+    pass
+
+def test_bad():
+    assert 1 == 2, "one is not two"
+
+@pytest.fixture
+def broken():
+    raise RuntimeError("fixture broke")
+
+def test_setup(broken):
+    pass
+
+def test_slow():
+    time.sleep(600)
+'''
+
+
+def test_progress_log_survives_a_killed_session(tmp_path):
+    """A session killed mid-test (as a phase's time limit does) leaves its failures, with
+    their reports, and the test that was running in the streaming log, and the summary
+    names them: what GPU run 2's killed CUDA phase could not tell."""
+    import signal
+    import time
+
+    (tmp_path / "test_session.py").write_text(_SESSION)
+    out = tmp_path / "out"
+    out.mkdir()
+    log = out / "tests_gpu.progress"
+    env = dict(os.environ, MONIQUA_TEST_PROGRESS=str(log), PYTHONPATH=str(ROOT / "tests"))
+    xdist = ["-n", "2"] if _has("xdist") else []  # the GPU phases run under xdist
+    proc = subprocess.Popen([sys.executable, "-m", "pytest", "-q", "-p", "progress_log",
+                             "-p", "no:cacheprovider", *xdist, "test_session.py"],
+                            cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    wanted = ("passed\ttest_session.py::test_ok\t", "failed\ttest_session.py::test_bad\tcall",
+              "failed\ttest_session.py::test_setup\tsetup", "start\ttest_session.py::test_slow")
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            text = log.read_text() if log.exists() else ""
+            if all(w in text for w in wanted):
+                break
+            assert proc.poll() is None, text
+            time.sleep(0.2)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    text = log.read_text()
+    assert all(w in text for w in wanted), text
+    assert "AssertionError: one is not two" in text  # the whole report is there
+    assert "RuntimeError: fixture broke" in text
+    summary = subprocess.run([sys.executable, str(ROOT / "scripts" / "gpu_summary.py"),
+                              str(out)], capture_output=True, text=True, timeout=60)
+    assert summary.returncode == 1  # failures make the summary fail
+    assert ("- tests_gpu.progress: 2 failed, 1 passed, 1 still running when it stopped"
+            in summary.stdout), summary.stdout
+    assert ("FAILED test_session.py::test_bad (call): AssertionError: one is not two"
+            in summary.stdout)
+    assert "FAILED test_session.py::test_setup (setup): RuntimeError: fixture broke" \
+        in summary.stdout
+    assert "RUNNING test_session.py::test_slow" in summary.stdout
+
+
+def _has(module: str) -> bool:
+    import importlib.util
+    return importlib.util.find_spec(module) is not None
