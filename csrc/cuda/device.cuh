@@ -24,6 +24,13 @@
     if (mk_err_ != cudaSuccess) return mk_err_;     \
   } while (0)
 
+// kernel<<<grid, block, 0, stream>>>(args) for the kernels whose threads never
+// communicate (moniqua.cu): csrc/tests/cuda_emu/cuda_runtime.h defines it first to run
+// the same launchers on the CPU, thread by thread.
+#ifndef MK_LAUNCH
+#define MK_LAUNCH(grid, block, stream, ...) __VA_ARGS__<<<(grid), (block), 0, (stream)>>>
+#endif
+
 #define MK_GRID_STRIDE(i, count)                                                              \
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < (count); \
        i += static_cast<int64_t>(gridDim.x) * blockDim.x)

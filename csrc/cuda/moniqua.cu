@@ -231,9 +231,9 @@ cudaError_t moniqua_encode(const void* x, DType dt, int64_t n, ModulusParams m, 
     using T = decltype(tag);
     return dispatch_bits(m.bits, [&](auto bits) {
       return dispatch_rounding(m.rounding, [&](auto round) {
-        encode_kernel<decltype(bits)::value, decltype(round)::value>
-            <<<grid_of(n), kThreads, 0, st>>>(static_cast<const T*>(x), n, m.inv_b, s, payload,
-                                              flag);
+        constexpr int kBits = decltype(bits)::value, kRound = decltype(round)::value;
+        MK_LAUNCH(grid_of(n), kThreads, st, encode_kernel<kBits, kRound, T>)(
+            static_cast<const T*>(x), n, m.inv_b, s, payload, flag);
         MK_LAUNCH_CHECK();
         return cudaSuccess;
       });
@@ -249,9 +249,9 @@ cudaError_t moniqua_decode(const uint8_t* payload, const void* y, DType dt, int6
     using T = decltype(tag);
     return dispatch_bits(m.bits, [&](auto bits) {
       return dispatch_rounding(m.rounding, [&](auto round) {
-        decode_kernel<decltype(bits)::value, decltype(round)::value>
-            <<<grid_of(n), kThreads, 0, st>>>(payload, static_cast<const T*>(y), n, m.b,
-                                              m.inv_b, s, static_cast<T*>(out), flag);
+        constexpr int kBits = decltype(bits)::value, kRound = decltype(round)::value;
+        MK_LAUNCH(grid_of(n), kThreads, st, decode_kernel<kBits, kRound, T>)(
+            payload, static_cast<const T*>(y), n, m.b, m.inv_b, s, static_cast<T*>(out), flag);
         MK_LAUNCH_CHECK();
         return cudaSuccess;
       });
@@ -267,9 +267,9 @@ cudaError_t moniqua_mix(void* x, DType dt, int64_t n, const MixPayloads& p, Modu
     using T = decltype(tag);
     return dispatch_bits(m.bits, [&](auto bits) {
       return dispatch_rounding(m.rounding, [&](auto round) {
-        mix_kernel<decltype(bits)::value, decltype(round)::value>
-            <<<grid_of(n), kThreads, 0, st>>>(static_cast<T*>(x), n, p, m.b, m.inv_b, gamma,
-                                              flag);
+        constexpr int kBits = decltype(bits)::value, kRound = decltype(round)::value;
+        MK_LAUNCH(grid_of(n), kThreads, st, mix_kernel<kBits, kRound, T>)(
+            static_cast<T*>(x), n, p, m.b, m.inv_b, gamma, flag);
         MK_LAUNCH_CHECK();
         return cudaSuccess;
       });

@@ -1,0 +1,232 @@
+// The CUDA Moniqua kernels (csrc/cuda/moniqua.cu) run on the CPU, thread by thread
+// (cuda_emu/cuda_runtime.h), against the CPU kernels, which tests/test_parity.py holds
+// bit for bit to the reference.  What this covers where no GPU is: every launcher's
+// dtype x bits x rounding, the whole-group and tail paths at sizes around the group and
+// block edges, misaligned views (one element or one byte off, so the scalar paths run),
+// in-place mix with 0-3 neighbours, non-finite inputs and results, stream tensors
+// (graph-safe streams) and their refusal, payload padding flags.  Built with
+// AddressSanitizer and UBSan's alignment check (CMakeLists.txt): every buffer is
+// allocated at its exact size, so a read or write past it, or a vector access at a
+// misaligned address, stops the run as compute-sanitizer would on a GPU.
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <memory>
+#include <random>
+#include <vector>
+
+#include "cpu/kernels.h"
+#include "cuda/launchers.h"
+#include "moniqua_kernels/moniqua_kernels.h"
+
+namespace mk = moniqua_kernels;
+using mk::DType;
+
+static int g_failures = 0;
+static int g_cases = 0;
+#define CHECK(cond, ...)                                                          \
+  do {                                                                            \
+    if (!(cond)) {                                                                \
+      if (++g_failures <= 20) {                                                   \
+        std::printf("%s:%d: CHECK failed: %s: ", __FILE__, __LINE__, #cond);      \
+        std::printf(__VA_ARGS__);                                                 \
+        std::printf("\n");                                                        \
+      }                                                                           \
+    }                                                                             \
+  } while (0)
+
+static size_t elem_size(DType dt) { return dt == DType::kFloat32 ? 4 : 2; }
+static const char* dt_name(DType dt) {
+  return dt == DType::kFloat32 ? "fp32" : dt == DType::kFloat16 ? "fp16" : "bf16";
+}
+
+// A buffer of exactly `offset + bytes` bytes (heap, so ASan guards both ends), whose
+// view starts `offset` bytes in: offset 1 element or 1 byte makes the kernels take their
+// scalar paths.
+struct Buffer {
+  std::unique_ptr<uint8_t[]> mem;
+  size_t offset, bytes;
+  Buffer(size_t bytes_, size_t offset_, uint8_t fill = 0xAA)
+      : mem(new uint8_t[offset_ + bytes_ + (offset_ + bytes_ == 0)]), offset(offset_), bytes(bytes_) {
+    std::memset(mem.get(), fill, offset_ + bytes_);
+  }
+  uint8_t* data() const { return mem.get() + offset; }
+};
+
+static void store_elem(uint8_t* p, DType dt, int64_t i, float v) {
+  if (dt == DType::kFloat32) {
+    std::memcpy(p + 4 * i, &v, 4);
+  } else {
+    const uint16_t h = dt == DType::kFloat16 ? mk::float_to_half(v) : mk::float_to_bf16(v);
+    std::memcpy(p + 2 * i, &h, 2);
+  }
+}
+
+// Values spread over several multiples of B, with NaN and inf at a few places when asked.
+static void fill(uint8_t* p, DType dt, int64_t n, float b, std::mt19937_64& rng, bool bad) {
+  std::uniform_real_distribution<float> u(-3.0f * b, 3.0f * b);
+  for (int64_t i = 0; i < n; ++i) store_elem(p, dt, i, u(rng));
+  if (bad && n > 2) {
+    store_elem(p, dt, n / 3, NAN);
+    store_elem(p, dt, n - 1, -INFINITY);
+  }
+}
+
+static bool same_bytes(const uint8_t* a, const uint8_t* b, size_t bytes, size_t* first) {
+  for (size_t i = 0; i < bytes; ++i) {
+    if (a[i] != b[i]) {
+      *first = i;
+      return false;
+    }
+  }
+  return true;
+}
+
+struct Case {
+  DType dt;
+  int bits, rounding;
+  int64_t n;
+  size_t x_off;  // elements
+  size_t p_off;  // bytes
+  bool bad;      // NaN / inf in the inputs
+};
+
+static void run_case(const Case& c, std::mt19937_64& rng) {
+  ++g_cases;
+  const size_t es = elem_size(c.dt);
+  const size_t xbytes = es * static_cast<size_t>(c.n);
+  const size_t nbytes = static_cast<size_t>(mk::packed_nbytes(c.n, c.bits));
+  const float b = 0.75f;
+  const mk::ModulusParams m{b, 1.0f / b, c.bits, c.rounding};
+  const int64_t blocks = mk::cpu::num_blocks(c.n);
+  char name[160];
+  std::snprintf(name, sizeof name, "%s bits=%d rounding=%d n=%lld x_off=%zu p_off=%zu bad=%d",
+                dt_name(c.dt), c.bits, c.rounding, static_cast<long long>(c.n), c.x_off,
+                c.p_off, c.bad);
+  size_t at = 0;
+
+  // encode
+  Buffer x(xbytes, c.x_off * es);
+  fill(x.data(), c.dt, c.n, b, rng, c.bad);
+  const mk::Stream s{0x9E3779B97F4A7C15ull + static_cast<uint64_t>(c.n), 4 * (c.n % 7), nullptr};
+  std::vector<uint8_t> want(nbytes + 1);
+  const int64_t want_bad = mk::cpu::moniqua_encode(x.data(), c.dt, c.n, m, s, want.data(), true,
+                                                   0, blocks);
+  Buffer got(nbytes, c.p_off);
+  int64_t flag[3] = {0, 0, 0};
+  CHECK(mk::cuda::moniqua_encode(x.data(), c.dt, c.n, m, s, got.data(), flag, nullptr) ==
+            cudaSuccess, "%s", name);
+  CHECK(same_bytes(want.data(), got.data(), nbytes, &at), "encode %s: byte %zu", name, at);
+  CHECK(flag[mk::kNonFinite] == want_bad && flag[mk::kBadStream] == 0,
+        "encode %s: flags %lld/%lld, want %lld", name, static_cast<long long>(flag[0]),
+        static_cast<long long>(flag[1]), static_cast<long long>(want_bad));
+
+  // the same through a stream tensor {seed, offset} (graph-safe streams)
+  const int64_t stream_tensor[2] = {static_cast<int64_t>(s.seed), s.offset};
+  const mk::Stream st{0, 0, stream_tensor};
+  Buffer got_t(nbytes, c.p_off);
+  CHECK(mk::cuda::moniqua_encode(x.data(), c.dt, c.n, m, st, got_t.data(), nullptr, nullptr) ==
+            cudaSuccess, "%s", name);
+  CHECK(same_bytes(want.data(), got_t.data(), nbytes, &at), "encode (stream tensor) %s: byte %zu",
+        name, at);
+
+  // decode against references y
+  Buffer y(xbytes, c.x_off * es);
+  fill(y.data(), c.dt, c.n, b, rng, c.bad);
+  std::vector<uint8_t> dec_want(xbytes + 1);
+  const int64_t dec_bad = mk::cpu::moniqua_decode(want.data(), y.data(), c.dt, c.n, m, s,
+                                                  dec_want.data(), true, 0, blocks);
+  Buffer payload(nbytes, c.p_off);
+  std::memcpy(payload.data(), want.data(), nbytes);
+  Buffer dec_got(xbytes, c.x_off * es);
+  int64_t dflag[3] = {0, 0, 0};
+  CHECK(mk::cuda::moniqua_decode(payload.data(), y.data(), c.dt, c.n, m, s, dec_got.data(), dflag,
+                                 nullptr) == cudaSuccess, "%s", name);
+  CHECK(same_bytes(dec_want.data(), dec_got.data(), xbytes, &at), "decode %s: byte %zu", name, at);
+  CHECK(dflag[mk::kNonFinite] == dec_bad && dflag[mk::kPadding] == 0,
+        "decode %s: flags %lld/%lld, want %lld", name, static_cast<long long>(dflag[0]),
+        static_cast<long long>(dflag[2]), static_cast<long long>(dec_bad));
+
+  // mix with 0-3 neighbours, in place; each neighbour's payload from its own x and stream
+  for (int k = 0; k <= 3; ++k) {
+    std::vector<std::unique_ptr<Buffer>> nb;
+    std::vector<const uint8_t*> ptrs;
+    std::vector<float> weights;
+    std::vector<mk::Stream> streams;
+    mk::cuda::MixPayloads p{};
+    p.count = k;
+    for (int j = 0; j < k; ++j) {
+      Buffer xj(xbytes, 0);
+      fill(xj.data(), c.dt, c.n, b, rng, false);
+      streams.push_back(mk::Stream{s.seed + 17 * (j + 1), s.offset + 4 * j, nullptr});
+      nb.emplace_back(new Buffer(nbytes, c.p_off));
+      mk::cpu::moniqua_encode(xj.data(), c.dt, c.n, m, streams.back(), nb.back()->data(), false, 0,
+                              blocks);
+      ptrs.push_back(nb.back()->data());
+      weights.push_back(0.25f + 0.125f * j);
+      p.payload[j] = nb.back()->data();
+      p.weight[j] = weights.back();
+      p.stream[j] = streams.back();
+    }
+    streams.push_back(s);  // the own payload's stream comes last
+    p.own = payload.data();
+    p.own_stream = s;
+    const float gamma = 0.625f;
+    std::vector<uint8_t> mix_want(xbytes + 1);
+    std::memcpy(mix_want.data(), y.data(), xbytes);
+    const mk::cpu::MixArgs a{m, k, ptrs.data(), weights.data(), payload.data(), gamma,
+                             streams.data(), true};
+    const int64_t mix_bad = mk::cpu::moniqua_mix(mix_want.data(), c.dt, c.n, a, 0, blocks);
+    Buffer mix_got(xbytes, c.x_off * es);
+    std::memcpy(mix_got.data(), y.data(), xbytes);
+    int64_t mflag[3] = {0, 0, 0};
+    CHECK(mk::cuda::moniqua_mix(mix_got.data(), c.dt, c.n, p, m, gamma, mflag, nullptr) ==
+              cudaSuccess, "%s", name);
+    CHECK(same_bytes(mix_want.data(), mix_got.data(), xbytes, &at), "mix k=%d %s: byte %zu", k,
+          name, at);
+    CHECK(mflag[mk::kNonFinite] == mix_bad, "mix k=%d %s: %lld non-finite, want %lld", k, name,
+          static_cast<long long>(mflag[0]), static_cast<long long>(mix_bad));
+  }
+}
+
+// A stream tensor whose offset is not a multiple of 4 is flagged once and nothing is
+// written; a payload with bits set above its last code is flagged.
+static void test_refusals() {
+  const int64_t n = 37;
+  std::vector<float> x(n, 0.5f), out(n, 7.0f);
+  const mk::ModulusParams m{1.0f, 1.0f, 2, mk::kDither};
+  const int64_t bad_stream[2] = {5, 2};
+  std::vector<uint8_t> payload(mk::packed_nbytes(n, 2), 0xAA);
+  int64_t flag[3] = {0, 0, 0};
+  mk::cuda::moniqua_encode(x.data(), DType::kFloat32, n, m, mk::Stream{0, 0, bad_stream},
+                           payload.data(), flag, nullptr);
+  CHECK(flag[mk::kBadStream] == 1, "bad stream flagged %lld times", static_cast<long long>(flag[1]));
+  bool untouched = true;
+  for (uint8_t v : payload) untouched = untouched && v == 0xAA;
+  CHECK(untouched, "encode wrote under a refused stream");
+  int64_t dflag[3] = {0, 0, 0};
+  payload.back() = 0xFF;  // 37 2-bit codes: the top 6 bits of the last byte are padding
+  mk::cuda::moniqua_decode(payload.data(), x.data(), DType::kFloat32, n, m, mk::Stream{1, 0, nullptr},
+                           out.data(), dflag, nullptr);
+  CHECK(dflag[mk::kPadding] == 1, "padding flagged %lld times", static_cast<long long>(dflag[2]));
+}
+
+int main() {
+  std::mt19937_64 rng(20261127);
+  const DType dts[] = {DType::kFloat32, DType::kFloat16, DType::kBFloat16};
+  const int64_t sizes[] = {1, 3, 16, 17, 100, 511, 512, 513, 1000, 4099, 8192 + 37};
+  for (DType dt : dts)
+    for (int bits : {1, 2, 4, 8})
+      for (int rounding : {mk::kStochastic, mk::kNearest, mk::kDither})
+        for (int64_t n : sizes)
+          for (int align = 0; align < 3; ++align)
+            run_case(Case{dt, bits, rounding, n, static_cast<size_t>(align == 1),
+                          static_cast<size_t>(align == 2), n % 3 == 1}, rng);
+  // more than one block of 256 threads, and whole warps of groups
+  for (int bits : {1, 8})
+    run_case(Case{DType::kFloat32, bits, mk::kDither, (1 << 17) + 5, 0, 0, true}, rng);
+  test_refusals();
+  std::printf("%d cases, %d failures\n", g_cases, g_failures);
+  return g_failures == 0 ? 0 : 1;
+}
