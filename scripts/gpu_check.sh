@@ -178,6 +178,12 @@ else
   phase bench 70 "$PY" -m moniqua_kernels bench --device cuda --sizes 2^22,2^26 \
     --ops moniqua_encode,moniqua_decode,moniqua_mix --bits 1,8 --dtypes fp32,bf16 \
     --roundings dither,nearest --baseline-sizes none --out "$OUTDIR/bench" --budget-s 60
+  # The CUDA decode and mix with the warp-striped tiles off (MONIQUA_CUDA_TILES=0,
+  # csrc/cuda/device.cuh): the layout GPU run 2 measured, beside the tiles just timed.
+  phase bench_group_layout 30 env MONIQUA_CUDA_TILES=0 "$PY" -m moniqua_kernels bench \
+    --device cuda --sizes 2^26 --ops moniqua_decode,moniqua_mix --bits 1 --dtypes fp32,bf16 \
+    --roundings dither,nearest --backends cuda --baseline-sizes none \
+    --out "$OUTDIR/bench_group_layout" --budget-s 20
   phase bench_other 40 "$PY" -m moniqua_kernels bench --device cuda --sizes 2^26 \
     --ops sign_encode,qsgd_encode,philox_uniform,moniqua_encode --bits 2,4,8 \
     --dtypes fp32 --roundings dither --baseline-sizes none --out "$OUTDIR/bench_other" \

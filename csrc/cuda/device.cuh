@@ -5,13 +5,17 @@
 // Work layout of the elementwise kernels: a thread takes groups of kEPT = 16
 // consecutive elements (grid-stride).  Whole groups run without a bound check per
 // element; the last, partial group (n % 16 elements) is taken by one thread with
-// checks.  A vector access is used only when the pointer is aligned to its width (a
+// checks.  Decode and mix re-map the elements of a warp's whole groups (warp tiles,
+// below).  A vector access is used only when the pointer is aligned to its width (a
 // runtime check per launch: views like buf[1:] and unaligned buckets stay correct).
 #pragma once
 
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <type_traits>
 
 #include "launchers.h"
 #include "moniqua_kernels/dispatch.h"
@@ -91,11 +95,12 @@ __device__ __forceinline__ bool read_stream(const Stream& s, int64_t* flag, Stre
   return true;
 }
 
-// The Philox words of the kEPT elements from element index base (a multiple of 4).
-__device__ __forceinline__ void group_words(const StreamVals& s, int64_t base, uint32_t* w) {
+// The Philox words of the N elements from element index base (a multiple of 4).
+template <int N = kEPT>
+__device__ __forceinline__ void stream_words(const StreamVals& s, int64_t base, uint32_t* w) {
   const uint64_t ctr0 = static_cast<uint64_t>(s.offset + base) >> 2;
 #pragma unroll
-  for (int c = 0; c < kEPT / 4; ++c) philox4x32_10(ctr0 + c, s.key, w + 4 * c);
+  for (int c = 0; c < N / 4; ++c) philox4x32_10(ctr0 + c, s.key, w + 4 * c);
 }
 
 // ------------------------------------------------------------------- float elements
@@ -249,6 +254,130 @@ __device__ __forceinline__ void check_padding(const uint8_t* payload, int64_t n,
   if (flag != nullptr && mask != 0 && blockIdx.x == 0 && threadIdx.x == 0 &&
       (payload[packed_nbytes(n, bits) - 1] & mask) != 0)
     flag_add(flag, kPadding, 1);
+}
+
+// ----------------------------------------------------------- warp tiles (decode, mix)
+//
+// Decode and mix take a thread's kEPT elements as kEPT / V chunks of V = 16 / sizeof(T)
+// consecutive elements (one 16-byte access each).  Where a warp's 32 groups are all
+// whole (a tile of kTile = 512 elements), the chunks are warp-striped: lane l's chunk c
+// starts at element c * 32 * V + l * V of the tile, so each warp-wide access covers 512
+// contiguous bytes.  Elsewhere chunk c of group g starts at g * kEPT + c * V, the group
+// layout the encode keeps.  Why: with the group layout a warp's 16-byte stores land 64
+// bytes apart and write each 32-byte sector in two halves; GPU run 2 (H100, benchmarks/
+// results/NVIDIA_H100_80GB_HBM3/run2) measured the CUDA decode at 78 % of copy (nearest,
+// fp32) against Triton's coalesced 97 %, and the 2-neighbour mix at 72 % against 93 %,
+// while the encode, whose stores are contiguous across lanes, ran at 90 %.
+constexpr int kWarp = 32;
+
+template <typename T>
+__host__ __device__ constexpr int vec_elems() { return 16 / static_cast<int>(sizeof(T)); }
+
+// Where the chunks of the thread of group g start: chunk c at first + c * step.
+struct Chunks {
+  int64_t first, step;
+  __device__ __forceinline__ int64_t at(int c) const { return first + c * step; }
+};
+
+// Striped when TILES and the 32 groups of g's warp (lane = g % 32) are all whole.
+template <int V>
+__device__ __forceinline__ Chunks chunks_of(int64_t g, int lane, int64_t whole, bool tiles) {
+  if (tiles && g - lane + kWarp <= whole) return Chunks{(g - lane) * kEPT + lane * V, kWarp * V};
+  return Chunks{g * kEPT, V};
+}
+
+// MONIQUA_CUDA_TILES=0 turns the striped tiles off (the group layout everywhere), read
+// once per process: so that one GPU run times both layouts side by side
+// (scripts/gpu_check.sh), and the CPU emulation tests both (CMakeLists.txt).
+inline bool striped_tiles() {
+  static const bool on = [] {
+    const char* v = std::getenv("MONIQUA_CUDA_TILES");
+    return v == nullptr || std::strcmp(v, "0") != 0;
+  }();
+  return on;
+}
+
+// Elements [e0, e0 + V) as floats; one 16-byte access when VEC (p 16-byte aligned).
+template <typename T>
+__device__ __forceinline__ void load_chunk(const T* p, int64_t e0, bool vec, float* v) {
+  constexpr int V = vec_elems<T>();
+  if (vec) {
+    const uint4 raw = __ldg(reinterpret_cast<const uint4*>(p + e0));
+    const T* e = reinterpret_cast<const T*>(&raw);
+#pragma unroll
+    for (int j = 0; j < V; ++j) v[j] = to_float(e[j]);
+  } else {
+#pragma unroll
+    for (int j = 0; j < V; ++j) v[j] = to_float(p[e0 + j]);
+  }
+}
+
+template <typename T>
+__device__ __forceinline__ void store_chunk(T* p, int64_t e0, bool vec, const float* v) {
+  constexpr int V = vec_elems<T>();
+  if (vec) {
+    uint4 raw;
+    T* e = reinterpret_cast<T*>(&raw);
+#pragma unroll
+    for (int j = 0; j < V; ++j) from_float(e[j], v[j]);
+    *reinterpret_cast<uint4*>(p + e0) = raw;
+  } else {
+#pragma unroll
+    for (int j = 0; j < V; ++j) from_float(p[e0 + j], v[j]);
+  }
+}
+
+// The packed codes of a chunk of V elements from e0 (a multiple of V): V * BITS bits
+// from bit e0 * BITS of the payload (DESIGN.md section 5: little-endian within and across
+// bytes), 4 to 64 bits.  Half a byte (float32, 1 bit) is read as its byte, shifted; whole
+// bytes as one word when VEC (payload aligned to the word), else byte by byte.
+template <int BITS, int V>
+using ChunkWord = std::conditional_t<(V * BITS > 32), uint2, uint32_t>;
+
+template <int BITS, int V>
+__host__ __device__ constexpr int chunk_code_bytes() { return V * BITS >= 8 ? V * BITS / 8 : 1; }
+
+template <int BITS, int V>
+__device__ __forceinline__ ChunkWord<BITS, V> load_chunk_codes(const uint8_t* payload, int64_t e0,
+                                                              bool vec) {
+  constexpr int kBytes = chunk_code_bytes<BITS, V>();
+  const uint8_t* p = payload + ((e0 * BITS) >> 3);
+  if constexpr (V * BITS < 8) {
+    return static_cast<uint32_t>(__ldg(p)) >> ((e0 * BITS) & 7);
+  } else if constexpr (V * BITS <= 32) {
+    using W = std::conditional_t<kBytes == 1, uint8_t, std::conditional_t<kBytes == 2, uint16_t,
+                                                                          uint32_t>>;
+    if (vec) return static_cast<uint32_t>(__ldg(reinterpret_cast<const W*>(p)));
+    uint32_t w = 0;
+#pragma unroll
+    for (int j = 0; j < kBytes; ++j) w |= static_cast<uint32_t>(p[j]) << (8 * j);
+    return w;
+  } else {
+    if (vec) return __ldg(reinterpret_cast<const uint2*>(p));
+    uint2 w{0u, 0u};
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      w.x |= static_cast<uint32_t>(p[j]) << (8 * j);
+      w.y |= static_cast<uint32_t>(p[4 + j]) << (8 * j);
+    }
+    return w;
+  }
+}
+
+template <int BITS, int V>
+__device__ __forceinline__ void chunk_codes(const ChunkWord<BITS, V>& w, uint32_t* k) {
+  constexpr uint32_t kMask = (1u << BITS) - 1u;
+  if constexpr (V * BITS <= 32) {
+#pragma unroll
+    for (int j = 0; j < V; ++j) k[j] = (w >> (j * BITS)) & kMask;
+  } else {
+    constexpr int kHalf = 32 / BITS;
+#pragma unroll
+    for (int j = 0; j < kHalf; ++j) {
+      k[j] = (w.x >> (j * BITS)) & kMask;
+      k[kHalf + j] = (w.y >> (j * BITS)) & kMask;
+    }
+  }
 }
 
 // ------------------------------------------------------------------- non-finite probe

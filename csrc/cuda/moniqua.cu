@@ -5,6 +5,10 @@
 // H100 before this layout (benchmarks/results/NVIDIA_H100_80GB_HBM3/, run 1): the
 // per-element checks of the old single path cost about 7 of ~40 instructions an
 // element, and 1-bit dither encode ran at 78-82 % of copy bandwidth, issue-bound.
+// Decode and mix take the same 16 elements a thread, in chunks that are warp-striped
+// where a warp's 32 groups are whole (device.cuh, warp tiles); the encode keeps
+// consecutive groups (its stores are contiguous across lanes already).  The CPU
+// emulation (csrc/tests/cuda_emu) runs these kernels against the CPU kernels in CI.
 #include "device.cuh"
 
 namespace moniqua_kernels {
@@ -19,7 +23,7 @@ __device__ __forceinline__ void encode_codes(const float* v, const StreamVals& s
     for (int j = 0; j < kEPT; ++j) k[j] = moniqua_code<BITS>(v[j], inv_b, 0.5f);
   } else {
     uint32_t w[kEPT];
-    group_words(s, base, w);
+    stream_words(s, base, w);
 #pragma unroll
     for (int j = 0; j < kEPT; ++j) k[j] = moniqua_code<BITS>(v[j], inv_b, uniform_from_word(w[j]));
   }
@@ -69,23 +73,45 @@ __global__ void __launch_bounds__(kThreads) encode_kernel(const T* __restrict__ 
   if (bad) flag_add(flag, kNonFinite, bad);
 }
 
-// Decoded float32 values of a group from its code word, against float32 references y.
+// Decoded float32 values of N elements from element base (a multiple of 4), from their
+// codes k, against float32 references y.
+template <int BITS, int ROUND, int N>
+__device__ __forceinline__ void decode_codes(const uint32_t* k, const StreamVals& s,
+                                             int64_t base, const float* y, float b, float inv_b,
+                                             float* out) {
+  if (ROUND == kDither) {
+    uint32_t w[N];
+    stream_words<N>(s, base, w);
+#pragma unroll
+    for (int j = 0; j < N; ++j)
+      out[j] = moniqua_value_from_fraction(moniqua_dither_fraction<BITS>(k[j], w[j]), y[j], b, inv_b);
+  } else {
+#pragma unroll
+    for (int j = 0; j < N; ++j) out[j] = moniqua_value<BITS>(k[j], 0.0f, y[j], b, inv_b);
+  }
+}
+
+// A whole group's worth of chunks (device.cuh: warp tiles), decoded.
+template <int BITS, int ROUND, int V>
+__device__ __forceinline__ void decode_chunks(const ChunkWord<BITS, V>* words, const StreamVals& s,
+                                              const Chunks& at, const float* y, float b,
+                                              float inv_b, float* out) {
+#pragma unroll
+  for (int c = 0; c < kEPT / V; ++c) {
+    uint32_t k[V];
+    chunk_codes<BITS, V>(words[c], k);
+    decode_codes<BITS, ROUND, V>(k, s, at.at(c), y + c * V, b, inv_b, out + c * V);
+  }
+}
+
+// The partial last group, from its code word.
 template <int BITS, int ROUND>
 __device__ __forceinline__ void decode_word(const typename CodeWord<BITS>::type& word,
                                             const StreamVals& s, int64_t base, const float* y,
                                             float b, float inv_b, float* out) {
   uint32_t k[kEPT];
   word_codes<BITS>(word, k);
-  if (ROUND == kDither) {
-    uint32_t w[kEPT];
-    group_words(s, base, w);
-#pragma unroll
-    for (int j = 0; j < kEPT; ++j)
-      out[j] = moniqua_value_from_fraction(moniqua_dither_fraction<BITS>(k[j], w[j]), y[j], b, inv_b);
-  } else {
-#pragma unroll
-    for (int j = 0; j < kEPT; ++j) out[j] = moniqua_value<BITS>(k[j], 0.0f, y[j], b, inv_b);
-  }
+  decode_codes<BITS, ROUND, kEPT>(k, s, base, y, b, inv_b, out);
 }
 
 __device__ __forceinline__ int64_t count_bad(const float* v, int valid) {
@@ -95,25 +121,35 @@ __device__ __forceinline__ int64_t count_bad(const float* v, int valid) {
   return bad;
 }
 
+// Each thread's whole group as chunks, warp-striped in whole tiles (device.cuh): all of
+// a thread's loads first, then the arithmetic, then the stores.
 template <int BITS, int ROUND, typename T>
 __global__ void __launch_bounds__(kThreads) decode_kernel(const uint8_t* __restrict__ payload,
                                                           const T* __restrict__ y, int64_t n,
                                                           float b, float inv_b, Stream stream,
-                                                          T* __restrict__ out,
+                                                          T* __restrict__ out, bool tiles,
                                                           int64_t* __restrict__ flag) {
+  constexpr int V = vec_elems<T>(), kChunks = kEPT / V;
   StreamVals s;
   if (!read_stream(stream, flag, s)) return;
   check_padding(payload, n, BITS, flag);
   const int64_t whole = n / kEPT;
+  const int lane = static_cast<int>(threadIdx.x % kWarp);
   const bool vec_y = aligned_to(y, 16), vec_o = aligned_to(out, 16);
-  const bool vec_p = aligned_to(payload, group_bytes<BITS>());
+  const bool vec_p = aligned_to(payload, chunk_code_bytes<BITS, V>());
   int64_t bad = 0;
   MK_GRID_STRIDE(g, whole) {
-    const auto word = load_code_word<BITS>(payload, g, vec_p);
+    const Chunks at = chunks_of<V>(g, lane, whole, tiles);
+    ChunkWord<BITS, V> words[kChunks];
     float yv[kEPT], xh[kEPT];
-    load_group(y, g * kEPT, vec_y, yv);
-    decode_word<BITS, ROUND>(word, s, g * kEPT, yv, b, inv_b, xh);
-    store_group(out, g * kEPT, vec_o, xh);
+#pragma unroll
+    for (int c = 0; c < kChunks; ++c) {
+      words[c] = load_chunk_codes<BITS, V>(payload, at.at(c), vec_p);
+      load_chunk(y, at.at(c), vec_y, yv + c * V);
+    }
+    decode_chunks<BITS, ROUND, V>(words, s, at, yv, b, inv_b, xh);
+#pragma unroll
+    for (int c = 0; c < kChunks; ++c) store_chunk(out, at.at(c), vec_o, xh + c * V);
     if (flag != nullptr) {
       float probe = 0.0f;
 #pragma unroll
@@ -132,32 +168,6 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(const uint8_t* __restr
   if (bad) flag_add(flag, kNonFinite, bad);
 }
 
-// x <- x + gamma * sum_j w_j (dec(q_j; x) - dec(q_self; x)) for one group (mix.h order).
-// The next neighbour's code word is loaded before the current one is decoded, so a
-// payload's memory round trip overlaps the previous decode's arithmetic.
-template <int BITS, int ROUND>
-__device__ __forceinline__ void mix_group(const MixPayloads& p, int64_t g, const float* xv,
-                                          float b, float inv_b, float gamma, bool vec_p,
-                                          float* result) {
-  using W = typename CodeWord<BITS>::type;
-  float dself[kEPT], dj[kEPT], acc[kEPT];
-  const W own = load_code_word<BITS>(p.own, g, vec_p);
-  W next = p.count > 0 ? load_code_word<BITS>(p.payload[0], g, vec_p) : own;
-  decode_word<BITS, ROUND>(own, stream_vals(p.own_stream), g * kEPT, xv, b, inv_b, dself);
-#pragma unroll
-  for (int e = 0; e < kEPT; ++e) acc[e] = 0.0f;
-  for (int j = 0; j < p.count; ++j) {
-    const W word = next;
-    if (j + 1 < p.count) next = load_code_word<BITS>(p.payload[j + 1], g, vec_p);
-    decode_word<BITS, ROUND>(word, stream_vals(p.stream[j]), g * kEPT, xv, b, inv_b, dj);
-    const float w = p.weight[j];
-#pragma unroll
-    for (int e = 0; e < kEPT; ++e) acc[e] = mix_accumulate(acc[e], w, dj[e], dself[e]);
-  }
-#pragma unroll
-  for (int e = 0; e < kEPT; ++e) result[e] = mix_result(xv[e], gamma, acc[e]);
-}
-
 // Keep x where the result is not finite; count those elements.
 __device__ __forceinline__ int64_t keep_bad(const float* xv, float* result, int valid) {
   int64_t bad = 0;
@@ -171,31 +181,65 @@ __device__ __forceinline__ int64_t keep_bad(const float* xv, float* result, int 
   return bad;
 }
 
+// x <- x + gamma * sum_j w_j (dec(q_j; x) - dec(q_self; x)) (mix.h order), a thread's
+// whole group as chunks, warp-striped in whole tiles (device.cuh).  The next
+// neighbour's codes are loaded before the current one is decoded, so a payload's memory
+// round trip overlaps the previous decode's arithmetic.
 template <int BITS, int ROUND, typename T>
 __global__ void __launch_bounds__(kThreads) mix_kernel(T* __restrict__ x, int64_t n,
                                                        const MixPayloads p, float b,
-                                                       float inv_b, float gamma,
+                                                       float inv_b, float gamma, bool tiles,
                                                        int64_t* __restrict__ flag) {
+  constexpr int V = vec_elems<T>(), kChunks = kEPT / V;
+  using Word = ChunkWord<BITS, V>;
   for (int j = 0; j <= p.count; ++j)
     if (!stream_ok(j < p.count ? p.stream[j] : p.own_stream, flag)) return;
   check_padding(p.own, n, BITS, flag);
   for (int j = 0; j < p.count; ++j) check_padding(p.payload[j], n, BITS, flag);
   const int64_t whole = n / kEPT;
-  bool vec_p = aligned_to(p.own, group_bytes<BITS>());
-  for (int j = 0; j < p.count; ++j) vec_p = vec_p && aligned_to(p.payload[j], group_bytes<BITS>());
+  const int lane = static_cast<int>(threadIdx.x % kWarp);
+  constexpr int kCodeBytes = chunk_code_bytes<BITS, V>();
+  bool vec_p = aligned_to(p.own, kCodeBytes);
+  for (int j = 0; j < p.count; ++j) vec_p = vec_p && aligned_to(p.payload[j], kCodeBytes);
   const bool vec_x = aligned_to(x, 16);
   int64_t bad = 0;
   MK_GRID_STRIDE(g, whole) {
-    float xv[kEPT], result[kEPT];
-    load_group(x, g * kEPT, vec_x, xv);
-    mix_group<BITS, ROUND>(p, g, xv, b, inv_b, gamma, vec_p, result);
+    const Chunks at = chunks_of<V>(g, lane, whole, tiles);
+    Word own[kChunks], next[kChunks];
+    float xv[kEPT], dself[kEPT], dj[kEPT], acc[kEPT], result[kEPT];
+#pragma unroll
+    for (int c = 0; c < kChunks; ++c) {
+      load_chunk(x, at.at(c), vec_x, xv + c * V);
+      own[c] = load_chunk_codes<BITS, V>(p.own, at.at(c), vec_p);
+      next[c] = p.count > 0 ? load_chunk_codes<BITS, V>(p.payload[0], at.at(c), vec_p) : own[c];
+    }
+    decode_chunks<BITS, ROUND, V>(own, stream_vals(p.own_stream), at, xv, b, inv_b, dself);
+#pragma unroll
+    for (int e = 0; e < kEPT; ++e) acc[e] = 0.0f;
+    for (int j = 0; j < p.count; ++j) {
+      Word cur[kChunks];
+#pragma unroll
+      for (int c = 0; c < kChunks; ++c) cur[c] = next[c];
+      if (j + 1 < p.count) {
+#pragma unroll
+        for (int c = 0; c < kChunks; ++c)
+          next[c] = load_chunk_codes<BITS, V>(p.payload[j + 1], at.at(c), vec_p);
+      }
+      decode_chunks<BITS, ROUND, V>(cur, stream_vals(p.stream[j]), at, xv, b, inv_b, dj);
+      const float w = p.weight[j];
+#pragma unroll
+      for (int e = 0; e < kEPT; ++e) acc[e] = mix_accumulate(acc[e], w, dj[e], dself[e]);
+    }
+#pragma unroll
+    for (int e = 0; e < kEPT; ++e) result[e] = mix_result(xv[e], gamma, acc[e]);
     if (flag != nullptr) {
       float probe = 0.0f;
 #pragma unroll
       for (int e = 0; e < kEPT; ++e) probe = probe_add(probe, result[e]);
       if (probe != probe) bad += keep_bad(xv, result, kEPT);
     }
-    store_group(x, g * kEPT, vec_x, result);
+#pragma unroll
+    for (int c = 0; c < kChunks; ++c) store_chunk(x, at.at(c), vec_x, result + c * V);
   }
   if (n % kEPT && blockIdx.x == gridDim.x - 1 && threadIdx.x == 0) {
     // The partial group: codes past n decode to finite garbage that is never stored.
@@ -251,7 +295,8 @@ cudaError_t moniqua_decode(const uint8_t* payload, const void* y, DType dt, int6
       return dispatch_rounding(m.rounding, [&](auto round) {
         constexpr int kBits = decltype(bits)::value, kRound = decltype(round)::value;
         MK_LAUNCH(grid_of(n), kThreads, st, decode_kernel<kBits, kRound, T>)(
-            payload, static_cast<const T*>(y), n, m.b, m.inv_b, s, static_cast<T*>(out), flag);
+            payload, static_cast<const T*>(y), n, m.b, m.inv_b, s, static_cast<T*>(out),
+            striped_tiles(), flag);
         MK_LAUNCH_CHECK();
         return cudaSuccess;
       });
@@ -269,7 +314,7 @@ cudaError_t moniqua_mix(void* x, DType dt, int64_t n, const MixPayloads& p, Modu
       return dispatch_rounding(m.rounding, [&](auto round) {
         constexpr int kBits = decltype(bits)::value, kRound = decltype(round)::value;
         MK_LAUNCH(grid_of(n), kThreads, st, mix_kernel<kBits, kRound, T>)(
-            static_cast<T*>(x), n, p, m.b, m.inv_b, gamma, flag);
+            static_cast<T*>(x), n, p, m.b, m.inv_b, gamma, striped_tiles(), flag);
         MK_LAUNCH_CHECK();
         return cudaSuccess;
       });

@@ -51,7 +51,7 @@ __global__ void encode_kernel(const T* __restrict__ x, int64_t n, int64_t d,
     float v[kEPT];
     uint32_t k[kEPT], w[kEPT];
     if (whole) load_group(x, base, vec_x, v); else load_tail(x, base, n, v);
-    group_words(s, base, w);
+    stream_words(s, base, w);
     int64_t q = base / d, qend = (q + 1) * d;
     float r = qsgd_ratio(BITS, scales[q]);
 #pragma unroll
