@@ -129,6 +129,29 @@ def bench(out: Path) -> list[str]:
     return lines
 
 
+def layout_ab(out: Path) -> list[str]:
+    """The CUDA decode and mix with warp-striped tiles (the bench phase) against the group
+    layout (bench_group_layout, MONIQUA_CUDA_TILES=0), case by case."""
+    def rows(folder):
+        found = {}
+        for path in sorted((out / folder).glob("ops_*.json")):
+            for r in json.loads(path.read_text())["results"]:
+                if r.get("provider") == "cuda" and r.get("seconds"):
+                    found[(r["op"], r["bits"], r["rounding"], r["dtype"], r["n"])] = r
+        return found
+    tiles, group = rows("bench"), rows("bench_group_layout")
+    common = sorted(set(tiles) & set(group), key=str)
+    if not common:
+        return []
+    lines = ["| op | bits | rounding | dtype | n | tiles GB/s | group GB/s | tiles / group |",
+             "|---|---|---|---|---|---|---|---|"]
+    for key in common:
+        t, g = tiles[key]["gbps"], group[key]["gbps"]
+        lines.append("| " + " | ".join(str(k) for k in key) + f" | {t:.0f} | {g:.0f} | "
+                     f"{t / g:.2f} |")
+    return lines
+
+
 def ptxas(out: Path) -> list[str]:
     """Registers, stack and spills per CUDA kernel from the build log (-Xptxas=-v)."""
     path = out / "build.log"
@@ -219,6 +242,9 @@ def main(argv=None) -> int:
     b = bench(out)
     if b:
         doc += ["## Bandwidth at the largest size (% of y.copy_(x) in the same run)", ""] + b
+    ab = layout_ab(out)
+    if ab:
+        doc += ["## CUDA decode and mix: warp-striped tiles against the group layout", ""] + ab + [""]
     n = ncu(out)
     if n:
         doc += ["## Nsight Compute", ""] + n + [""]
