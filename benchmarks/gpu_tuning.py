@@ -48,8 +48,10 @@ def launch(op, x, payloads, bits, rounding, block, warps):
                                             None, None, 0, **meta)
         return out, k
     xm = x.clone()
+    # the mix's stream halves travel packed for its tuple arguments, as the op passes them
+    packed = common.tuple_halves(SEED, OFFSET)
     k = tm._moniqua_mix_kernel[grid](xm, tuple(payloads[:2]), (0.25, 0.25), payloads[2], n,
-                                     nbytes, b32, inv_b, 1.0, *((h,) * 3 for h in halves), None,
+                                     nbytes, b32, inv_b, 1.0, *((h,) * 3 for h in packed), None,
                                      None, 0, **meta)
     return xm, k
 

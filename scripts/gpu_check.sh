@@ -159,8 +159,11 @@ if [ "$DRY" = 1 ]; then
     "$PY" -m pytest -q -ra tests/test_gpu.py \
     "${PYTEST_OPTS[@]}" --junitxml="$OUTDIR/junit_gpu.xml" -p no:cacheprovider
 else
+  # 8 workers: the build is done by now and the CPU (16 cores on the lent machines) is
+  # free; in GPU run 2 this phase, on 4, ran out of its 120 s about three quarters
+  # through.  At most two n > 2^31 tests (13 GiB each) can run at once.
   XDIST=()
-  "$PY" -c "import xdist" 2>/dev/null && XDIST=(-n 4)
+  "$PY" -c "import xdist" 2>/dev/null && XDIST=(-n 8)
   phase tests_gpu 200 env MONIQUA_TEST_PROGRESS="$OUTDIR/tests_gpu.progress" \
     "$PY" -m pytest -q -ra tests/test_gpu.py tests/test_ops_table.py \
     tests/test_parity.py -k "cuda_cuda or gpu or table" \
