@@ -4,8 +4,11 @@
 # first failure: every phase runs under its own timeout and logs into OUTDIR, and the
 # whole run keeps to a global budget (default 400 s), so it returns inside a lease.
 #
-#   bash scripts/gpu_check.sh [--dry-run] [--budget SECONDS] [OUTDIR]
+#   bash scripts/gpu_check.sh [--dry-run] [--budget SECONDS] [--phases LIST] [OUTDIR]
 #
+# --phases: a comma list of the phases to run (env build tests_triton tests_gpu bench
+# bench_group_layout bench_other ncu bench_baselines tuning), the others are skipped
+# and say so: a second call after a fix re-runs what the fix touched, inside the lease.
 # --dry-run: the same script on a machine without a GPU (CI does this): the CUDA phases
 # print why they are skipped, the benchmark runs on the CPU at a tiny size.
 # Nothing is downloaded (the GPU machine has no network): the extension is built with
@@ -14,18 +17,26 @@ set -uo pipefail
 
 DRY=0
 BUDGET=400
+SELECTED=""
 OUTDIR=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --dry-run) DRY=1 ;;
     --budget) BUDGET=$2; shift ;;
-    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+    --phases) SELECTED=",$2,"; shift ;;
+    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
     -*) echo "gpu_check.sh: unknown option $1" >&2; exit 2 ;;
     *) OUTDIR=$1 ;;
   esac
   shift
 done
 case "$BUDGET" in ''|*[!0-9]*) echo "gpu_check.sh: --budget takes whole seconds" >&2; exit 2 ;; esac
+ALL_PHASES=",env,build,tests_triton,tests_gpu,bench,bench_group_layout,bench_other,ncu,bench_baselines,tuning,"
+for p in ${SELECTED//,/ }; do
+  if [[ "$ALL_PHASES" != *",$p,"* ]]; then
+    echo "gpu_check.sh: unknown phase '$p' in --phases (known: ${ALL_PHASES:1:-1})" >&2; exit 2
+  fi
+done
 
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -45,6 +56,9 @@ log() { echo "[$(( $(date +%s) - START ))s] $*"; }
 # OUTDIR/NAME.log, record "name rc seconds" in phases.tsv.
 phase() {
   local name=$1 limit=$2; shift 2
+  if [ -n "$SELECTED" ] && [[ "$SELECTED" != *",$name,"* ]]; then
+    skip "$name" "not in --phases"; return
+  fi
   local left=$((DEADLINE - $(date +%s) - 15))
   if [ "$left" -lt 10 ]; then skip "$name" "global budget of ${BUDGET}s spent"; return; fi
   [ "$limit" -gt "$left" ] && limit=$left

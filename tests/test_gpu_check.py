@@ -142,3 +142,30 @@ def test_summary_sets_the_cuda_layouts_side_by_side(tmp_path):
     assert out.returncode == 0, out.stderr
     assert ("| moniqua_mix | 1 | dither | fp32 | 67108864 | 1500 | 1200 | 1.25 |"
             in out.stdout), out.stdout
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is here: run the real script")
+@pytest.mark.skipif(shutil.which("timeout") is None, reason="needs coreutils' timeout")
+def test_phases_selects_what_runs(tmp_path):
+    """--phases runs the phases named and skips the others saying why (a second call in a
+    lease re-runs what a fix touched); a name the script does not have is refused; the
+    script's list of names is every phase it has."""
+    import re
+    script = (ROOT / "scripts" / "gpu_check.sh").read_text()
+    known = set(re.search(r'ALL_PHASES=",(.*),"', script).group(1).split(","))
+    used = set(re.findall(r"^\s*(?:phase|skip) (\w+) ", script, re.M))
+    assert used == known, (used, known)
+    env = dict(os.environ, PYTHON=sys.executable)
+    out = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_check.sh"), "--dry-run",
+                          "--phases", "env,tests_gpu", str(tmp_path)], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    phases = {line.split("\t")[0]: line.split("\t")[1:]
+              for line in (tmp_path / "phases.tsv").read_text().splitlines()}
+    assert phases["env"][0] == "0"
+    assert phases["tests_gpu"][0] == "5"  # ran: without CUDA the module skips
+    assert phases["bench"][0] == "skipped" and phases["bench"][2] == "not in --phases"
+    bad = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_check.sh"), "--phases",
+                          "env,bogus", str(tmp_path / "x")], capture_output=True, text=True,
+                         timeout=60)
+    assert bad.returncode == 2 and "unknown phase 'bogus'" in bad.stderr
