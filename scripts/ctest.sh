@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Configure, build and run the torch-free native tests (CMakeLists.txt): the C++ unit
-# tests over the shared math and CPU kernels, the CUDA Moniqua kernels run on the CPU
+# tests over the shared math and CPU kernels, the CUDA kernels run on the CPU
 # (csrc/tests/cuda_emu), and the nvcc compile of every .cu file.
 # Called by scripts/test.sh when present.  Needs cmake, a C++17 compiler and, for the
 # CUDA compile, nvcc (found on PATH or at /usr/local/cuda/bin/nvcc).

@@ -143,7 +143,7 @@ unsigned groups_grid(int64_t n) { return grid_for((n + kEPT - 1) / kEPT); }
 
 cudaError_t philox_uniform(float* out, int64_t n, Stream s, cudaStream_t st) {
   if (n == 0) return cudaSuccess;
-  philox_kernel<<<grid_for((n + 3) / 4), kThreads, 0, st>>>(out, n, s);
+  MK_LAUNCH(grid_for((n + 3) / 4), kThreads, st, philox_kernel)(out, n, s);
   MK_LAUNCH_CHECK();
   return cudaSuccess;
 }
@@ -151,7 +151,7 @@ cudaError_t philox_uniform(float* out, int64_t n, Stream s, cudaStream_t st) {
 cudaError_t pack_bits(const uint8_t* codes, int64_t n, int bits, uint8_t* out, cudaStream_t st) {
   if (n == 0) return cudaSuccess;
   return dispatch_bits(bits, [&](auto bc) {
-    pack_kernel<decltype(bc)::value><<<groups_grid(n), kThreads, 0, st>>>(codes, n, out);
+    MK_LAUNCH(groups_grid(n), kThreads, st, pack_kernel<decltype(bc)::value>)(codes, n, out);
     MK_LAUNCH_CHECK();
     return cudaSuccess;
   });
@@ -161,7 +161,8 @@ cudaError_t unpack_bits(const uint8_t* payload, int64_t n, int bits, uint8_t* ou
                         int64_t* flag, cudaStream_t st) {
   if (n == 0) return cudaSuccess;
   return dispatch_bits(bits, [&](auto bc) {
-    unpack_kernel<decltype(bc)::value><<<groups_grid(n), kThreads, 0, st>>>(payload, n, out, flag);
+    MK_LAUNCH(groups_grid(n), kThreads, st, unpack_kernel<decltype(bc)::value>)(payload, n, out,
+                                                                             flag);
     MK_LAUNCH_CHECK();
     return cudaSuccess;
   });
@@ -178,11 +179,11 @@ cudaError_t sign_encode(const void* x, DType dt, int64_t n, double* workspace, f
     using T = decltype(tag);
     const T* xt = static_cast<const T*>(x);
     if (n > 0) {
-      sign_kernel<<<blocks, kThreads, 0, st>>>(xt, n, payload, workspace);
+      MK_LAUNCH(blocks, kThreads, st, sign_kernel<T>)(xt, n, payload, workspace);
       MK_LAUNCH_CHECK();
     }
-    sign_finish_kernel<<<1, kSignBlocks, 0, st>>>(workspace, n > 0 ? blocks : 0, xt, n, scale,
-                                                  flag);
+    MK_LAUNCH(1, kSignBlocks, st, sign_finish_kernel<T>)(workspace, n > 0 ? blocks : 0, xt, n,
+                                                         scale, flag);
     MK_LAUNCH_CHECK();
     return cudaSuccess;
   });
@@ -191,7 +192,7 @@ cudaError_t sign_encode(const void* x, DType dt, int64_t n, double* workspace, f
 cudaError_t sign_decode(const float* scale, const uint8_t* payload, int64_t n, float* out,
                         int64_t* flag, cudaStream_t st) {
   if (n == 0) return cudaSuccess;
-  sign_decode_kernel<<<groups_grid(n), kThreads, 0, st>>>(scale, payload, n, out, flag);
+  MK_LAUNCH(groups_grid(n), kThreads, st, sign_decode_kernel)(scale, payload, n, out, flag);
   MK_LAUNCH_CHECK();
   return cudaSuccess;
 }

@@ -28,9 +28,9 @@
     if (mk_err_ != cudaSuccess) return mk_err_;     \
   } while (0)
 
-// kernel<<<grid, block, 0, stream>>>(args) for the kernels whose threads never
-// communicate (moniqua.cu): csrc/tests/cuda_emu/cuda_runtime.h defines it first to run
-// the same launchers on the CPU, thread by thread.
+// kernel<<<grid, block, 0, stream>>>(args), written so that csrc/tests/cuda_emu/
+// cuda_runtime.h, which defines it first, runs the same launchers on the CPU (moniqua.cu,
+// basic.cu, qsgd.cu; sparse.cu's CUB scans have no CPU stand-in).
 #ifndef MK_LAUNCH
 #define MK_LAUNCH(grid, block, stream, ...) __VA_ARGS__<<<(grid), (block), 0, (stream)>>>
 #endif

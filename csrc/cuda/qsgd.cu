@@ -105,10 +105,10 @@ cudaError_t qsgd_encode(const void* x, DType dt, int64_t n, int bits, int64_t bu
     using T = decltype(tag);
     const T* xt = static_cast<const T*>(x);
     return dispatch_qsgd_bits(bits, [&](auto bc) {
-      scales_kernel<<<qgrid, kThreads, 0, st>>>(xt, n, bucket_size, norm_l2, scales, flag);
+      MK_LAUNCH(qgrid, kThreads, st, scales_kernel<T>)(xt, n, bucket_size, norm_l2, scales, flag);
       MK_LAUNCH_CHECK();
-      encode_kernel<decltype(bc)::value><<<grid, kThreads, 0, st>>>(xt, n, bucket_size, scales,
-                                                                     s, payload, flag);
+      MK_LAUNCH(grid, kThreads, st, encode_kernel<decltype(bc)::value, T>)(
+          xt, n, bucket_size, scales, s, payload, flag);
       MK_LAUNCH_CHECK();
       return cudaSuccess;
     });
@@ -119,7 +119,7 @@ cudaError_t qsgd_decode(const float* scales, const uint8_t* payload, int64_t n, 
                         int64_t bucket_size, float* out, int64_t* flag, cudaStream_t st) {
   if (n == 0) return cudaSuccess;
   return dispatch_qsgd_bits(bits, [&](auto bc) {
-    decode_kernel<decltype(bc)::value><<<grid_for((n + kEPT - 1) / kEPT), kThreads, 0, st>>>(
+    MK_LAUNCH(grid_for((n + kEPT - 1) / kEPT), kThreads, st, decode_kernel<decltype(bc)::value>)(
         scales, payload, n, bucket_size, out, flag);
     MK_LAUNCH_CHECK();
     return cudaSuccess;

@@ -1,10 +1,12 @@
-// The CUDA Moniqua kernels (csrc/cuda/moniqua.cu) run on the CPU, thread by thread
-// (cuda_emu/cuda_runtime.h), against the CPU kernels, which tests/test_parity.py holds
-// bit for bit to the reference.  What this covers where no GPU is: every launcher's
-// dtype x bits x rounding, the whole-group and tail paths at sizes around the group and
-// block edges, misaligned views (one element or one byte off, so the scalar paths run),
-// in-place mix with 0-3 neighbours, non-finite inputs and results, stream tensors
-// (graph-safe streams) and their refusal, payload padding flags.  Built with
+// The CUDA kernels of moniqua.cu, basic.cu and qsgd.cu run on the CPU (cuda_emu/
+// cuda_runtime.h) against the CPU kernels, which tests/test_parity.py holds bit for bit
+// to the reference.  What this covers where no GPU is: for Moniqua every launcher's
+// dtype x bits x rounding, the whole-group, warp-tile and tail paths at sizes around
+// the group, tile and block edges, misaligned views (one element or one byte off, so
+// the scalar paths run), in-place mix with 0-3 neighbours, non-finite inputs and
+// results, stream tensors (graph-safe streams) and their refusal, payload padding
+// flags; Philox uniforms, bit packing, the scaled sign (block reductions with warp
+// shuffles) and bucketed QSGD (one block per bucket) likewise.  Built with
 // AddressSanitizer and UBSan's alignment check (CMakeLists.txt): every buffer is
 // allocated at its exact size, so a read or write past it, or a vector access at a
 // misaligned address, stops the run as compute-sanitizer would on a GPU.
@@ -212,21 +214,172 @@ static void test_refusals() {
   CHECK(dflag[mk::kPadding] == 1, "padding flagged %lld times", static_cast<long long>(dflag[2]));
 }
 
-int main() {
+// Philox uniforms, pack and unpack at every width, through misaligned views.
+static void test_basic(std::mt19937_64& rng) {
+  for (int64_t n : {1, 3, 4, 17, 1000, 4099}) {
+    for (size_t off : {0, 1}) {
+      ++g_cases;
+      const mk::Stream s{rng(), 4 * static_cast<int64_t>(n % 5), nullptr};
+      std::vector<float> want(n);
+      mk::cpu::philox_uniform(n, s, want.data(), 0, mk::cpu::num_blocks(n));
+      Buffer got(4 * n, 4 * off);
+      mk::cuda::philox_uniform(reinterpret_cast<float*>(got.data()), n, s, nullptr);
+      size_t at = 0;
+      CHECK(same_bytes(reinterpret_cast<uint8_t*>(want.data()), got.data(), 4 * n, &at),
+            "philox n=%lld off=%zu: byte %zu", static_cast<long long>(n), off, at);
+      for (int bits : {1, 2, 4, 8}) {
+        ++g_cases;
+        const size_t nbytes = static_cast<size_t>(mk::packed_nbytes(n, bits));
+        Buffer codes(n, off);
+        for (int64_t i = 0; i < n; ++i) codes.data()[i] = static_cast<uint8_t>(rng() & ((1u << bits) - 1));
+        std::vector<uint8_t> packed(nbytes + 1);
+        mk::cpu::pack_bits(codes.data(), n, bits, packed.data(), 0, mk::cpu::num_blocks(n));
+        Buffer got_p(nbytes, off);
+        mk::cuda::pack_bits(codes.data(), n, bits, got_p.data(), nullptr);
+        CHECK(same_bytes(packed.data(), got_p.data(), nbytes, &at), "pack bits=%d n=%lld off=%zu",
+              bits, static_cast<long long>(n), off);
+        Buffer back(n, off);
+        int64_t flag[3] = {0, 0, 0};
+        mk::cuda::unpack_bits(got_p.data(), n, bits, back.data(), flag, nullptr);
+        CHECK(same_bytes(codes.data(), back.data(), n, &at) && flag[mk::kPadding] == 0,
+              "unpack bits=%d n=%lld off=%zu", bits, static_cast<long long>(n), off);
+      }
+    }
+  }
+}
+
+// Relative difference of two float32 scales that the spec lets differ in their last
+// bits (sums in double in another order, DESIGN.md section 6).
+static bool close_scale(float a, float b) {
+  return a == b || std::fabs(a - b) <= 4e-7f * std::fmax(std::fabs(a), std::fabs(b));
+}
+
+// The scaled sign: payload bytes exactly, the scale up to its last bits, decode.
+static void test_sign(std::mt19937_64& rng) {
+  for (DType dt : {DType::kFloat32, DType::kBFloat16})
+    for (int64_t n : {1, 17, 4099, (1 << 17) + 3})
+      for (size_t off : {0, 1}) {
+        ++g_cases;
+        const size_t es = elem_size(dt), nbytes = static_cast<size_t>(mk::packed_nbytes(n, 1));
+        Buffer x(es * n, es * off);
+        fill(x.data(), dt, n, 1.0f, rng, false);
+        std::vector<uint8_t> want(nbytes + 1);
+        std::vector<double> sums(mk::cpu::num_blocks(n));
+        mk::cpu::sign_encode(x.data(), dt, n, want.data(), sums.data(), 0, mk::cpu::num_blocks(n));
+        double total = 0.0;
+        for (double v : sums) total += v;
+        const float want_scale = static_cast<float>(total) / static_cast<float>(n);
+        std::vector<double> workspace(mk::cuda::sign_workspace_doubles());
+        float scale = -1.0f;
+        Buffer got(nbytes, off);
+        int64_t flag[3] = {0, 0, 0};
+        mk::cuda::sign_encode(x.data(), dt, n, workspace.data(), &scale, got.data(), flag, nullptr);
+        size_t at = 0;
+        CHECK(same_bytes(want.data(), got.data(), nbytes, &at), "sign %s n=%lld off=%zu: byte %zu",
+              dt_name(dt), static_cast<long long>(n), off, at);
+        CHECK(close_scale(scale, want_scale) && flag[mk::kNonFinite] == 0,
+              "sign %s n=%lld: scale %.9g, want %.9g", dt_name(dt), static_cast<long long>(n),
+              scale, want_scale);
+        std::vector<float> dec_want(n);
+        mk::cpu::sign_decode(scale, want.data(), n, dec_want.data(), 0, mk::cpu::num_blocks(n));
+        Buffer dec(4 * n, 4 * off);
+        mk::cuda::sign_decode(&scale, got.data(), n, reinterpret_cast<float*>(dec.data()), flag,
+                              nullptr);
+        CHECK(same_bytes(reinterpret_cast<uint8_t*>(dec_want.data()), dec.data(), 4 * n, &at),
+              "sign decode %s n=%lld off=%zu", dt_name(dt), static_cast<long long>(n), off);
+      }
+  // a NaN makes the sum non-finite: the finisher counts the non-finite elements
+  ++g_cases;
+  std::vector<float> x(300, 1.0f);
+  x[7] = NAN;
+  x[290] = INFINITY;
+  std::vector<double> workspace(mk::cuda::sign_workspace_doubles());
+  std::vector<uint8_t> payload(mk::packed_nbytes(300, 1));
+  float scale = 0.0f;
+  int64_t flag[3] = {0, 0, 0};
+  mk::cuda::sign_encode(x.data(), DType::kFloat32, 300, workspace.data(), &scale, payload.data(),
+                        flag, nullptr);
+  CHECK(flag[mk::kNonFinite] == 2, "sign counted %lld non-finite, want 2",
+        static_cast<long long>(flag[0]));
+}
+
+// Bucketed QSGD: max-norm scales and codes exactly; l2 scales up to their last bits, and
+// the codes exactly where the scales agree; decode.
+static void test_qsgd(std::mt19937_64& rng) {
+  for (DType dt : {DType::kFloat32, DType::kFloat16})
+    for (int bits : {2, 4, 8})
+      for (int64_t d : {24, 512})
+        for (int64_t n : {int64_t{1}, int64_t{100}, d * 41 + 5})  // up to 42 buckets, blocks
+          for (bool l2 : {false, true}) {
+            ++g_cases;
+            const size_t es = elem_size(dt), nbytes = static_cast<size_t>(mk::packed_nbytes(n, bits));
+            const int64_t nq = (n + d - 1) / d, blocks = mk::cpu::num_blocks(n);
+            Buffer x(es * n, es * (n % 2));
+            fill(x.data(), dt, n, 1.0f, rng, false);
+            const mk::Stream s{rng(), 8, nullptr};
+            std::vector<float> scales(nq);
+            mk::cpu::qsgd_scales(x.data(), dt, n, d, l2, scales.data(), false, 0, nq);
+            std::vector<uint8_t> want(nbytes + 1);
+            mk::cpu::qsgd_encode(x.data(), dt, n, bits, d, scales.data(), s, want.data(), 0, blocks);
+            std::vector<float> got_scales(nq);
+            Buffer got(nbytes, n % 3 == 1);
+            int64_t flag[3] = {0, 0, 0};
+            mk::cuda::qsgd_encode(x.data(), dt, n, bits, d, l2, s, got_scales.data(), got.data(),
+                                  flag, nullptr);
+            bool scales_same = true;
+            for (int64_t q = 0; q < nq; ++q) {
+              CHECK(close_scale(got_scales[q], scales[q]) && (l2 || got_scales[q] == scales[q]),
+                    "qsgd %s bits=%d d=%lld n=%lld l2=%d: scale %lld %.9g, want %.9g", dt_name(dt),
+                    bits, static_cast<long long>(d), static_cast<long long>(n), l2,
+                    static_cast<long long>(q), got_scales[q], scales[q]);
+              scales_same = scales_same && got_scales[q] == scales[q];
+            }
+            size_t at = 0;
+            if (scales_same)
+              CHECK(same_bytes(want.data(), got.data(), nbytes, &at),
+                    "qsgd %s bits=%d d=%lld n=%lld l2=%d: byte %zu", dt_name(dt), bits,
+                    static_cast<long long>(d), static_cast<long long>(n), l2, at);
+            std::vector<float> dec_want(n);
+            mk::cpu::qsgd_decode(scales.data(), want.data(), n, bits, d, dec_want.data(), 0, blocks);
+            Buffer payload(nbytes, 0);
+            std::memcpy(payload.data(), want.data(), nbytes);
+            Buffer dec(4 * n, 4 * (n % 2));
+            mk::cuda::qsgd_decode(scales.data(), payload.data(), n, bits, d,
+                                  reinterpret_cast<float*>(dec.data()), flag, nullptr);
+            CHECK(same_bytes(reinterpret_cast<uint8_t*>(dec_want.data()), dec.data(), 4 * n, &at),
+                  "qsgd decode %s bits=%d d=%lld n=%lld: byte %zu", dt_name(dt), bits,
+                  static_cast<long long>(d), static_cast<long long>(n), at);
+            CHECK(flag[mk::kNonFinite] == 0 && flag[mk::kPadding] == 0, "qsgd flags");
+          }
+}
+
+// Arguments: the parts to run (moniqua basic sign qsgd), all by default.
+int main(int argc, char** argv) {
+  auto wanted = [&](const char* part) {
+    if (argc < 2) return true;
+    for (int i = 1; i < argc; ++i)
+      if (std::strcmp(argv[i], part) == 0) return true;
+    return false;
+  };
   std::mt19937_64 rng(20261127);
-  const DType dts[] = {DType::kFloat32, DType::kFloat16, DType::kBFloat16};
-  const int64_t sizes[] = {1, 3, 16, 17, 100, 511, 512, 513, 1000, 4099, 8192 + 37};
-  for (DType dt : dts)
-    for (int bits : {1, 2, 4, 8})
-      for (int rounding : {mk::kStochastic, mk::kNearest, mk::kDither})
-        for (int64_t n : sizes)
-          for (int align = 0; align < 3; ++align)
-            run_case(Case{dt, bits, rounding, n, static_cast<size_t>(align == 1),
-                          static_cast<size_t>(align == 2), n % 3 == 1}, rng);
-  // more than one block of 256 threads, and whole warps of groups
-  for (int bits : {1, 8})
-    run_case(Case{DType::kFloat32, bits, mk::kDither, (1 << 17) + 5, 0, 0, true}, rng);
-  test_refusals();
+  if (wanted("moniqua")) {
+    const DType dts[] = {DType::kFloat32, DType::kFloat16, DType::kBFloat16};
+    const int64_t sizes[] = {1, 3, 16, 17, 100, 511, 512, 513, 1000, 4099, 8192 + 37};
+    for (DType dt : dts)
+      for (int bits : {1, 2, 4, 8})
+        for (int rounding : {mk::kStochastic, mk::kNearest, mk::kDither})
+          for (int64_t n : sizes)
+            for (int align = 0; align < 3; ++align)
+              run_case(Case{dt, bits, rounding, n, static_cast<size_t>(align == 1),
+                            static_cast<size_t>(align == 2), n % 3 == 1}, rng);
+    // more than one block of 256 threads, and whole warps of groups
+    for (int bits : {1, 8})
+      run_case(Case{DType::kFloat32, bits, mk::kDither, (1 << 17) + 5, 0, 0, true}, rng);
+    test_refusals();
+  }
+  if (wanted("basic")) test_basic(rng);
+  if (wanted("sign")) test_sign(rng);
+  if (wanted("qsgd")) test_qsgd(rng);
   std::printf("%d cases, %d failures\n", g_cases, g_failures);
   return g_failures == 0 ? 0 : 1;
 }

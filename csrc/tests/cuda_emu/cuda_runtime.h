@@ -1,15 +1,23 @@
 // A CPU stand-in for <cuda_runtime.h>: compiles a .cu file's kernels and launchers with a
-// host compiler and runs each launch's threads one after another, so the CUDA kernels'
-// indexing, tails, alignment choices and error flags are tested where no GPU is
-// (csrc/tests/test_cuda_emu.cpp, built by CMakeLists.txt with AddressSanitizer and
-// UBSan's alignment check standing in for compute-sanitizer's memcheck).
+// host compiler and runs them where no GPU is (csrc/tests/test_cuda_emu.cpp, built by
+// CMakeLists.txt with AddressSanitizer and UBSan's alignment check standing in for
+// compute-sanitizer's memcheck), so the CUDA kernels' indexing, tails, alignment
+// choices, reductions and error flags are tested in CI.
 //
-// Only kernels whose threads never communicate can run this way: no __shared__,
-// __syncthreads or warp shuffles are defined here, so a kernel that uses them does not
-// compile against this header (moniqua.cu's kernels qualify).  Threads run in a
-// shuffled order, so a kernel that relies on another thread having run first fails.
+// Two ways to run a launch:
+//   * by default, every (block, thread) one after another, in a shuffled order: for
+//     kernels whose threads never communicate (moniqua.cu).  __shared__,
+//     __syncthreads and warp shuffles are not defined then, so a kernel that uses them
+//     does not compile, and a kernel that relies on another thread having run first
+//     fails;
+//   * with MK_EMU_COOPERATIVE defined before this header, each block's threads as
+//     fibers (blocks one at a time, in a shuffled order): __syncthreads is a barrier
+//     of the block, a shuffle a barrier of the warp, and a thread that returned no
+//     longer holds a barrier (as on Volta and later); __shared__ is one static copy,
+//     which the block running has to itself (basic.cu, qsgd.cu).
+// sparse.cu (random-k) is not run: its block scans are CUB's, which has no CPU build.
 //
-// The emulated translation unit is compiled with __CUDACC__ and __CUDA_ARCH__ defined,
+// The emulated translation units are compiled with __CUDACC__ and __CUDA_ARCH__ defined,
 // so the shared headers take their device branches; the intrinsics below give the
 // device's results (round-to-nearest float ops without contraction, cvt.rmi.s32.f32
 // with NaN -> 0 and saturation, the high word of a 32x32 product).
@@ -41,11 +49,18 @@ struct alignas(8) uint2 {
 struct alignas(16) uint4 {
   unsigned int x, y, z, w;
 };
+struct alignas(16) float4 {
+  float x, y, z, w;
+};
+inline float4 make_float4(float x, float y, float z, float w) { return float4{x, y, z, w}; }
 
 struct mk_emu_dim {
   unsigned int x = 1, y = 1, z = 1;
 };
-inline mk_emu_dim threadIdx, blockIdx, blockDim, gridDim;
+inline thread_local mk_emu_dim threadIdx, blockIdx;
+inline mk_emu_dim blockDim, gridDim;
+
+using std::isfinite;  // a global function in CUDA's math headers
 
 template <typename T>
 inline T __ldg(const T* p) { return *p; }
@@ -53,6 +68,7 @@ inline float __fmul_rn(float a, float b) { return a * b; }
 inline float __fadd_rn(float a, float b) { return a + b; }
 inline float __fsub_rn(float a, float b) { return a - b; }
 inline float __fdiv_rn(float a, float b) { return a / b; }
+inline float __fsqrt_rn(float a) { return std::sqrt(a); }
 inline float __fmaf_rn(float a, float b, float c) { return std::fmaf(a, b, c); }
 inline unsigned int __umulhi(unsigned int a, unsigned int b) {
   return static_cast<unsigned int>((static_cast<uint64_t>(a) * b) >> 32);
@@ -76,35 +92,212 @@ inline int __float2int_rd(float x) {  // cvt.rmi.s32.f32
 }
 inline int __popc(unsigned int v) { return __builtin_popcount(v); }
 inline unsigned long long atomicAdd(unsigned long long* p, unsigned long long v) {
-  const unsigned long long old = *p;
-  *p = old + v;
-  return old;
+  return __atomic_fetch_add(p, v, __ATOMIC_RELAXED);
 }
 
 namespace mk_emu {
-// One launch: every (block, thread) of the grid, in an order shuffled by a fixed seed.
+// A launch's blocks in an order shuffled by a fixed seed.
+inline std::vector<uint64_t> shuffled(uint64_t count, uint64_t salt) {
+  std::vector<uint64_t> order(count);
+  std::iota(order.begin(), order.end(), uint64_t{0});
+  std::shuffle(order.begin(), order.end(), std::mt19937_64(count * 1000003ull + salt));
+  return order;
+}
+
+// One launch, every (block, thread) of the grid one after another, shuffled.
 template <typename Kernel>
-struct Launch {
+struct SerialLaunch {
   unsigned int grid, block;
   Kernel kernel;
   template <typename... Args>
   void operator()(Args&&... args) const {
-    std::vector<uint64_t> order(static_cast<uint64_t>(grid) * block);
-    std::iota(order.begin(), order.end(), uint64_t{0});
-    std::shuffle(order.begin(), order.end(), std::mt19937_64(grid * 1000003ull + block));
     gridDim.x = grid;
     blockDim.x = block;
-    for (const uint64_t i : order) {
+    for (const uint64_t i : shuffled(static_cast<uint64_t>(grid) * block, block)) {
       blockIdx.x = static_cast<unsigned int>(i / block);
       threadIdx.x = static_cast<unsigned int>(i % block);
       kernel(args...);
     }
   }
 };
-template <typename Kernel>
-Launch<Kernel> launch(unsigned int grid, unsigned int block, Kernel kernel) {
-  return Launch<Kernel>{grid, block, kernel};
-}
 }  // namespace mk_emu
 
-#define MK_LAUNCH(grid, block, stream, ...) ::mk_emu::launch((grid), (block), &__VA_ARGS__)
+#if !defined(MK_EMU_COOPERATIVE)
+#define MK_LAUNCH(grid, block, stream, ...) \
+  ::mk_emu::SerialLaunch<decltype(&__VA_ARGS__)>{static_cast<unsigned int>(grid), \
+                                                 static_cast<unsigned int>(block), &__VA_ARGS__}
+#else
+#include <ucontext.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <functional>
+#include <memory>
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/common_interface_defs.h>
+#endif
+
+#define __shared__ static
+
+namespace mk_emu {
+// Each thread of the running block is a fiber (ucontext) on this one OS thread: a fiber
+// runs until it waits at a barrier or returns; a barrier opens when every thread of its
+// block (or warp) that has not returned waits at it.  Fibers switch in well under a
+// microsecond where OS threads under a condition variable took milliseconds a barrier
+// on the 2-core CI box.  AddressSanitizer is told of every stack switch.
+struct Fiber {
+  ucontext_t ctx;
+  char* stack = nullptr;
+  enum State { kReady, kWaiting, kDone } state = kReady;
+  int barrier = 0;  // what it waits at: -1 the block, w >= 0 warp w
+};
+
+constexpr size_t kFiberStack = 64 * 1024;
+
+// Fiber stacks, allocated once for the process and reused by every launch.
+inline char* fiber_stack(unsigned int t) {
+  static std::vector<std::unique_ptr<char[]>> stacks;
+  while (stacks.size() <= t) stacks.emplace_back(new char[kFiberStack]);
+  return stacks[t].get();
+}
+
+struct BlockState {
+  std::vector<Fiber> fibers;
+  std::vector<uint64_t> slots;  // one per thread: the value a shuffle offers
+  std::function<void()> body;   // the kernel with its arguments
+  ucontext_t scheduler;
+  int current = 0;
+  const void* sched_stack = nullptr;  // the scheduler's stack, for ASan
+  size_t sched_stack_size = 0;
+};
+inline BlockState* g_block = nullptr;
+
+inline void enter_fiber(BlockState& b, int t) {
+#if defined(__SANITIZE_ADDRESS__)
+  void* fake = nullptr;
+  __sanitizer_start_switch_fiber(&fake, b.fibers[t].stack, kFiberStack);
+#endif
+  b.current = t;
+  threadIdx.x = static_cast<unsigned int>(t);
+  swapcontext(&b.scheduler, &b.fibers[t].ctx);
+#if defined(__SANITIZE_ADDRESS__)
+  __sanitizer_finish_switch_fiber(fake, nullptr, nullptr);
+#endif
+}
+
+// From the running fiber back to the scheduler (for good when `done`).
+inline void leave_fiber(BlockState& b, bool done) {
+  Fiber& f = b.fibers[b.current];
+#if defined(__SANITIZE_ADDRESS__)
+  void* fake = nullptr;
+  __sanitizer_start_switch_fiber(done ? nullptr : &fake, b.sched_stack, b.sched_stack_size);
+#endif
+  swapcontext(&f.ctx, &b.scheduler);
+#if defined(__SANITIZE_ADDRESS__)
+  __sanitizer_finish_switch_fiber(fake, nullptr, nullptr);
+#endif
+}
+
+inline void fiber_main() {
+  BlockState& b = *g_block;
+#if defined(__SANITIZE_ADDRESS__)
+  __sanitizer_finish_switch_fiber(nullptr, &b.sched_stack, &b.sched_stack_size);
+#endif
+  b.body();
+  b.fibers[b.current].state = Fiber::kDone;
+  leave_fiber(b, true);
+}
+
+inline void wait_at(int barrier) {
+  BlockState& b = *g_block;
+  b.fibers[b.current].state = Fiber::kWaiting;
+  b.fibers[b.current].barrier = barrier;
+  leave_fiber(b, false);
+}
+
+// Opens the barriers at which every thread that has not returned waits; false when none.
+inline bool open_barriers(BlockState& b) {
+  const int n = static_cast<int>(b.fibers.size());
+  bool opened = false;
+  for (int barrier = -1; barrier < (n + 31) / 32; ++barrier) {
+    const int lo = barrier < 0 ? 0 : 32 * barrier, hi = barrier < 0 ? n : std::min(n, lo + 32);
+    bool all = true, any = false;
+    for (int t = lo; t < hi && all; ++t) {
+      const Fiber& f = b.fibers[t];
+      if (f.state == Fiber::kDone) continue;
+      all = f.state == Fiber::kWaiting && f.barrier == barrier;
+      any = any || all;
+    }
+    if (!all || !any) continue;
+    for (int t = lo; t < hi; ++t)
+      if (b.fibers[t].state == Fiber::kWaiting) b.fibers[t].state = Fiber::kReady;
+    opened = true;
+  }
+  return opened;
+}
+
+// One launch: blocks one at a time, shuffled; a block's threads as fibers.
+template <typename Kernel>
+struct BlockLaunch {
+  unsigned int grid, block;
+  Kernel kernel;
+  template <typename... Args>
+  void operator()(Args... args) const {
+    gridDim.x = grid;
+    blockDim.x = block;
+    BlockState b;
+    b.fibers = std::vector<Fiber>(block);
+    b.slots.assign(block, 0);
+    b.body = [&] { kernel(args...); };
+    for (unsigned int t = 0; t < block; ++t) b.fibers[t].stack = fiber_stack(t);
+    g_block = &b;
+    for (const uint64_t blk : shuffled(grid, block)) {
+      blockIdx.x = static_cast<unsigned int>(blk);
+      for (Fiber& f : b.fibers) {
+        f.state = Fiber::kReady;
+        getcontext(&f.ctx);
+        f.ctx.uc_stack.ss_sp = f.stack;
+        f.ctx.uc_stack.ss_size = kFiberStack;
+        f.ctx.uc_link = nullptr;
+        makecontext(&f.ctx, fiber_main, 0);
+      }
+      for (;;) {
+        bool ran = false, live = false;
+        for (unsigned int t = 0; t < block; ++t) {
+          if (b.fibers[t].state == Fiber::kReady) {
+            enter_fiber(b, static_cast<int>(t));
+            ran = true;
+          }
+          live = live || b.fibers[t].state != Fiber::kDone;
+        }
+        if (!live) break;
+        if (!ran && !open_barriers(b)) {
+          std::fprintf(stderr, "cuda_emu: block %u deadlocked at a barrier\n", blockIdx.x);
+          std::abort();
+        }
+      }
+    }
+    g_block = nullptr;
+  }
+};
+}  // namespace mk_emu
+
+inline void __syncthreads() { mk_emu::wait_at(-1); }
+
+template <typename T>
+inline T __shfl_down_sync(unsigned int, T v, unsigned int delta) {
+  static_assert(sizeof(T) <= sizeof(uint64_t), "one slot a thread");
+  mk_emu::BlockState& b = *mk_emu::g_block;
+  const unsigned int t = threadIdx.x;
+  std::memcpy(&b.slots[t], &v, sizeof(T));
+  mk_emu::wait_at(static_cast<int>(t / 32));  // every lane has offered its value
+  T out = v;
+  if (t % 32 + delta < 32 && t + delta < blockDim.x) std::memcpy(&out, &b.slots[t + delta], sizeof(T));
+  mk_emu::wait_at(static_cast<int>(t / 32));  // every lane has read before a slot is reused
+  return out;
+}
+
+#define MK_LAUNCH(grid, block, stream, ...) \
+  ::mk_emu::BlockLaunch<decltype(&__VA_ARGS__)>{static_cast<unsigned int>(grid), \
+                                                static_cast<unsigned int>(block), &__VA_ARGS__}
+#endif
