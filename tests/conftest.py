@@ -35,4 +35,5 @@ def pytest_collection_modifyitems(items):
 
 
 # The streaming test log of scripts/gpu_check.sh (off unless MONIQUA_TEST_PROGRESS is set).
-from progress_log import pytest_runtest_logreport, pytest_runtest_logstart  # noqa: E402,F401
+from progress_log import (  # noqa: E402,F401
+    pytest_configure, pytest_runtest_logreport, pytest_runtest_logstart)

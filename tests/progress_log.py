@@ -16,7 +16,14 @@ scripts/gpu_summary.py reads it.
 import os
 
 _PROGRESS = os.environ.get("MONIQUA_TEST_PROGRESS")
-_IS_XDIST_WORKER = "PYTEST_XDIST_WORKER" in os.environ
+_reporting = False  # set in pytest_configure: this process reports (not an xdist worker)
+
+
+def pytest_configure(config):
+    # An xdist worker has workerinput; the environment cannot tell (PYTEST_XDIST_WORKER
+    # is inherited by a pytest started from inside a worker, as the test of this does).
+    global _reporting
+    _reporting = bool(_PROGRESS) and not hasattr(config, "workerinput")
 
 
 def _progress(text: str) -> None:
@@ -25,12 +32,12 @@ def _progress(text: str) -> None:
 
 
 def pytest_runtest_logstart(nodeid, location):
-    if _PROGRESS and not _IS_XDIST_WORKER:
+    if _reporting:
         _progress(f"start\t{nodeid}\n")
 
 
 def pytest_runtest_logreport(report):
-    if not _PROGRESS or _IS_XDIST_WORKER:
+    if not _reporting:
         return
     if report.when == "call" or report.outcome != "passed":
         _progress(f"{report.outcome}\t{report.nodeid}\t{report.when}\t{report.duration:.2f}\n")
