@@ -29,8 +29,7 @@
   } while (0)
 
 // kernel<<<grid, block, 0, stream>>>(args), written so that csrc/tests/cuda_emu/
-// cuda_runtime.h, which defines it first, runs the same launchers on the CPU (moniqua.cu,
-// basic.cu, qsgd.cu; sparse.cu's CUB scans have no CPU stand-in).
+// cuda_runtime.h, which defines it first, runs the same launchers on the CPU.
 #ifndef MK_LAUNCH
 #define MK_LAUNCH(grid, block, stream, ...) __VA_ARGS__<<<(grid), (block), 0, (stream)>>>
 #endif

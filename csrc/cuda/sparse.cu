@@ -131,10 +131,10 @@ cudaError_t randomk_prefix(int64_t n, uint32_t threshold, Stream s, int64_t* fir
                            cudaStream_t st) {
   const int64_t nchunks = randomk_chunks(n);
   if (nchunks > 0) {
-    count_kernel<<<chunk_grid(nchunks), kChunkThreads, 0, st>>>(n, threshold, s, first);
+    MK_LAUNCH(chunk_grid(nchunks), kChunkThreads, st, count_kernel)(n, threshold, s, first);
     MK_LAUNCH_CHECK();
   }
-  scan_kernel<<<1, kScanThreads, 0, st>>>(first, nchunks);
+  MK_LAUNCH(1, kScanThreads, st, scan_kernel)(first, nchunks);
   MK_LAUNCH_CHECK();
   return cudaSuccess;
 }
@@ -144,10 +144,10 @@ cudaError_t randomk_gather(const void* x, int elem_size, int64_t n, uint32_t thr
   const int64_t nchunks = randomk_chunks(n);
   if (nchunks == 0) return cudaSuccess;
   if (elem_size == 2) {
-    gather_kernel<<<chunk_grid(nchunks), kChunkThreads, 0, st>>>(
+    MK_LAUNCH(chunk_grid(nchunks), kChunkThreads, st, gather_kernel<uint16_t>)(
         static_cast<const uint16_t*>(x), n, threshold, s, first, static_cast<uint16_t*>(values));
   } else {
-    gather_kernel<<<chunk_grid(nchunks), kChunkThreads, 0, st>>>(
+    MK_LAUNCH(chunk_grid(nchunks), kChunkThreads, st, gather_kernel<uint32_t>)(
         static_cast<const uint32_t*>(x), n, threshold, s, first, static_cast<uint32_t*>(values));
   }
   MK_LAUNCH_CHECK();
@@ -161,7 +161,7 @@ cudaError_t randomk_scatter(const void* values, DType dt, int64_t n, uint32_t th
   if (nchunks == 0) return cudaSuccess;
   return dispatch_dtype(dt, [&](auto tag) {
     using T = decltype(tag);
-    scatter_kernel<<<chunk_grid(nchunks), kChunkThreads, 0, st>>>(
+    MK_LAUNCH(chunk_grid(nchunks), kChunkThreads, st, scatter_kernel<T>)(
         static_cast<const T*>(values), n, threshold, s, first, rescale, inv_ratio,
         static_cast<T*>(out));
     MK_LAUNCH_CHECK();

@@ -1,4 +1,4 @@
-// The CUDA kernels of moniqua.cu, basic.cu and qsgd.cu run on the CPU (cuda_emu/
+// Every CUDA kernel (csrc/cuda/*.cu) runs on the CPU (cuda_emu/
 // cuda_runtime.h) against the CPU kernels, which tests/test_parity.py holds bit for bit
 // to the reference.  What this covers where no GPU is: for Moniqua every launcher's
 // dtype x bits x rounding, the whole-group, warp-tile and tail paths at sizes around
@@ -6,7 +6,8 @@
 // the scalar paths run), in-place mix with 0-3 neighbours, non-finite inputs and
 // results, stream tensors (graph-safe streams) and their refusal, payload padding
 // flags; Philox uniforms, bit packing, the scaled sign (block reductions with warp
-// shuffles) and bucketed QSGD (one block per bucket) likewise.  Built with
+// shuffles), bucketed QSGD (one block per bucket) and random-k (block scans) likewise.
+// Built with
 // AddressSanitizer and UBSan's alignment check (CMakeLists.txt): every buffer is
 // allocated at its exact size, so a read or write past it, or a vector access at a
 // misaligned address, stops the run as compute-sanitizer would on a GPU.
@@ -16,6 +17,7 @@
 #include <cstring>
 #include <memory>
 #include <random>
+#include <utility>
 #include <vector>
 
 #include "cpu/kernels.h"
@@ -353,7 +355,61 @@ static void test_qsgd(std::mt19937_64& rng) {
           }
 }
 
-// Arguments: the parts to run (moniqua basic sign qsgd), all by default.
+// Random-k: the per-chunk prefix of kept elements (count pass, one-block scan), the
+// order-preserving gather and the scatter (zeros elsewhere, optional rescale), against
+// the CPU kernels, whose blocks are the same 1024-element chunks.
+static void test_randomk(std::mt19937_64& rng) {
+  static_assert(mk::cpu::kBlock == mk::cuda::kRandomkChunk, "same chunks");
+  // 300 chunks: the one-block scan carries over two rounds of 256
+  const std::pair<int64_t, double> cases[] = {
+      {1, 0.3}, {5, 1.0}, {1024, 0.01}, {1024, 0.3}, {1029, 0.3}, {1029, 1.0}, {300 * 1024 + 7, 0.3}};
+  for (const auto& [n, ratio] : cases) {
+    ++g_cases;
+    const uint32_t thr = static_cast<uint32_t>(std::ceil(ratio * 16777216.0));
+    const mk::Stream s{rng(), 4 * static_cast<int64_t>(n % 3), nullptr};
+    const int64_t chunks = mk::cuda::randomk_chunks(n);
+    std::vector<int64_t> counts(chunks), want_first(chunks + 1, 0);
+    mk::cpu::randomk_block_counts(n, thr, s, counts.data(), 0, chunks);
+    for (int64_t c = 0; c < chunks; ++c) want_first[c + 1] = want_first[c] + counts[c];
+    std::vector<int64_t> first(chunks + 1, -1);
+    mk::cuda::randomk_prefix(n, thr, s, first.data(), nullptr);
+    bool same = true;
+    for (int64_t c = 0; c <= chunks; ++c) same = same && first[c] == want_first[c];
+    CHECK(same, "randomk prefix n=%lld ratio=%g: total %lld, want %lld",
+          static_cast<long long>(n), ratio, static_cast<long long>(first[chunks]),
+          static_cast<long long>(want_first[chunks]));
+    const int64_t kept = want_first[chunks];
+    for (DType dt : {DType::kFloat32, DType::kBFloat16}) {
+      if (n > 100000 && dt != DType::kFloat32) continue;  // one dtype at the large size
+      const size_t es = elem_size(dt);
+      Buffer x(es * n, 0);
+      fill(x.data(), dt, n, 1.0f, rng, false);
+      std::vector<uint8_t> want(es * kept + 1);
+      mk::cpu::randomk_gather(x.data(), static_cast<int>(es), n, thr, s, want.data(), 0, 0, chunks);
+      Buffer values(es * kept, 0);
+      mk::cuda::randomk_gather(x.data(), static_cast<int>(es), n, thr, s, first.data(),
+                               values.data(), nullptr);
+      size_t at = 0;
+      CHECK(same_bytes(want.data(), values.data(), es * kept, &at),
+            "randomk gather %s n=%lld ratio=%g: byte %zu", dt_name(dt), static_cast<long long>(n),
+            ratio, at);
+      for (bool rescale : {false, true}) {
+        const float inv = static_cast<float>(1.0 / ratio);
+        std::vector<uint8_t> back_want(es * n + 1);
+        mk::cpu::randomk_scatter(want.data(), dt, n, thr, s, rescale, inv, back_want.data(), 0, 0,
+                                 chunks);
+        Buffer back(es * n, 0);
+        mk::cuda::randomk_scatter(values.data(), dt, n, thr, s, first.data(), rescale, inv,
+                                  back.data(), nullptr);
+        CHECK(same_bytes(back_want.data(), back.data(), es * n, &at),
+              "randomk scatter %s n=%lld ratio=%g rescale=%d: byte %zu", dt_name(dt),
+              static_cast<long long>(n), ratio, rescale, at);
+      }
+    }
+  }
+}
+
+// Arguments: the parts to run (moniqua basic sign qsgd randomk), all by default.
 int main(int argc, char** argv) {
   auto wanted = [&](const char* part) {
     if (argc < 2) return true;
@@ -380,6 +436,7 @@ int main(int argc, char** argv) {
   if (wanted("basic")) test_basic(rng);
   if (wanted("sign")) test_sign(rng);
   if (wanted("qsgd")) test_qsgd(rng);
+  if (wanted("randomk")) test_randomk(rng);
   std::printf("%d cases, %d failures\n", g_cases, g_failures);
   return g_failures == 0 ? 0 : 1;
 }

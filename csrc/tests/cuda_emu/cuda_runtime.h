@@ -14,8 +14,8 @@
 //     fibers (blocks one at a time, in a shuffled order): __syncthreads is a barrier
 //     of the block, a shuffle a barrier of the warp, and a thread that returned no
 //     longer holds a barrier (as on Volta and later); __shared__ is one static copy,
-//     which the block running has to itself (basic.cu, qsgd.cu).
-// sparse.cu (random-k) is not run: its block scans are CUB's, which has no CPU build.
+//     which the block running has to itself (basic.cu, qsgd.cu, sparse.cu).
+// cub/block/block_scan.cuh beside this header stands in for CUB's BlockScan (sparse.cu).
 //
 // The emulated translation units are compiled with __CUDACC__ and __CUDA_ARCH__ defined,
 // so the shared headers take their device branches; the intrinsics below give the
@@ -54,11 +54,13 @@ struct alignas(16) float4 {
 };
 inline float4 make_float4(float x, float y, float z, float w) { return float4{x, y, z, w}; }
 
-struct mk_emu_dim {
+struct dim3 {
   unsigned int x = 1, y = 1, z = 1;
+  dim3() = default;
+  dim3(unsigned int x_, unsigned int y_ = 1, unsigned int z_ = 1) : x(x_), y(y_), z(z_) {}
 };
-inline thread_local mk_emu_dim threadIdx, blockIdx;
-inline mk_emu_dim blockDim, gridDim;
+inline thread_local dim3 threadIdx, blockIdx;
+inline dim3 blockDim, gridDim;
 
 using std::isfinite;  // a global function in CUDA's math headers
 
@@ -104,17 +106,24 @@ inline std::vector<uint64_t> shuffled(uint64_t count, uint64_t salt) {
   return order;
 }
 
+// blockIdx of block number i (x fastest) of a 1-D or 2-D grid.
+inline void set_block(const dim3& grid, uint64_t i) {
+  blockIdx.x = static_cast<unsigned int>(i % grid.x);
+  blockIdx.y = static_cast<unsigned int>(i / grid.x);
+}
+
 // One launch, every (block, thread) of the grid one after another, shuffled.
 template <typename Kernel>
 struct SerialLaunch {
-  unsigned int grid, block;
+  dim3 grid;
+  unsigned int block;
   Kernel kernel;
   template <typename... Args>
   void operator()(Args&&... args) const {
-    gridDim.x = grid;
-    blockDim.x = block;
-    for (const uint64_t i : shuffled(static_cast<uint64_t>(grid) * block, block)) {
-      blockIdx.x = static_cast<unsigned int>(i / block);
+    gridDim = grid;
+    blockDim = dim3(block);
+    for (const uint64_t i : shuffled(static_cast<uint64_t>(grid.x) * grid.y * block, block)) {
+      set_block(grid, i / block);
       threadIdx.x = static_cast<unsigned int>(i % block);
       kernel(args...);
     }
@@ -124,8 +133,8 @@ struct SerialLaunch {
 
 #if !defined(MK_EMU_COOPERATIVE)
 #define MK_LAUNCH(grid, block, stream, ...) \
-  ::mk_emu::SerialLaunch<decltype(&__VA_ARGS__)>{static_cast<unsigned int>(grid), \
-                                                 static_cast<unsigned int>(block), &__VA_ARGS__}
+  ::mk_emu::SerialLaunch<decltype(&__VA_ARGS__)>{dim3(grid), static_cast<unsigned int>(block), \
+                                                 &__VA_ARGS__}
 #else
 #include <ucontext.h>
 
@@ -239,20 +248,21 @@ inline bool open_barriers(BlockState& b) {
 // One launch: blocks one at a time, shuffled; a block's threads as fibers.
 template <typename Kernel>
 struct BlockLaunch {
-  unsigned int grid, block;
+  dim3 grid;
+  unsigned int block;
   Kernel kernel;
   template <typename... Args>
   void operator()(Args... args) const {
-    gridDim.x = grid;
-    blockDim.x = block;
+    gridDim = grid;
+    blockDim = dim3(block);
     BlockState b;
     b.fibers = std::vector<Fiber>(block);
     b.slots.assign(block, 0);
     b.body = [&] { kernel(args...); };
     for (unsigned int t = 0; t < block; ++t) b.fibers[t].stack = fiber_stack(t);
     g_block = &b;
-    for (const uint64_t blk : shuffled(grid, block)) {
-      blockIdx.x = static_cast<unsigned int>(blk);
+    for (const uint64_t blk : shuffled(static_cast<uint64_t>(grid.x) * grid.y, block)) {
+      set_block(grid, blk);
       for (Fiber& f : b.fibers) {
         f.state = Fiber::kReady;
         getcontext(&f.ctx);
@@ -298,6 +308,6 @@ inline T __shfl_down_sync(unsigned int, T v, unsigned int delta) {
 }
 
 #define MK_LAUNCH(grid, block, stream, ...) \
-  ::mk_emu::BlockLaunch<decltype(&__VA_ARGS__)>{static_cast<unsigned int>(grid), \
-                                                static_cast<unsigned int>(block), &__VA_ARGS__}
+  ::mk_emu::BlockLaunch<decltype(&__VA_ARGS__)>{dim3(grid), static_cast<unsigned int>(block), \
+                                                &__VA_ARGS__}
 #endif
