@@ -268,15 +268,17 @@ def pack_codes(codes, BITS: tl.constexpr, BLOCK: tl.constexpr):
 
 @triton.jit
 def load_codes(payload_ptr, start, nbytes, BITS: tl.constexpr, BLOCK: tl.constexpr,
-               MASKED: tl.constexpr):
+               MASKED: tl.constexpr, UP: tl.constexpr = 0):
     """The BLOCK int32 codes of elements start + [0, BLOCK), start % 8 == 0; each byte is
-    read once and spread over its elements."""
+    read once and spread over its elements.  UP <= 24: the codes times 2^UP, shifted
+    there with the byte (the bits an arithmetic right shift copies in stay above the
+    mask), one shift fewer than shifting the codes after."""
     PER_BYTE: tl.constexpr = 8 // BITS
     j = start // PER_BYTE + tl.arange(0, BLOCK // PER_BYTE)
     byte = load_block(payload_ptr, j, nbytes, MASKED).to(tl.int32)
     spread = tl.reshape(tl.broadcast_to(byte[:, None], (BLOCK // PER_BYTE, PER_BYTE)), (BLOCK,))
     shift = (tl.arange(0, BLOCK) % PER_BYTE) * BITS
-    return (spread >> shift) & ((1 << BITS) - 1)
+    return ((spread << UP) >> shift) & (((1 << BITS) - 1) << UP)
 
 
 @triton.jit

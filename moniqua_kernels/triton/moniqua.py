@@ -66,11 +66,29 @@ def _decode_block(payload_ptr, y, start, nbytes, b32, inv_b, seed, counter,
                   MASKED: tl.constexpr):
     """Decoded float32 values of this program's elements against float32 reference y,
     in the reference's order: zh = (k + c) * 2^-b; a = zh*B - y;
-    xh = y + (a - B * floor(a * invB + 0.5))."""
-    k = load_codes(payload_ptr, start, nbytes, BITS, BLOCK, MASKED).to(tl.float32)
+    xh = y + (a - B * floor(a * invB + 0.5)).
+
+    Dither: k + c = k + 0.5 - u is ((k << 24) + 2^23 - (word >> 8)) * 2^-24 exactly, and
+    converting that integer to float32 rounds the same exact value once, as the
+    reference's float32 sum k + (0.5 - u) does: one conversion and one multiply instead
+    of two conversions, two multiplies and two additions (the C++ kernels' form,
+    moniqua_dither_fraction in csrc/include/moniqua_kernels/moniqua.h), and below 8 bits
+    the code arrives already shifted up by 24 (load_codes UP); 8 bits need int64.  In
+    sm_90 SASS (benchmarks/sass_static.py, Triton 3.6 as on the GPU machines) the
+    2-neighbour 1-bit dithered mix went from 113.5 to 101.5 instructions an element
+    (fp32; registers 109 -> 94) and from 118 to 110 (bf16)."""
     if ROUNDING == DITHER:
-        k = k + (0.5 - uniform_from_words(philox_block(seed, counter, start, BLOCK)))  # c exact
-    zh = k * (1.0 / (1 << BITS))  # exact: a power of two
+        low = (philox_block(seed, counter, start, BLOCK) >> 8).to(tl.int32)
+        if BITS < 8:
+            k24 = load_codes(payload_ptr, start, nbytes, BITS, BLOCK, MASKED, UP=24)
+            fixed = k24 + 0x800000 - low
+        else:
+            k = load_codes(payload_ptr, start, nbytes, BITS, BLOCK, MASKED)
+            fixed = (k.to(tl.int64) << 24) + 0x800000 - low.to(tl.int64)
+        zh = fixed.to(tl.float32) * (1.0 / (1 << (24 + BITS)))  # exact: a power of two
+    else:
+        k = load_codes(payload_ptr, start, nbytes, BITS, BLOCK, MASKED)
+        zh = k.to(tl.float32) * (1.0 / (1 << BITS))  # exact: a power of two
     a = zh * b32 - y
     return y + (a - b32 * tl.floor(a * inv_b + 0.5))
 
