@@ -1,0 +1,242 @@
+"""Static look at the Moniqua kernels' machine code for an H100 (sm_90), without a GPU.
+
+For the encode, decode and 2-neighbour mix of both GPU backends, in the cases the GPU
+goals name (1 bit dither and nearest, 8 bits dither; float32 and bfloat16 inputs, flags
+on): registers, spilled bytes, and SASS instructions per element by class.  These are
+counts of the code, not of its execution, so they bound what a GPU run can reach (the
+issue budget at copy bandwidth, ../shared/gpu-review.md) and compare one version of a
+kernel with the next where no GPU is; Nsight Compute's `smsp__inst_executed` on a GPU
+is the measurement.
+
+* CUDA C++: csrc/cuda/moniqua.cu compiled as setup.py does (nvcc -O3 --fmad=false), the
+  grid-stride loop's body counted once per 16 elements a thread, with the mix's
+  neighbour loop counted once per neighbour.  The loop body holds the vector and the
+  element-by-element paths of every access (chosen per launch by alignment), so the
+  count is an upper bound on the path a run takes.
+* Triton: each kernel compiled for sm_90 with the package's launch options and full
+  blocks (MASKED=False), no loop: every instruction divided by the elements a thread
+  takes (BLOCK / (32 * num_warps)).  Registers from ptxas -v on Triton's PTX.
+
+    python benchmarks/sass_static.py [--out FILE.md] [--only cuda|triton]
+
+Needs nvcc (CUDA part) and Triton with its NVIDIA backend (Triton part, and its
+cuobjdump for both).
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+ARCH = 90
+CASES = [(bits, rounding, dtype) for bits, rounding in ((1, "dither"), (1, "nearest"),
+                                                        (8, "dither"))
+         for dtype in ("fp32", "bf16")]
+ROUNDING_ID = {"stochastic": 0, "nearest": 1, "dither": 2}
+CLASSES = {"IMAD": ("IMAD",), "LOP3/SHF/IADD3": ("LOP3", "SHF", "IADD3", "LEA", "SEL"),
+           "FADD/FMUL/FFMA": ("FADD", "FMUL", "FFMA"), "conversions": ("I2F", "I2FP", "F2I",
+                                                                       "FRND", "F2F"),
+           "loads/stores": ("LDG", "STG")}
+
+
+def triton_bin(name: str) -> str:
+    import triton
+    return str(Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / name)
+
+
+def cuobjdump() -> str:
+    return shutil.which("cuobjdump") or triton_bin("cuobjdump")
+
+
+def sass_functions(cubin: Path) -> dict[str, list[str]]:
+    """Opcode lines of every function in a cubin: {name: [instruction, ...]} (address order)."""
+    text = subprocess.run([cuobjdump(), "-sass", str(cubin)], capture_output=True, text=True,
+                          check=True).stdout
+    funcs, cur = {}, None
+    for line in text.splitlines():
+        m = re.search(r"Function : (\S+)", line)
+        if m:
+            cur = funcs.setdefault(m.group(1), [])
+            continue
+        m = re.match(r"\s+/\*([0-9a-f]{4,})\*/\s+(.*?);", line)
+        if m and cur is not None:
+            cur.append((int(m.group(1), 16), m.group(2).strip()))
+    return funcs
+
+
+def opcode(ins: str) -> str:
+    return re.sub(r"^@!?U?P\w+\s+", "", ins).split()[0].split(".")[0]
+
+
+def loops(ins) -> list[tuple[int, int]]:
+    """(start, end) address of every backward branch's loop, largest first."""
+    found = []
+    for addr, text in ins:
+        m = re.search(r"\bBRA\s+(?:`\(\.L_x_\d+\)\s*)?(0x[0-9a-f]+)", text)
+        if m and int(m.group(1), 16) <= addr:
+            found.append((int(m.group(1), 16), addr))
+    return sorted(found, key=lambda r: r[0] - r[1])
+
+
+def classes(counter: collections.Counter, per: float) -> dict[str, float]:
+    out = {k: sum(counter[o] for o in ops) / per for k, ops in CLASSES.items()}
+    out["all"] = sum(counter.values()) / per
+    return out
+
+
+def cuda_rows(tmp: Path) -> list[dict]:
+    nvcc = shutil.which("nvcc") or "/usr/local/cuda/bin/nvcc"
+    cubin = tmp / "moniqua.cubin"
+    build = subprocess.run([nvcc, "-O3", "-std=c++17", "--fmad=false", f"-arch=sm_{ARCH}",
+                            "-cubin", "-Xptxas=-v", f"-I{ROOT / 'csrc' / 'include'}",
+                            f"-I{ROOT / 'csrc'}", "-o", str(cubin),
+                            str(ROOT / "csrc" / "cuda" / "moniqua.cu")],
+                           capture_output=True, text=True, check=True)
+    regs, name = {}, None
+    for line in build.stderr.splitlines():
+        m = re.search(r"Compiling entry function '(\S+)'", line)
+        if m:
+            name = m.group(1)
+        m = re.search(r"(\d+) bytes spill stores", line)
+        if m and name:
+            regs.setdefault(name, {})["spill"] = int(m.group(1))
+        m = re.search(r"Used (\d+) registers", line)
+        if m and name:
+            regs.setdefault(name, {})["regs"] = int(m.group(1))
+    funcs = sass_functions(cubin)
+    type_code = {"fp32": "f", "bf16": "NS_8BFloat16"}
+    rows = []
+    for op in ("encode", "decode", "mix"):
+        for bits, rounding, dtype in CASES:
+            key = f"{op}_kernelILi{bits}ELi{ROUNDING_ID[rounding]}E{type_code[dtype]}E"
+            name = next(f for f in funcs if key in f)
+            ins = funcs[name]
+            found = loops(ins)
+            outer = found[0]
+            body = [i for a, i in ins if outer[0] <= a <= outer[1]]
+            counter = collections.Counter(opcode(i) for i in body)
+            if op == "mix":  # the neighbour loop inside: once more for the second neighbour
+                inner = next((r for r in found[1:] if outer[0] <= r[0] and r[1] <= outer[1]
+                              and r[1] - r[0] > 0x400), None)
+                if inner:
+                    counter.update(opcode(i) for a, i in ins if inner[0] <= a <= inner[1])
+            rows.append(dict(backend="cuda", op=op, bits=bits, rounding=rounding, dtype=dtype,
+                             **regs.get(name, {}), **classes(counter, 16)))
+    return rows
+
+
+def triton_rows(tmp: Path) -> list[dict]:
+    os.environ.pop("TRITON_INTERPRET", None)
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from moniqua_kernels.triton import moniqua as tm
+    from moniqua_kernels.triton._common import BLOCK, LAUNCH, NUM_WARPS
+
+    E = "constexpr"
+    S = {"k0": "i32", "k1": "i32", "c0": "i32", "c1": "i32"}
+
+    def signature(op, dtype):
+        if op == "encode":
+            return {"x_ptr": f"*{dtype}", "out_ptr": "*u8", "n": "i64", "nbytes": "i64",
+                    "inv_b": "fp32", **S, "stream_ptr": E, "flag_ptr": "*i64",
+                    "first_block": "i32", "BITS": E, "ROUNDING": E, "MASKED": E, "BLOCK": E}
+        if op == "decode":
+            return {"payload_ptr": "*u8", "y_ptr": f"*{dtype}", "out_ptr": f"*{dtype}",
+                    "n": "i64", "nbytes": "i64", "b32": "fp32", "inv_b": "fp32", **S,
+                    "stream_ptr": E, "flag_ptr": "*i64", "first_block": "i32", "BITS": E,
+                    "ROUNDING": E, "MASKED": E, "BLOCK": E}
+        halves = {k + "s": ("i64",) * 3 for k in ("k0", "k1", "c0", "c1")}
+        return {"x_ptr": f"*{dtype}", "payloads": ("*u8",) * 2, "weights": ("fp32",) * 2,
+                "own_ptr": "*u8", "n": "i64", "nbytes": "i64", "b32": "fp32", "inv_b": "fp32",
+                "gamma": "fp32", **halves, "streams_ptr": E, "flag_ptr": "*i64",
+                "first_block": "i32", "BITS": E, "ROUNDING": E, "MASKED": E, "BLOCK": E}
+
+    def aligned(sig):  # pointers 16-byte aligned, as the launcher specialises tensors
+        attrs = {}
+        for k, kind in enumerate(sig.values()):
+            for j, t in enumerate(kind) if isinstance(kind, tuple) else [(None, kind)]:
+                if t.startswith("*"):
+                    attrs[(k,) if j is None else (k, j)] = [["tt.divisibility", 16]]
+        return attrs
+
+    kernels = {"encode": tm._moniqua_encode_kernel, "decode": tm._moniqua_decode_kernel,
+               "mix": tm._moniqua_mix_kernel}
+    ptxas = triton_bin("ptxas-blackwell")
+    if not os.path.exists(ptxas):
+        ptxas = triton_bin("ptxas")
+    per_thread = BLOCK / (32 * NUM_WARPS)
+    rows = []
+    for op, fn in kernels.items():
+        for bits, rounding, dtype in CASES:
+            sig = signature(op, dtype)
+            stream = "streams_ptr" if op == "mix" else "stream_ptr"
+            src = ASTSource(fn=fn, signature=sig, attrs=aligned(sig), constexprs={
+                stream: None, "BITS": bits, "ROUNDING": ROUNDING_ID[rounding],
+                "MASKED": False, "BLOCK": BLOCK})
+            compiled = triton.compile(src, target=GPUTarget("cuda", ARCH, 32),
+                                      options=dict(LAUNCH))
+            ptx, cubin = tmp / "k.ptx", tmp / "k.cubin"
+            ptx.write_text(compiled.asm["ptx"])
+            cubin.write_bytes(compiled.asm["cubin"])
+            report = subprocess.run([ptxas, f"-arch=sm_{ARCH}a", "-v", str(ptx), "-o",
+                                     str(tmp / "k2.cubin")], capture_output=True, text=True)
+            reg = re.search(r"Used (\d+) registers", report.stderr)
+            spill = re.search(r"(\d+) bytes spill stores", report.stderr)
+            ins = next(iter(sass_functions(cubin).values()))
+            counter = collections.Counter(opcode(i) for _, i in ins)
+            rows.append(dict(backend="triton", op=op, bits=bits, rounding=rounding, dtype=dtype,
+                             regs=int(reg.group(1)) if reg else None,
+                             spill=int(spill.group(1)) if spill else None,
+                             **classes(counter, per_thread)))
+    return rows
+
+
+def table(rows: list[dict]) -> list[str]:
+    cols = ["all", *CLASSES]
+    lines = ["| backend | op | bits | rounding | dtype | regs | spill B | instr/elem | " +
+             " | ".join(cols[1:]) + " |", "|" + "---|" * (8 + len(cols) - 1)]
+    for r in rows:
+        lines.append(f"| {r['backend']} | {r['op']} | {r['bits']} | {r['rounding']} | "
+                     f"{r['dtype']} | {r.get('regs', '')} | {r.get('spill', '')} | " +
+                     " | ".join(f"{r[c]:.1f}" for c in cols) + " |")
+    return lines
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", type=Path)
+    p.add_argument("--only", choices=("cuda", "triton"))
+    args = p.parse_args(argv)
+    sys.path.insert(0, str(ROOT))
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.only in (None, "cuda"):
+            rows += cuda_rows(Path(tmp))
+        if args.only in (None, "triton"):
+            rows += triton_rows(Path(tmp))
+    import triton
+    nvcc = subprocess.run([shutil.which("nvcc") or "/usr/local/cuda/bin/nvcc", "--version"],
+                          capture_output=True, text=True).stdout.strip().splitlines()[-1]
+    git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
+                         capture_output=True, text=True).stdout.strip()
+    doc = [f"# Static SASS counts, sm_{ARCH} (commit {git})", "",
+           f"nvcc: {nvcc}; Triton {triton.__version__}.  Per element, from the code (not a "
+           "GPU run): see benchmarks/sass_static.py for what is counted.", ""] + table(rows)
+    text = "\n".join(doc) + "\n"
+    if args.out:
+        args.out.write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
