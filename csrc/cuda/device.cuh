@@ -259,7 +259,7 @@ __device__ __forceinline__ void check_padding(const uint8_t* payload, int64_t n,
 //
 // Decode and mix take a thread's kEPT elements as kEPT / V chunks of V = 16 / sizeof(T)
 // consecutive elements (one 16-byte access each).  Where a warp's 32 groups are all
-// whole (a tile of kTile = 512 elements), the chunks are warp-striped: lane l's chunk c
+// whole (a tile of 32 * kEPT = 512 elements), the chunks are warp-striped: lane l's chunk c
 // starts at element c * 32 * V + l * V of the tile, so each warp-wide access covers 512
 // contiguous bytes.  Elsewhere chunk c of group g starts at g * kEPT + c * V, the group
 // layout the encode keeps.  Why: with the group layout a warp's 16-byte stores land 64
