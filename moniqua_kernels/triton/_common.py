@@ -270,15 +270,16 @@ def pack_codes(codes, BITS: tl.constexpr, BLOCK: tl.constexpr):
 def load_codes(payload_ptr, start, nbytes, BITS: tl.constexpr, BLOCK: tl.constexpr,
                MASKED: tl.constexpr, UP: tl.constexpr = 0):
     """The BLOCK int32 codes of elements start + [0, BLOCK), start % 8 == 0; each byte is
-    read once and spread over its elements.  UP <= 24: the codes times 2^UP, shifted
-    there with the byte (the bits an arithmetic right shift copies in stay above the
-    mask), one shift fewer than shifting the codes after."""
+    read once and spread over its elements.  UP <= 24 (BITS < 8 when UP > 0): the codes
+    times 2^UP, shifted there with the byte (in uint32: no signed overflow), one shift
+    fewer than shifting the codes after."""
     PER_BYTE: tl.constexpr = 8 // BITS
     j = start // PER_BYTE + tl.arange(0, BLOCK // PER_BYTE)
-    byte = load_block(payload_ptr, j, nbytes, MASKED).to(tl.int32)
+    byte = load_block(payload_ptr, j, nbytes, MASKED).to(tl.uint32)
     spread = tl.reshape(tl.broadcast_to(byte[:, None], (BLOCK // PER_BYTE, PER_BYTE)), (BLOCK,))
-    shift = (tl.arange(0, BLOCK) % PER_BYTE) * BITS
-    return ((spread << UP) >> shift) & (((1 << BITS) - 1) << UP)
+    shift = ((tl.arange(0, BLOCK) % PER_BYTE) * BITS).to(tl.uint32)
+    mask: tl.constexpr = ((1 << BITS) - 1) << UP
+    return (((spread << UP) >> shift) & mask).to(tl.int32)
 
 
 @triton.jit
