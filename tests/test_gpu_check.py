@@ -1,9 +1,14 @@
 """scripts/gpu_check.sh --dry-run: the prepared GPU run works on this machine before a
 GPU is in hand (every phase runs or says why not, the summary prints last)."""
+import importlib.util
+import json
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -75,15 +80,12 @@ def test_progress_log_survives_a_killed_session(tmp_path):
     """A session killed mid-test (as a phase's time limit does) leaves its failures, with
     their reports, and the test that was running in the streaming log, and the summary
     names them: what GPU run 2's killed CUDA phase could not tell."""
-    import signal
-    import time
-
     (tmp_path / "test_session.py").write_text(_SESSION)
     out = tmp_path / "out"
     out.mkdir()
     log = out / "tests_gpu.progress"
     env = dict(os.environ, MONIQUA_TEST_PROGRESS=str(log), PYTHONPATH=str(ROOT / "tests"))
-    xdist = ["-n", "2"] if _has("xdist") else []  # the GPU phases run under xdist
+    xdist = ["-n", "2"] if importlib.util.find_spec("xdist") else []  # the GPU phases run under xdist
     proc = subprocess.Popen([sys.executable, "-m", "pytest", "-q", "-p", "progress_log",
                              "-p", "no:cacheprovider", *xdist, "test_session.py"],
                             cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
@@ -117,16 +119,10 @@ def test_progress_log_survives_a_killed_session(tmp_path):
     assert "RUNNING test_session.py::test_slow" in summary.stdout
 
 
-def _has(module: str) -> bool:
-    import importlib.util
-    return importlib.util.find_spec(module) is not None
-
 
 def test_summary_sets_the_cuda_layouts_side_by_side(tmp_path):
     """gpu_summary pairs each CUDA row of the bench phase (warp-striped tiles) with the
     same case of bench_group_layout (MONIQUA_CUDA_TILES=0) and gives their ratio."""
-    import json
-
     def doc(gbps):
         case = {"op": "moniqua_mix", "bits": 1, "rounding": "dither", "dtype": "fp32",
                 "n": 2 ** 26, "seconds": 1e-3}
@@ -150,7 +146,6 @@ def test_phases_selects_what_runs(tmp_path):
     """--phases runs the phases named and skips the others saying why (a second call in a
     lease re-runs what a fix touched); a name the script does not have is refused; the
     script's list of names is every phase it has."""
-    import re
     script = (ROOT / "scripts" / "gpu_check.sh").read_text()
     known = set(re.search(r'ALL_PHASES=",(.*),"', script).group(1).split(","))
     used = set(re.findall(r"^\s*(?:phase|skip) (\w+) ", script, re.M))
