@@ -34,6 +34,13 @@ python -m pytest -q -ra -n "${MONIQUA_TEST_WORKERS:-2}" -m "not serial" "$@"
 rc_parallel=$?
 python -m pytest -q -ra -m serial "$@"
 rc_serial=$?
+# Third lane: the version-sensitive tests again under the GPU machines' torch 2.11 and
+# Triton 3.6, in a venv of their own (scripts/compat.sh: ~3 GB of wheels, ~5 min here).
+rc_compat=0
+if [ "${MONIQUA_COMPAT:-1}" != 0 ]; then
+  bash scripts/compat.sh
+  rc_compat=$?
+fi
 set -e
 if [ "$rc_parallel" -eq 5 ] && [ "$rc_serial" -eq 5 ]; then
   echo "pytest collected no tests" >&2; exit 1
@@ -41,4 +48,5 @@ fi
 for rc in "$rc_parallel" "$rc_serial"; do
   if [ "$rc" -ne 0 ] && [ "$rc" -ne 5 ]; then exit "$rc"; fi
 done
+if [ "$rc_compat" -ne 0 ]; then echo "scripts/compat.sh failed (exit $rc_compat)" >&2; exit "$rc_compat"; fi
 exit 0
