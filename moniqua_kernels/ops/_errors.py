@@ -57,10 +57,10 @@ class _CpuFlags:
 # state for each callback and loses it after, so a thread-local table was made per
 # callback and its tensors freed inside PyThreadState_Clear.  Freeing a view there
 # re-enters PyGILState_Ensure, which crashes CPython before 3.12.4 (gh-119585) under
-# torch 2.11: every compressed DDP hook died with SIGSEGV on Python 3.11.7 (not under
-# torch 2.13); the GPU machines run torch 2.11 on Python 3.12.3.  Test:
-# tests/test_error_flags_threads.py.  Kept here, a table is made once per OS thread and
-# never freed in a thread-state teardown.  A new thread that reuses a finished thread's
+# torch 2.11: every compressed DDP hook died with SIGSEGV on Python 3.11.7, and a view
+# so freed crashes 3.12.1 too (not under torch 2.13); the GPU machines run torch 2.11 on
+# Python 3.12.3.  Test: tests/test_error_flags_threads.py.  Kept here, a table is made
+# once per OS thread and never freed in a thread-state teardown.  A new thread that reuses a finished thread's
 # id takes its table over: the eager path leaves a table cleared, so only flags that a
 # finished thread's compiled or dispatcher calls left unchecked could surface there.
 _cpu_by_thread: dict[int, _CpuFlags] = {}
