@@ -76,7 +76,8 @@ echo "compat: built in $(( $(date +%s) - t1 )) s"
 # What depends on torch's or Triton's version: the op table (custom ops, opcheck,
 # torch.compile), backend selection with a CUDA build of torch and no device, parity of
 # the native kernels and of Triton 3.6's interpreter, sm_90 compiles with Triton 3.6,
-# DDP hooks and gloo (future callbacks on torch's threads), the op surface.
+# DDP hooks and gloo (future callbacks on torch's threads), the op surface, and the GPU
+# script's dry run and the benchmark harness it calls.
 # (Triton 3.6's interpreter warns on every runtime loop bound under numpy 2.3: silenced.)
 "$PY" -m pytest -q -ra -n "${MONIQUA_TEST_WORKERS:-2}" -m "not serial" -p no:cacheprovider \
   -W "ignore:Conversion of an array with ndim > 0 to a scalar:DeprecationWarning" \
@@ -84,5 +85,5 @@ echo "compat: built in $(( $(date +%s) - t1 )) s"
   tests/test_triton_compile.py tests/test_triton_import.py tests/test_native_build.py \
   tests/test_ddp_hook.py tests/test_train_ddp.py tests/test_error_flags_threads.py \
   tests/test_gossip_dist.py tests/test_validation.py tests/test_roundtrip.py \
-  tests/test_known_answers.py "$@"
+  tests/test_known_answers.py tests/test_gpu_check.py tests/test_bench.py "$@"
 echo "compat: torch $TORCH_VERSION + Triton $TRITON_VERSION lane passed in $(( $(date +%s) - t0 )) s"
