@@ -60,9 +60,10 @@ class _CpuFlags:
 # torch 2.11: every compressed DDP hook died with SIGSEGV on Python 3.11.7, and a view
 # so freed crashes 3.12.1 too (not under torch 2.13); the GPU machines run torch 2.11 on
 # Python 3.12.3.  Test: tests/test_error_flags_threads.py.  Kept here, a table is made
-# once per OS thread and never freed in a thread-state teardown.  A new thread that reuses a finished thread's
-# id takes its table over: the eager path leaves a table cleared, so only flags that a
-# finished thread's compiled or dispatcher calls left unchecked could surface there.
+# once per OS thread and never freed in a thread-state teardown.  A new thread that
+# reuses a finished thread's id takes its table over: the eager path leaves a table
+# cleared, so only flags that a finished thread's compiled or dispatcher calls left
+# unchecked could surface there.
 _cpu_by_thread: dict[int, _CpuFlags] = {}
 
 
@@ -79,10 +80,6 @@ def _cpu_flags() -> _CpuFlags:
     if flags is None or len(flags.rows) != len(_names):
         flags = _cpu_by_thread[ident] = _CpuFlags(len(_names))
     return flags
-
-
-def _cpu_table() -> torch.Tensor:
-    return _cpu_flags().table
 
 
 def _cuda_table(index: int) -> torch.Tensor:
@@ -179,7 +176,7 @@ def check_errors(device=None) -> None:
     used so far), and clear the flags.  On CUDA this synchronises with the device."""
     tables: list[torch.Tensor] = []
     if device is None or torch.device(device).type == "cpu":
-        tables.append(_cpu_table())
+        tables.append(_cpu_flags().table)
         if _compiled_cpu_table:
             tables.append(_compiled_cpu_table[0])
     if device is None:
