@@ -43,7 +43,8 @@ struct MixPayloads {
 cudaError_t moniqua_mix(void* x, DType dt, int64_t n, const MixPayloads& p, ModulusParams m,
                         float gamma, int64_t* flag, cudaStream_t st);
 
-// QSGD: scales (one block per bucket), then codes.
+// QSGD: scales and codes in one pass where d divides 512 and is a multiple of 16 (the
+// default 512), else scales (one block per bucket), then codes.
 cudaError_t qsgd_encode(const void* x, DType dt, int64_t n, int bits, int64_t bucket_size,
                         bool norm_l2, Stream s, float* scales, uint8_t* payload, int64_t* flag,
                         cudaStream_t st);

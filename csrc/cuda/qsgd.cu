@@ -1,5 +1,15 @@
-// Bucketed QSGD on CUDA (DESIGN.md section 6): one block per bucket for the scales,
-// then one thread per 16-element group for the codes.
+// Bucketed QSGD on CUDA (DESIGN.md section 6), two shapes of launch:
+//  * a bucket of whole groups that divides a warp's 32 groups (d = 16, 32, ..., 512; the
+//    default d = 512 is one warp): one kernel, one thread per 16-element group; the
+//    d / 16 lanes of a bucket reduce its scale with shuffles, then quantize and pack the
+//    elements they hold.  x is read once.
+//  * any other d: one block per bucket for the scales, then one thread per group for
+//    the codes (x is read twice).
+// Why the first: GPU run 2 (H100, benchmarks/results/NVIDIA_H100_80GB_HBM3/run2) measured
+// the two-kernel path at 24 % of copy bandwidth for d = 512 (4 bits, fp32) against 57 % for
+// Triton's one-pass kernel; a 512-element bucket left a 256-thread block two elements a
+// thread and eight barriers of a double tree.  (The one-pass kernel came after run 2 and
+// has not been timed on a GPU yet; gpu_check times it as bench_other's qsgd_encode rows.)
 #include "device.cuh"
 
 namespace moniqua_kernels {
@@ -8,8 +18,10 @@ namespace {
 
 template <typename T>
 __global__ void scales_kernel(const T* __restrict__ x, int64_t n, int64_t d, bool l2,
-                              float* __restrict__ scales, int64_t* __restrict__ flag) {
+                              Stream stream, float* __restrict__ scales,
+                              int64_t* __restrict__ flag) {
   __shared__ double part[kThreads];
+  if (!stream_ok(stream, nullptr)) return;  // refused (encode_kernel flags it): no scales
   const int64_t nq = (n + d - 1) / d;
   int64_t bad = 0;
   for (int64_t q = blockIdx.x; q < nq; q += gridDim.x) {
@@ -69,6 +81,66 @@ __global__ void encode_kernel(const T* __restrict__ x, int64_t n, int64_t d,
   }
 }
 
+// Buckets of `lanes` = d / 16 whole groups (a power of two up to 32): the lanes of a bucket
+// are adjacent in a warp, so a butterfly of shuffles gives each the bucket's statistic.
+// The loop is warp-uniform (a lane past the end holds zeros and still shuffles), as
+// shuffles with the full mask require.  Max is exact in any order; the l2 sum (float32
+// squares in double) gets one value in every lane, since each butterfly step adds the
+// same two numbers in both lanes.
+template <int BITS, typename T>
+__global__ void fused_encode_kernel(const T* __restrict__ x, int64_t n, int lanes, bool l2,
+                                    Stream stream, float* __restrict__ scales,
+                                    uint8_t* __restrict__ payload, int64_t* __restrict__ flag) {
+  StreamVals s;
+  if (!read_stream(stream, flag, s)) return;  // refused: nothing written, not even scales
+  const bool vec_x = aligned_to(x, 16), vec_p = aligned_to(payload, group_bytes<BITS>());
+  const int64_t nbytes = packed_nbytes(n, BITS), groups = (n + kEPT - 1) / kEPT;
+  const int lane = static_cast<int>(threadIdx.x) % kWarp;
+  int64_t bad = 0;
+  for (int64_t g0 = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x - lane;
+       g0 < groups; g0 += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t g = g0 + lane, base = g * kEPT;
+    const bool whole = base + kEPT <= n;
+    float v[kEPT];
+    if (whole) load_group(x, base, vec_x, v); else load_tail(x, base, n, v);  // zeros past n
+    float probe = 0.0f, mx = 0.0f;
+    double sq = 0.0;
+    if (l2) {
+#pragma unroll
+      for (int j = 0; j < kEPT; ++j) {
+        probe = probe_add(probe, v[j]);
+        sq += static_cast<double>(__fmul_rn(v[j], v[j]));
+      }
+    } else {
+#pragma unroll
+      for (int j = 0; j < kEPT; ++j) {
+        probe = probe_add(probe, v[j]);
+        mx = fmaxf(mx, fabsf(v[j]));  // fmaxf skips a NaN, as the CPU kernel's compare
+      }
+    }
+    if (flag != nullptr && probe != 0.0f)
+#pragma unroll
+      for (int j = 0; j < kEPT; ++j) bad += not_finite(v[j]);
+    for (int m = lanes >> 1; m > 0; m >>= 1) {
+      if (l2) sq += __shfl_xor_sync(0xffffffffu, sq, m);
+      else mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, m));
+    }
+    if (base >= n) continue;
+    const float scale = l2 ? __fsqrt_rn(static_cast<float>(sq)) : mx;
+    if ((lane & (lanes - 1)) == 0) scales[g / lanes] = scale;
+    const float r = qsgd_ratio(BITS, scale);
+    uint32_t k[kEPT], w[kEPT];
+    stream_words(s, base, w);
+#pragma unroll
+    for (int j = 0; j < kEPT; ++j)
+      k[j] = whole || base + j < n ? qsgd_code<BITS>(v[j], r, uniform_from_word(w[j])) : 0u;
+    const auto word = codes_word<BITS>(k);
+    if (whole) store_code_word<BITS>(payload, g, vec_p, word);
+    else store_code_tail<BITS>(payload, g, nbytes, word);
+  }
+  if (bad) flag_add(flag, kNonFinite, bad);
+}
+
 template <int BITS>
 __global__ void decode_kernel(const float* __restrict__ scales, const uint8_t* __restrict__ payload,
                               int64_t n, int64_t d, float* __restrict__ out,
@@ -101,11 +173,18 @@ cudaError_t qsgd_encode(const void* x, DType dt, int64_t n, int bits, int64_t bu
   const int64_t nq = (n + bucket_size - 1) / bucket_size;
   const unsigned qgrid = static_cast<unsigned>(nq < (int64_t{1} << 20) ? nq : (int64_t{1} << 20));
   const unsigned grid = grid_for((n + kEPT - 1) / kEPT);
+  const bool fused = bucket_size % kEPT == 0 && (kWarp * kEPT) % bucket_size == 0;
   return dispatch_dtype(dt, [&](auto tag) {
     using T = decltype(tag);
     const T* xt = static_cast<const T*>(x);
     return dispatch_qsgd_bits(bits, [&](auto bc) {
-      MK_LAUNCH(qgrid, kThreads, st, scales_kernel<T>)(xt, n, bucket_size, norm_l2, scales, flag);
+      if (fused) {
+        MK_LAUNCH(grid, kThreads, st, fused_encode_kernel<decltype(bc)::value, T>)(
+            xt, n, static_cast<int>(bucket_size / kEPT), norm_l2, s, scales, payload, flag);
+        MK_LAUNCH_CHECK();
+        return cudaSuccess;
+      }
+      MK_LAUNCH(qgrid, kThreads, st, scales_kernel<T>)(xt, n, bucket_size, norm_l2, s, scales, flag);
       MK_LAUNCH_CHECK();
       MK_LAUNCH(grid, kThreads, st, encode_kernel<decltype(bc)::value, T>)(
           xt, n, bucket_size, scales, s, payload, flag);

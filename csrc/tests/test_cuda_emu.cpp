@@ -6,7 +6,7 @@
 // the scalar paths run), in-place mix with 0-3 neighbours, non-finite inputs and
 // results, stream tensors (graph-safe streams) and their refusal, payload padding
 // flags; Philox uniforms, bit packing, the scaled sign (block reductions with warp
-// shuffles), bucketed QSGD (one block per bucket) and random-k (block scans) likewise.
+// shuffles), bucketed QSGD (warp shuffles, or a block per bucket) and random-k (block scans) likewise.
 // Built with
 // AddressSanitizer and UBSan's alignment check (CMakeLists.txt): every buffer is
 // allocated at its exact size, so a read or write past it, or a vector access at a
@@ -306,21 +306,29 @@ static void test_sign(std::mt19937_64& rng) {
 }
 
 // Bucketed QSGD: max-norm scales and codes exactly; l2 scales up to their last bits, and
-// the codes exactly where the scales agree; decode.
+// the codes exactly where the scales agree; decode.  d = 16, 64 and 512 take the one-pass
+// kernel (a bucket is d / 16 lanes of a warp), 24 and 1024 the two-kernel path.  With NaN
+// and inf in x (`bad`), the non-finite count and the max-norm scales.
 static void test_qsgd(std::mt19937_64& rng) {
-  for (DType dt : {DType::kFloat32, DType::kFloat16})
+  for (DType dt : {DType::kFloat32, DType::kFloat16, DType::kBFloat16})
     for (int bits : {2, 4, 8})
-      for (int64_t d : {24, 512})
+      for (int64_t d : {16, 24, 64, 512, 1024})
         for (int64_t n : {int64_t{1}, int64_t{100}, d * 41 + 5})  // up to 42 buckets, blocks
           for (bool l2 : {false, true}) {
             ++g_cases;
+            const bool bad = n == 100 && bits != 4;
             const size_t es = elem_size(dt), nbytes = static_cast<size_t>(mk::packed_nbytes(n, bits));
             const int64_t nq = (n + d - 1) / d, blocks = mk::cpu::num_blocks(n);
+            char name[120];
+            std::snprintf(name, sizeof name, "qsgd %s bits=%d d=%lld n=%lld l2=%d bad=%d",
+                          dt_name(dt), bits, static_cast<long long>(d), static_cast<long long>(n),
+                          l2, bad);
             Buffer x(es * n, es * (n % 2));
-            fill(x.data(), dt, n, 1.0f, rng, false);
+            fill(x.data(), dt, n, 1.0f, rng, bad);
             const mk::Stream s{rng(), 8, nullptr};
             std::vector<float> scales(nq);
-            mk::cpu::qsgd_scales(x.data(), dt, n, d, l2, scales.data(), false, 0, nq);
+            const int64_t want_bad = mk::cpu::qsgd_scales(x.data(), dt, n, d, l2, scales.data(),
+                                                          true, 0, nq);
             std::vector<uint8_t> want(nbytes + 1);
             mk::cpu::qsgd_encode(x.data(), dt, n, bits, d, scales.data(), s, want.data(), 0, blocks);
             std::vector<float> got_scales(nq);
@@ -328,19 +336,21 @@ static void test_qsgd(std::mt19937_64& rng) {
             int64_t flag[3] = {0, 0, 0};
             mk::cuda::qsgd_encode(x.data(), dt, n, bits, d, l2, s, got_scales.data(), got.data(),
                                   flag, nullptr);
+            CHECK(flag[mk::kNonFinite] == want_bad && flag[mk::kBadStream] == 0,
+                  "%s: %lld non-finite, want %lld", name, static_cast<long long>(flag[0]),
+                  static_cast<long long>(want_bad));
             bool scales_same = true;
             for (int64_t q = 0; q < nq; ++q) {
+              if (bad && l2) break;  // a NaN or inf sum: nothing to compare to its last bits
               CHECK(close_scale(got_scales[q], scales[q]) && (l2 || got_scales[q] == scales[q]),
-                    "qsgd %s bits=%d d=%lld n=%lld l2=%d: scale %lld %.9g, want %.9g", dt_name(dt),
-                    bits, static_cast<long long>(d), static_cast<long long>(n), l2,
-                    static_cast<long long>(q), got_scales[q], scales[q]);
+                    "%s: scale %lld %.9g, want %.9g", name, static_cast<long long>(q),
+                    got_scales[q], scales[q]);
               scales_same = scales_same && got_scales[q] == scales[q];
             }
+            if (bad) continue;  // a NaN's code is not specified (the float->int conversion)
             size_t at = 0;
             if (scales_same)
-              CHECK(same_bytes(want.data(), got.data(), nbytes, &at),
-                    "qsgd %s bits=%d d=%lld n=%lld l2=%d: byte %zu", dt_name(dt), bits,
-                    static_cast<long long>(d), static_cast<long long>(n), l2, at);
+              CHECK(same_bytes(want.data(), got.data(), nbytes, &at), "%s: byte %zu", name, at);
             std::vector<float> dec_want(n);
             mk::cpu::qsgd_decode(scales.data(), want.data(), n, bits, d, dec_want.data(), 0, blocks);
             Buffer payload(nbytes, 0);
@@ -349,10 +359,26 @@ static void test_qsgd(std::mt19937_64& rng) {
             mk::cuda::qsgd_decode(scales.data(), payload.data(), n, bits, d,
                                   reinterpret_cast<float*>(dec.data()), flag, nullptr);
             CHECK(same_bytes(reinterpret_cast<uint8_t*>(dec_want.data()), dec.data(), 4 * n, &at),
-                  "qsgd decode %s bits=%d d=%lld n=%lld: byte %zu", dt_name(dt), bits,
-                  static_cast<long long>(d), static_cast<long long>(n), at);
-            CHECK(flag[mk::kNonFinite] == 0 && flag[mk::kPadding] == 0, "qsgd flags");
+                  "%s: decode byte %zu", name, at);
+            CHECK(flag[mk::kNonFinite] == 0 && flag[mk::kPadding] == 0, "%s: flags", name);
           }
+  // A refused stream tensor (offset not a multiple of 4): flagged once, nothing written,
+  // on both paths.
+  for (int64_t d : {512, 24}) {
+    ++g_cases;
+    const int64_t n = 3000, nq = (n + d - 1) / d;
+    std::vector<float> x(n, 0.5f), got_scales(nq, 7.0f);
+    std::vector<uint8_t> payload(mk::packed_nbytes(n, 4), 0xAA);
+    const int64_t bad_stream[2] = {5, 2};
+    int64_t flag[3] = {0, 0, 0};
+    mk::cuda::qsgd_encode(x.data(), DType::kFloat32, n, 4, d, false, mk::Stream{0, 0, bad_stream},
+                          got_scales.data(), payload.data(), flag, nullptr);
+    bool untouched = true;
+    for (uint8_t v : payload) untouched = untouched && v == 0xAA;
+    for (float v : got_scales) untouched = untouched && v == 7.0f;
+    CHECK(untouched && flag[mk::kBadStream] == 1, "qsgd d=%lld: refused stream, flagged %lld",
+          static_cast<long long>(d), static_cast<long long>(flag[1]));
+  }
 }
 
 // Random-k: the per-chunk prefix of kept elements (count pass, one-block scan), the

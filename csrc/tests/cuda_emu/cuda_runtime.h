@@ -13,7 +13,8 @@
 //   * with MK_EMU_COOPERATIVE defined before this header, each block's threads as
 //     fibers (blocks one at a time, in a shuffled order): __syncthreads is a barrier
 //     of the block, a shuffle a barrier of the warp, and a thread that returned no
-//     longer holds a barrier (as on Volta and later); __shared__ is one static copy,
+//     longer holds a barrier (as on Volta and later; a shuffle, whose full mask names
+//     every lane, aborts instead); __shared__ is one static copy,
 //     which the block running has to itself (basic.cu, qsgd.cu, sparse.cu).
 // cub/block/block_scan.cuh beside this header stands in for CUB's BlockScan (sparse.cu).
 //
@@ -294,17 +295,40 @@ struct BlockLaunch {
 
 inline void __syncthreads() { mk_emu::wait_at(-1); }
 
+namespace mk_emu {
+// A shuffle with the full mask: every lane offers v, then takes lane `from`'s value (its
+// own where `from` is outside its warp or block).  As on a GPU, every lane of the warp must
+// take part: a lane that has returned makes the run abort, where a GPU's result would be
+// undefined.
+template <typename T>
+inline T shuffle(T v, unsigned int from) {
+  static_assert(sizeof(T) <= sizeof(uint64_t), "one slot a thread");
+  BlockState& b = *g_block;
+  const unsigned int t = threadIdx.x, warp = t / 32;
+  std::memcpy(&b.slots[t], &v, sizeof(T));
+  wait_at(static_cast<int>(warp));  // every lane has offered its value
+  for (unsigned int l = 32 * warp; l < std::min(blockDim.x, 32 * warp + 32); ++l)
+    if (b.fibers[l].state == Fiber::kDone) {
+      std::fprintf(stderr, "cuda_emu: block %u: lane %u shuffles after lane %u returned\n",
+                   blockIdx.x, t, l);
+      std::abort();
+    }
+  T out = v;
+  if (from / 32 == warp && from < blockDim.x) std::memcpy(&out, &b.slots[from], sizeof(T));
+  wait_at(static_cast<int>(warp));  // every lane has read before a slot is reused
+  return out;
+}
+}  // namespace mk_emu
+
 template <typename T>
 inline T __shfl_down_sync(unsigned int, T v, unsigned int delta) {
-  static_assert(sizeof(T) <= sizeof(uint64_t), "one slot a thread");
-  mk_emu::BlockState& b = *mk_emu::g_block;
   const unsigned int t = threadIdx.x;
-  std::memcpy(&b.slots[t], &v, sizeof(T));
-  mk_emu::wait_at(static_cast<int>(t / 32));  // every lane has offered its value
-  T out = v;
-  if (t % 32 + delta < 32 && t + delta < blockDim.x) std::memcpy(&out, &b.slots[t + delta], sizeof(T));
-  mk_emu::wait_at(static_cast<int>(t / 32));  // every lane has read before a slot is reused
-  return out;
+  return mk_emu::shuffle(v, t % 32 + delta < 32 ? t + delta : UINT_MAX);
+}
+
+template <typename T>
+inline T __shfl_xor_sync(unsigned int, T v, int lane_mask) {
+  return mk_emu::shuffle(v, threadIdx.x ^ static_cast<unsigned int>(lane_mask));
 }
 
 #define MK_LAUNCH(grid, block, stream, ...) \
