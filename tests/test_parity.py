@@ -330,6 +330,57 @@ def test_qsgd_large_and_big_buckets(backend, device):
 
 
 @pytest.mark.parametrize("backend,device", BACKENDS, ids=IDS)
+def test_stream_tensors_match_ints(backend, device):
+    """Seeds and offsets as int64 tensors on the device (what CUDA graphs and
+    torch.compile pass; the kernel reads them) give the bytes of the same ints, for every
+    op that draws a stream and every launch shape (full and masked Triton blocks, both
+    QSGD paths)."""
+    n, B = 1000 + 3, 4.0
+    x, y = sample(n).to(device), near(sample(n), 1.0, 1).to(device)
+    T = lambda v: torch.tensor(v, dtype=torch.int64, device=device)  # noqa: E731
+    seed, offset = STREAMS[1]
+    calls = {
+        "philox": lambda s, o: mk.philox_uniform(n, s, o, device=device),
+        "encode": lambda s, o: mk.moniqua_encode(x, B, 2, "dither", s, o),
+        "decode": lambda s, o: mk.moniqua_decode(mk.moniqua_encode(x, B, 2, "dither", 5, 8),
+                                                 y, B, 2, "dither", s, o),
+        "qsgd512": lambda s, o: mk.qsgd_encode(x, 4, 512, "max", s, o),
+        "qsgd100": lambda s, o: mk.qsgd_encode(x, 4, 100, "max", s, o),
+    }
+    for name, call in calls.items():
+        assert same(run(backend, call, T(seed), T(offset)), run(backend, call, seed, offset)), name
+    payloads = [run(backend, mk.moniqua_encode, x + 0.1 * j, B, 2, "dither", 7 + j, 4 * j)
+                for j in range(3)]
+    seeds, offsets = [7, 8, 9], [0, 4, 8]
+    mixed = []
+    for s, o in ((seeds, offsets), (T(seeds), T(offsets))):
+        z = y.clone()
+        run(backend, mk.moniqua_mix_, z, payloads[:2], [0.25, 0.5], payloads[2], B, bits=2,
+            gamma=0.5, seeds=s, offsets=o)
+        mixed.append(z)
+    assert same(mixed[1], mixed[0])
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS, ids=IDS)
+@pytest.mark.parametrize("bucket_size", (512, 24, 100))
+def test_qsgd_refused_stream_writes_nothing(backend, device, bucket_size):
+    """A stream tensor whose offset is not a multiple of 4 is refused by the kernel, which
+    reads it on the device: flagged, and neither the scales nor the codes are written
+    (every launch shape: one pass at 512 and 24, two kernels at 100 on Triton; CUDA
+    C++ takes two kernels at 24 and 100)."""
+    n = 1000
+    x = sample(n).to(device)
+    scales = torch.full((math.ceil(n / bucket_size),), 7.0, device=device)
+    payload = torch.full((math.ceil(n * 4 / 8),), 0xAA, dtype=torch.uint8, device=device)
+    seed, offset = torch.tensor(3, device=device), torch.tensor(6, device=device)
+    with pytest.raises(mk.KernelInputError, match="not a multiple of 4"):
+        run(backend, mk.qsgd_encode, x, 4, bucket_size, "max", seed, offset,
+            out=(scales, payload))
+        mk.check_errors()  # CUDA tensors: the flag surfaces here
+    assert bool((scales == 7.0).all()) and bool((payload == 0xAA).all())
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS, ids=IDS)
 @pytest.mark.parametrize("bucket_size", (512, 100))
 @pytest.mark.parametrize("bits", (2, 8))
 def test_qsgd_l2(backend, device, bits, bucket_size):

@@ -150,10 +150,19 @@ def load_block(ptr, i, n, MASKED: tl.constexpr):
 
 
 @triton.jit
+def only_if(ok, mask):
+    """mask where ok (a scalar read from the stream tensor), else all False.  Not
+    `mask & ok`: Triton 3.9's interpreter splats a loaded int1 scalar as int8, and the
+    store then refuses the mask ("mask has unsupported dtype"); compiled, both are one
+    predicate AND."""
+    return tl.where(ok, mask, False)
+
+
+@triton.jit
 def store_block(ptr, i, value, n, ok, MASKED: tl.constexpr):
     """ptr[i] = value where i < n and ok (MASKED; ok is False for a refused stream)."""
     if MASKED:
-        tl.store(ptr + i, value, mask=(i < n) & ok)
+        tl.store(ptr + i, value, mask=only_if(ok, i < n))
     else:
         tl.store(ptr + i, value)
 

@@ -18,7 +18,7 @@ import triton
 import triton.language as tl
 
 from ._common import (BLOCK, LAUNCH, NON_FINITE, block_range, check_padding, count_bad, jit,
-                      load_block, load_codes, pack_codes, philox_block, split_launch,
+                      load_block, load_codes, only_if, pack_codes, philox_block, split_launch,
                       store_block, store_bytes, stream_args, stream_of, uniform_from_words)
 
 # A bucket up to 8192 elements is one tile: 8192 fp32 over 8 warps is 32 registers per
@@ -78,16 +78,18 @@ def _qsgd_encode_kernel(x_ptr, scales_ptr, out_ptr, n, d, k0, k1, c0, c1, stream
     # d % 8 == 0: the bucket owns whole bytes [start / PER_BYTE, ceil(end / PER_BYTE)).
     j = start // PER_BYTE + tl.arange(0, DBLOCK // PER_BYTE)
     tl.store(out_ptr + j, pack_codes(codes, BITS, DBLOCK).to(tl.uint8),
-             mask=(j < (end + PER_BYTE - 1) // PER_BYTE) & ok)
+             mask=only_if(ok, j < (end + PER_BYTE - 1) // PER_BYTE))
     if flag_ptr is not None:
         count_bad(flag_ptr, (~(tl.abs(v) < float("inf"))) & (i < end), NON_FINITE)
 
 
 @jit
-def _qsgd_scale_kernel(x_ptr, scales_ptr, inv_ptr, n, d, flag_ptr, BITS: tl.constexpr,
-                       NORM: tl.constexpr, CHUNK: tl.constexpr):
-    """One program per bucket of any size: its scale N and r = s / N, in chunks."""
+def _qsgd_scale_kernel(x_ptr, scales_ptr, inv_ptr, n, d, k0, k1, c0, c1, stream_ptr, flag_ptr,
+                       BITS: tl.constexpr, NORM: tl.constexpr, CHUNK: tl.constexpr):
+    """One program per bucket of any size: its scale N and r = s / N, in chunks; no scale
+    is written under a refused stream (the pack kernel flags it)."""
     start = tl.program_id(0).to(tl.int64) * d
+    _, _, ok = stream_of(k0, k1, c0, c1, stream_ptr, None)
     stat = tl.zeros((), dtype=tl.float32)
     for c in range(0, d, CHUNK):
         local = c + tl.arange(0, CHUNK)
@@ -101,7 +103,7 @@ def _qsgd_scale_kernel(x_ptr, scales_ptr, inv_ptr, n, d, flag_ptr, BITS: tl.cons
         if flag_ptr is not None:
             count_bad(flag_ptr, ~(a < float("inf")) & inside, NON_FINITE)
     scale = _finish_scale(stat, NORM)
-    tl.store(scales_ptr + tl.program_id(0), scale)
+    tl.store(scales_ptr + tl.program_id(0), scale, mask=ok)
     tl.store(inv_ptr + tl.program_id(0), _inverse(scale, (1 << (BITS - 1)) - 1))
 
 
@@ -136,7 +138,7 @@ def qsgd_encode_triton(x, bits, bucket_size, norm, seed, offset, stream, scales,
             DBLOCK=dblock, **launch)
     else:
         inv = torch.empty(nbuckets, dtype=torch.float32, device=x.device)
-        _qsgd_scale_kernel[(nbuckets,)](x, scales, inv, n, d, flag, BITS=bits,
+        _qsgd_scale_kernel[(nbuckets,)](x, scales, inv, n, d, *halves, stream, flag, BITS=bits,
                                         NORM=NORM_IDS[norm], CHUNK=SCALE_CHUNK, **LAUNCH)
         split_launch(_qsgd_pack_kernel, n, BLOCK, x, inv, payload, n, payload.numel(), d,
                      *halves, stream, flag, BITS=bits, masked_only=stream is not None, **LAUNCH)
