@@ -11,7 +11,7 @@ side in one run, and each provider that cannot run is recorded with its reason:
                   kernel called directly")
   public          the public op with its default arguments (auto backend, the default
                   finite check): what a user's call costs
-  public-unchecked  the same with check_finite=False (Moniqua encode/decode)
+  public-unchecked  the same with check_finite=False (every op that checks its data)
   public-out      the same defaults writing into a preallocated out= (Moniqua
                   encode/decode): the cost of allocating the result, by difference
   eager           the reference function called directly (plain torch)
@@ -141,10 +141,13 @@ class BenchOp:
     reference: Callable
     ref_args: Callable[["Case"], tuple]
     obvious: Optional[Callable[["Case"], Optional[Callable]]] = None
-    # For ops that allocate and check (Moniqua encode/decode): their result, preallocated.
-    # Rows "public-unchecked" (check_finite=False: what the default check costs) and
-    # "public-out" (out= this: what allocating the result costs) then run beside "public".
+    # For ops that allocate their result (Moniqua encode/decode): that result,
+    # preallocated; row "public-out" (out= this: what allocating the result costs) then
+    # runs beside "public".
     result: Optional[Callable[["Case"], torch.Tensor]] = None
+    # The public op checks its data by default (check_finite): row "public-unchecked"
+    # (check_finite=False: what the default check costs) runs beside "public".
+    checks: bool = True
 
 
 def _nb(c):
@@ -213,7 +216,7 @@ TABLE = {
         lambda c: (SEED, OFFSET, None, torch.empty(c.n, device=c.device)),
         lambda c, **kw: lambda: mk.philox_uniform(c.n, SEED, device=c.device, **kw),
         ref_philox.philox_uniform, lambda c: (c.n, SEED, OFFSET, c.device),
-        lambda c: (torch.rand, (c.n,), {"device": c.device})),
+        lambda c: (torch.rand, (c.n,), {"device": c.device}), checks=False),
 }
 
 
@@ -342,8 +345,9 @@ def providers(case: Case, device: str, use_compile: bool, include_interpreter: b
             rows.append((name, None, reason))
     rows.append(("dispatcher", case.kernel(table_op(op)), None))
     rows.append(("public", case.public(), None))
-    if case.spec.result is not None:
+    if case.spec.checks:
         rows.append(("public-unchecked", case.public(check_finite=False), None))
+    if case.spec.result is not None:
         rows.append(("public-out", case.public(out=case.spec.result(case)), None))
     not_here = "not run at this size: baselines run only at --baseline-sizes"
     no_compile = "not run: --quick or --no-compile (compiling takes seconds per case)"
@@ -431,7 +435,7 @@ def add_ratios(results: list[dict]) -> None:
             auto = backends.select(rows["public"]["registry"],
                                    torch.device(rows["public"]["device"]))[0]
             kern = rows.get(auto, {}).get("seconds")
-            for name in ("public", "public-out", "dispatcher"):
+            for name in ("public", "public-unchecked", "public-out", "dispatcher"):
                 if rows.get(name, {}).get("seconds"):
                     rows[name]["x_kernel"] = rows[name]["seconds"] / kern if kern else None
             unchecked = rows.get("public-unchecked", {}).get("seconds")
