@@ -39,7 +39,9 @@ _AUTO_ORDER = {"cpu": ("cpu", "reference"), "cuda": ("triton", "cuda", "referenc
 # dither fp32 99 / 87, nearest 97 / 78; mix 1-bit dither fp32 58 / 48, nearest 93 / 72;
 # sign 81 / 80; QSGD 4-bit 57 / 24; philox 106 / 92.  Triton is as fast or faster for
 # every op timed, so every op keeps _AUTO_ORDER["cuda"]; an op the CUDA kernels serve
-# faster on some card gets an entry here, with its measurement.
+# faster on some card gets an entry here, with its measurement.  Since run 2 both QSGD
+# encodes were rewritten (CUDA's in one pass, Triton's full buckets unmasked) and the
+# CUDA decode and mix got warp-striped tiles: they await the next GPU run's numbers.
 AUTO_CUDA: dict[str, tuple[str, ...]] = {}
 
 # Where each backend's kernels come from, and the fix when they cannot load.

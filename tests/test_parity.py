@@ -321,6 +321,21 @@ def test_qsgd_max(backend, device, bits, bucket_size, dtype):
 
 
 @pytest.mark.parametrize("backend,device", BACKENDS, ids=IDS)
+@pytest.mark.parametrize("bucket_size", (8, 64, 512, 1024), ids=lambda d: f"d{d}")
+def test_qsgd_launch_shapes(backend, device, bucket_size):
+    """Power-of-two buckets: whole buckets only (n a multiple of d: no masked launch), and
+    whole buckets plus a partial one; on CUDA C++ d <= 512 is the one-pass kernel, 1024
+    the two-kernel path."""
+    for bits in (2, 8):
+        for n in (3 * bucket_size, 3 * bucket_size + 5):
+            x = sample(n, seed=n + bits)
+            key = ("qsgd-shape", bits, bucket_size, n)
+            want = reference(key, lambda: mk.qsgd_encode(x, bits, bucket_size, "max", 11, 4))
+            got = run(backend, mk.qsgd_encode, x.to(device), bits, bucket_size, "max", 11, 4)
+            assert same(got, want), (bits, n)
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS, ids=IDS)
 def test_qsgd_large_and_big_buckets(backend, device):
     skip_large(backend, device, LARGE)
     x = sample(LARGE, seed=7)

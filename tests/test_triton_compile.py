@@ -10,8 +10,9 @@ asserts:
     reference's do (and, as a control, that the same kernel with fp fusion on does
     contain fma, so the check is not vacuous);
   * divisions and square roots are IEEE (div.rn.f32, sqrt.rn.f32), never approximate;
-  * the Moniqua kernels read x / y with 128-bit loads (ld.global.v4) although n is not
-    known to be a multiple of 16: only the last block is masked (load_tail).  Pointers
+  * the Moniqua kernels and QSGD's one-pass encode read x / y with 128-bit loads
+    (ld.global.v4) although n is not known to be a multiple of 16: only the last block
+    (bucket) is masked (load_tail).  Pointers
     carry the 16-byte alignment Triton's launcher specialises torch tensors to.
 The compile runs in a subprocess without TRITON_INTERPRET (conftest.py sets it on
 machines without a GPU, and triton.jit reads it when the kernels are defined).
@@ -80,19 +81,22 @@ def _cases():
                     {"streams_ptr": None, "BITS": bits, "ROUNDING": rounding, "MASKED": False,
                      "BLOCK": BLK}, False, False))
     qs = {"k0": "i32", "k1": "i32", "c0": "i32", "c1": "i32"}
+
+    def qenc(dtype, stream, flag):
+        return {"x_ptr": f"*{dtype}", "scales_ptr": "*fp32", "out_ptr": "*u8", "n": "i64",
+                "d": "i64", **qs, "stream_ptr": stream, "flag_ptr": flag,
+                "first_block": "i32", "BITS": E, "NORM": E, "MASKED": E, "BLOCK": E}
+
     out += [
-        ("qsgd_encode fused max", "qsgd", "_qsgd_encode_kernel",
-         {"x_ptr": "*fp32", "scales_ptr": "*fp32", "out_ptr": "*u8", "n": "i64", "d": "i64",
-          **qs, "stream_ptr": E, "flag_ptr": "*i64", "BITS": E, "NORM": E, "DBLOCK": E},
-         {"stream_ptr": None, "BITS": 4, "NORM": 0, "DBLOCK": 512}, True, False),
-        ("qsgd_encode fused l2 bf16", "qsgd", "_qsgd_encode_kernel",
-         {"x_ptr": "*bf16", "scales_ptr": "*fp32", "out_ptr": "*u8", "n": "i64", "d": "i64",
-          **qs, "stream_ptr": E, "flag_ptr": E, "BITS": E, "NORM": E, "DBLOCK": E},
-         {"stream_ptr": None, "flag_ptr": None, "BITS": 8, "NORM": 1, "DBLOCK": 512}, True, True),
+        ("qsgd_encode fused max", "qsgd", "_qsgd_encode_kernel", qenc("fp32", E, "*i64"),
+         {"stream_ptr": None, "BITS": 4, "NORM": 0, "MASKED": False, "BLOCK": 512}, True,
+         False),
+        ("qsgd_encode fused l2 bf16 masked", "qsgd", "_qsgd_encode_kernel", qenc("bf16", E, E),
+         {"stream_ptr": None, "flag_ptr": None, "BITS": 8, "NORM": 1, "MASKED": True,
+          "BLOCK": 512}, True, True),
         ("qsgd_encode fused stream tensor", "qsgd", "_qsgd_encode_kernel",
-         {"x_ptr": "*fp32", "scales_ptr": "*fp32", "out_ptr": "*u8", "n": "i64", "d": "i64",
-          **qs, "stream_ptr": "*i64", "flag_ptr": "*i64", "BITS": E, "NORM": E, "DBLOCK": E},
-         {"BITS": 2, "NORM": 0, "DBLOCK": 128}, True, False),
+         qenc("fp32", "*i64", "*i64"), {"BITS": 2, "NORM": 0, "MASKED": True, "BLOCK": 128},
+         True, False),
         ("qsgd_scale l2", "qsgd", "_qsgd_scale_kernel",
          {"x_ptr": "*fp16", "scales_ptr": "*fp32", "inv_ptr": "*fp32", "n": "i64", "d": "i64",
           **qs, "stream_ptr": E, "flag_ptr": "*i64", "BITS": E, "NORM": E, "CHUNK": E},
@@ -175,8 +179,12 @@ def compile_all() -> list[dict]:
         src = ASTSource(fn=fn, signature=signature, constexprs=constexprs,
                         attrs=_aligned_pointers(signature))
         row = {"name": name, "needs_div": needs_div, "needs_sqrt": needs_sqrt}
+        options = dict(LAUNCH)
+        if kernel == "_qsgd_encode_kernel":  # the warps its launcher gives a bucket tile
+            from moniqua_kernels.triton.qsgd import _bucket_warps
+            options["num_warps"] = _bucket_warps(constexprs["BLOCK"])
         try:
-            compiled = triton.compile(src, target=target, options=dict(LAUNCH))
+            compiled = triton.compile(src, target=target, options=options)
         except Exception as exc:  # report, the test names the kernel
             row["error"] = f"{type(exc).__name__}: {exc}"[:2000]
             report.append(row)
@@ -264,7 +272,7 @@ def test_kernels_compile_for_sm90_without_fma_or_approximate_division():
             assert row["div_rn"] > 0, row
         if row["needs_sqrt"]:
             assert row["sqrt_rn"] > 0, row
-        if row["name"].startswith("moniqua_") and "masked" not in row["name"] \
+        if row["name"].startswith(("moniqua_", "qsgd_encode")) and "masked" not in row["name"] \
                 and "stream" not in row["name"]:
             assert row["ld_v4"] > 0, row  # full blocks: unmasked, 128-bit loads
 

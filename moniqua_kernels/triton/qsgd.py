@@ -3,7 +3,9 @@
 Encode, two shapes of launch:
   * bucket_size d a multiple of 8 and at most FUSED_MAX_BUCKET (the usual d = 512): one
     program per bucket holds the whole bucket in registers, reduces its scale, quantizes
-    and packs it -- x is read once, and the bucket's bytes belong to it alone.
+    and packs it -- x is read once, and the bucket's bytes belong to it alone.  Where d
+    is a power of two the full buckets run unmasked (vector loads) and the last, partial
+    one masked, as the elementwise kernels split their blocks.
   * otherwise (odd d shares bytes between buckets; a huge d does not fit a tile): one
     program per bucket reduces the scale in chunks, then an elementwise pass over
     whole output bytes gathers each element's r = s / N and packs.  x is read twice.
@@ -18,7 +20,7 @@ import triton
 import triton.language as tl
 
 from ._common import (BLOCK, LAUNCH, NON_FINITE, block_range, check_padding, count_bad, jit,
-                      load_block, load_codes, only_if, pack_codes, philox_block, split_launch,
+                      load_block, load_codes, pack_codes, philox_block, split_launch,
                       store_block, store_bytes, stream_args, stream_of, uniform_from_words)
 
 # A bucket up to 8192 elements is one tile: 8192 fp32 over 8 warps is 32 registers per
@@ -62,25 +64,35 @@ def _codes(v, r, u, BITS: tl.constexpr):
 
 @jit
 def _qsgd_encode_kernel(x_ptr, scales_ptr, out_ptr, n, d, k0, k1, c0, c1, stream_ptr, flag_ptr,
-                        BITS: tl.constexpr, NORM: tl.constexpr, DBLOCK: tl.constexpr):
-    """One program per bucket (d % 8 == 0, d <= DBLOCK): scale, quantize, pack."""
-    start = tl.program_id(0).to(tl.int64) * d
+                        first_block, BITS: tl.constexpr, NORM: tl.constexpr,
+                        MASKED: tl.constexpr, BLOCK: tl.constexpr):
+    """One program per bucket (d % 8 == 0, d <= BLOCK): scale, quantize, pack.  Unmasked
+    (MASKED=False): a full bucket with d == BLOCK, whose start is then a multiple of BLOCK
+    the compiler sees: 128-bit loads and whole-word stores."""
+    q = tl.program_id(0).to(tl.int64) + first_block
+    if MASKED:
+        start = q * d
+    else:
+        start = q * BLOCK
     end = tl.minimum(start + d, n)  # the bucket's elements: [start, end)
-    i = start + tl.arange(0, DBLOCK)
+    i = start + tl.arange(0, BLOCK)
     seed, counter, ok = stream_of(k0, k1, c0, c1, stream_ptr, flag_ptr)
-    v = tl.load(x_ptr + i, mask=i < end, other=0.0).to(tl.float32)
+    v = load_block(x_ptr, i, end, MASKED).to(tl.float32)
     scale = _finish_scale(_scale_of(tl.abs(v), NORM), NORM)
-    tl.store(scales_ptr + tl.program_id(0), scale, mask=ok)
+    tl.store(scales_ptr + q, scale, mask=ok)
     r = _inverse(scale, (1 << (BITS - 1)) - 1)
-    u = uniform_from_words(philox_block(seed, counter, start, DBLOCK))
-    codes = tl.where(i < end, _codes(v, r, u, BITS), 0)
+    u = uniform_from_words(philox_block(seed, counter, start, BLOCK))
+    codes = _codes(v, r, u, BITS)
+    if MASKED:
+        codes = tl.where(i < end, codes, 0)
     PER_BYTE: tl.constexpr = 8 // BITS
     # d % 8 == 0: the bucket owns whole bytes [start / PER_BYTE, ceil(end / PER_BYTE)).
-    j = start // PER_BYTE + tl.arange(0, DBLOCK // PER_BYTE)
-    tl.store(out_ptr + j, pack_codes(codes, BITS, DBLOCK).to(tl.uint8),
-             mask=only_if(ok, j < (end + PER_BYTE - 1) // PER_BYTE))
+    j = start // PER_BYTE + tl.arange(0, BLOCK // PER_BYTE)
+    store_block(out_ptr, j, pack_codes(codes, BITS, BLOCK).to(tl.uint8),
+                (end + PER_BYTE - 1) // PER_BYTE, ok, MASKED)
     if flag_ptr is not None:
-        count_bad(flag_ptr, (~(tl.abs(v) < float("inf"))) & (i < end), NON_FINITE)
+        bad = ~(tl.abs(v) < float("inf"))  # masked lanes loaded 0: finite
+        count_bad(flag_ptr, bad, NON_FINITE)
 
 
 @jit
@@ -121,6 +133,18 @@ def _qsgd_pack_kernel(x_ptr, inv_ptr, out_ptr, n, nbytes, d, k0, k1, c0, c1, str
     store_bytes(out_ptr, pack_codes(codes, BITS, BLOCK), start, nbytes, ok, BITS, BLOCK, MASKED)
 
 
+def _bucket_warps(dblock: int) -> int:
+    """16 elements a thread (32 at 8192).  SASS instructions per element of the 4-bit
+    max-norm kernel for sm_90, fp32, d = 512, flags off (all of the kernel's instructions
+    over the elements a thread takes, as benchmarks/sass_static.py counts Triton
+    kernels): unmasked, 1 warp 36.5, no barrier, four 128-bit loads a thread; 2 warps 51
+    and 3 barriers (the scale's reduction across warps); 4 warps 74.  Masked with 2
+    warps, how every bucket ran before: 78, 32-bit loads, 9 barriers; GPU run 2 measured
+    that launch at 57 % of copy bandwidth (H100, 4 bits, fp32), where ~50 instructions
+    an element fit the copy's time.  Not yet timed on a GPU."""
+    return min(8, max(1, dblock // 512))
+
+
 def qsgd_encode_triton(x, bits, bucket_size, norm, seed, offset, stream, scales, payload,
                        flag) -> None:
     n, d = x.numel(), bucket_size
@@ -130,12 +154,13 @@ def qsgd_encode_triton(x, bits, bucket_size, norm, seed, offset, stream, scales,
     halves = stream_args(seed, offset)
     if d % 8 == 0 and d <= FUSED_MAX_BUCKET:
         dblock = max(8, triton.next_power_of_2(d))
-        # At least 8 elements per thread: 8 warps on a 512 tile leave 2 per thread and
-        # 64-bit loads in the PTX; 2 warps give two 128-bit loads per thread.
-        launch = dict(LAUNCH, num_warps=min(8, max(1, dblock // 256)))
-        _qsgd_encode_kernel[(nbuckets,)](
-            x, scales, payload, n, d, *halves, stream, flag, BITS=bits, NORM=NORM_IDS[norm],
-            DBLOCK=dblock, **launch)
+        args = (x, scales, payload, n, d, *halves, stream, flag)
+        meta = dict(LAUNCH, BITS=bits, NORM=NORM_IDS[norm], num_warps=_bucket_warps(dblock))
+        if dblock == d:  # full buckets unmasked, the last partial one masked
+            split_launch(_qsgd_encode_kernel, n, d, *args, masked_only=stream is not None,
+                         **meta)
+        else:
+            _qsgd_encode_kernel[(nbuckets,)](*args, 0, MASKED=True, BLOCK=dblock, **meta)
     else:
         inv = torch.empty(nbuckets, dtype=torch.float32, device=x.device)
         _qsgd_scale_kernel[(nbuckets,)](x, scales, inv, n, d, *halves, stream, flag, BITS=bits,
