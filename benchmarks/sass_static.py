@@ -1,21 +1,23 @@
-"""Static look at the Moniqua kernels' machine code for an H100 (sm_90), without a GPU.
+"""Static look at the kernels' machine code for an H100 (sm_90), without a GPU.
 
-For the encode, decode and 2-neighbour mix of both GPU backends, in the cases the GPU
-goals name (1 bit dither and nearest, 8 bits dither; float32 and bfloat16 inputs, flags
-on): registers, spilled bytes, and SASS instructions per element by class.  These are
+For the Moniqua encode, decode and 2-neighbour mix of both GPU backends, in the cases the
+GPU goals name (1 bit dither and nearest, 8 bits dither; float32 and bfloat16 inputs,
+flags on), and the QSGD encode at the default bucket of 512 (max norm, flags on):
+registers, spilled bytes, and SASS instructions per element by class.  These are
 counts of the code, not of its execution, so they bound what a GPU run can reach (the
 issue budget at copy bandwidth, ../shared/gpu-review.md) and compare one version of a
 kernel with the next where no GPU is; Nsight Compute's `smsp__inst_executed` on a GPU
 is the measurement.
 
-* CUDA C++: csrc/cuda/moniqua.cu compiled as setup.py does (nvcc -O3 --fmad=false), the
-  grid-stride loop's body counted once per 16 elements a thread, with the mix's
+* CUDA C++: csrc/cuda/moniqua.cu and qsgd.cu compiled as setup.py does (nvcc -O3
+  --fmad=false), the grid-stride loop's body counted once per 16 elements a thread, with the mix's
   neighbour loop counted once per neighbour.  The loop body holds the vector and the
   element-by-element paths of every access (chosen per launch by alignment), so the
   count is an upper bound on the path a run takes.
 * Triton: each kernel compiled for sm_90 with the package's launch options and full
-  blocks (MASKED=False), no loop: every instruction divided by the elements a thread
-  takes (BLOCK / (32 * num_warps)).  Registers from ptxas -v on Triton's PTX.
+  blocks (MASKED=False; QSGD: a full bucket, with the warps its launcher gives it), no
+  loop: every instruction divided by the elements a thread takes (BLOCK / (32 *
+  num_warps)).  Registers from ptxas -v on Triton's PTX.
 
     python benchmarks/sass_static.py [--out FILE.md] [--only cuda|triton]
 
@@ -39,6 +41,9 @@ ARCH = 90
 CASES = [(bits, rounding, dtype) for bits, rounding in ((1, "dither"), (1, "nearest"),
                                                         (8, "dither"))
          for dtype in ("fp32", "bf16")]
+QSGD_BUCKET = 512
+QSGD_CASES = [(bits, dtype) for bits, dtype in ((4, "fp32"), (4, "bf16"), (2, "fp32"),
+                                                (8, "fp32"))]
 ROUNDING_ID = {"stochastic": 0, "nearest": 1, "dither": 2}
 CLASSES = {"IMAD": ("IMAD",), "LOP3/SHF/IADD3": ("LOP3", "SHF", "IADD3", "LEA", "SEL"),
            "FADD/FMUL/FFMA": ("FADD", "FMUL", "FFMA"), "conversions": ("I2F", "I2FP", "F2I",
@@ -91,13 +96,15 @@ def classes(counter: collections.Counter, per: float) -> dict[str, float]:
     return out
 
 
-def cuda_rows(tmp: Path) -> list[dict]:
+def nvcc_cubin(tmp: Path, source: str) -> tuple[dict, dict]:
+    """csrc/cuda/<source> compiled for sm_ARCH: ({function: instructions}, {function:
+    {regs, spill}})."""
     nvcc = shutil.which("nvcc") or "/usr/local/cuda/bin/nvcc"
-    cubin = tmp / "moniqua.cubin"
+    cubin = tmp / (Path(source).stem + ".cubin")
     build = subprocess.run([nvcc, "-O3", "-std=c++17", "--fmad=false", f"-arch=sm_{ARCH}",
                             "-cubin", "-Xptxas=-v", f"-I{ROOT / 'csrc' / 'include'}",
                             f"-I{ROOT / 'csrc'}", "-o", str(cubin),
-                            str(ROOT / "csrc" / "cuda" / "moniqua.cu")],
+                            str(ROOT / "csrc" / "cuda" / source)],
                            capture_output=True, text=True, check=True)
     regs, name = {}, None
     for line in build.stderr.splitlines():
@@ -110,7 +117,17 @@ def cuda_rows(tmp: Path) -> list[dict]:
         m = re.search(r"Used (\d+) registers", line)
         if m and name:
             regs.setdefault(name, {})["regs"] = int(m.group(1))
-    funcs = sass_functions(cubin)
+    return sass_functions(cubin), regs
+
+
+def outer_loop(ins) -> collections.Counter:
+    """Opcodes of the grid-stride loop's body (the largest backward branch's loop)."""
+    outer = loops(ins)[0]
+    return collections.Counter(opcode(i) for a, i in ins if outer[0] <= a <= outer[1])
+
+
+def cuda_rows(tmp: Path) -> list[dict]:
+    funcs, regs = nvcc_cubin(tmp, "moniqua.cu")
     type_code = {"fp32": "f", "bf16": "NS_8BFloat16"}
     rows = []
     for op in ("encode", "decode", "mix"):
@@ -118,17 +135,23 @@ def cuda_rows(tmp: Path) -> list[dict]:
             key = f"{op}_kernelILi{bits}ELi{ROUNDING_ID[rounding]}E{type_code[dtype]}E"
             name = next(f for f in funcs if key in f)
             ins = funcs[name]
-            found = loops(ins)
-            outer = found[0]
-            body = [i for a, i in ins if outer[0] <= a <= outer[1]]
-            counter = collections.Counter(opcode(i) for i in body)
+            counter = outer_loop(ins)
             if op == "mix":  # the neighbour loop inside: once more for the second neighbour
+                found = loops(ins)
+                outer = found[0]
                 inner = next((r for r in found[1:] if outer[0] <= r[0] and r[1] <= outer[1]
                               and r[1] - r[0] > 0x400), None)
                 if inner:
                     counter.update(opcode(i) for a, i in ins if inner[0] <= a <= inner[1])
             rows.append(dict(backend="cuda", op=op, bits=bits, rounding=rounding, dtype=dtype,
                              **regs.get(name, {}), **classes(counter, 16)))
+    funcs, regs = nvcc_cubin(tmp, "qsgd.cu")
+    for bits, dtype in QSGD_CASES:  # the one-pass kernel (d = 512)
+        name = next(f for f in funcs
+                    if f"fused_encode_kernelILi{bits}E{type_code[dtype]}E" in f)
+        rows.append(dict(backend="cuda", op="qsgd_encode", bits=bits, rounding="-",
+                         dtype=dtype, **regs.get(name, {}),
+                         **classes(outer_loop(funcs[name]), 16)))
     return rows
 
 
@@ -139,6 +162,7 @@ def triton_rows(tmp: Path) -> list[dict]:
     from triton.compiler import ASTSource
 
     from moniqua_kernels.triton import moniqua as tm
+    from moniqua_kernels.triton import qsgd as tq
     from moniqua_kernels.triton._common import BLOCK, LAUNCH, NUM_WARPS
 
     E = "constexpr"
@@ -173,30 +197,42 @@ def triton_rows(tmp: Path) -> list[dict]:
     ptxas = triton_bin("ptxas-blackwell")
     if not os.path.exists(ptxas):
         ptxas = triton_bin("ptxas")
-    per_thread = BLOCK / (32 * NUM_WARPS)
+
+    def row(fn, sig, constexprs, warps, per_thread, **key):
+        compiled = triton.compile(ASTSource(fn=fn, signature=sig, attrs=aligned(sig),
+                                            constexprs=constexprs),
+                                  target=GPUTarget("cuda", ARCH, 32),
+                                  options=dict(LAUNCH, num_warps=warps))
+        ptx, cubin = tmp / "k.ptx", tmp / "k.cubin"
+        ptx.write_text(compiled.asm["ptx"])
+        cubin.write_bytes(compiled.asm["cubin"])
+        report = subprocess.run([ptxas, f"-arch=sm_{ARCH}a", "-v", str(ptx), "-o",
+                                 str(tmp / "k2.cubin")], capture_output=True, text=True)
+        reg = re.search(r"Used (\d+) registers", report.stderr)
+        spill = re.search(r"(\d+) bytes spill stores", report.stderr)
+        ins = next(iter(sass_functions(cubin).values()))
+        counter = collections.Counter(opcode(i) for _, i in ins)
+        return dict(backend="triton", **key, regs=int(reg.group(1)) if reg else None,
+                    spill=int(spill.group(1)) if spill else None,
+                    **classes(counter, per_thread))
+
     rows = []
     for op, fn in kernels.items():
         for bits, rounding, dtype in CASES:
-            sig = signature(op, dtype)
             stream = "streams_ptr" if op == "mix" else "stream_ptr"
-            src = ASTSource(fn=fn, signature=sig, attrs=aligned(sig), constexprs={
+            rows.append(row(fn, signature(op, dtype), {
                 stream: None, "BITS": bits, "ROUNDING": ROUNDING_ID[rounding],
-                "MASKED": False, "BLOCK": BLOCK})
-            compiled = triton.compile(src, target=GPUTarget("cuda", ARCH, 32),
-                                      options=dict(LAUNCH))
-            ptx, cubin = tmp / "k.ptx", tmp / "k.cubin"
-            ptx.write_text(compiled.asm["ptx"])
-            cubin.write_bytes(compiled.asm["cubin"])
-            report = subprocess.run([ptxas, f"-arch=sm_{ARCH}a", "-v", str(ptx), "-o",
-                                     str(tmp / "k2.cubin")], capture_output=True, text=True)
-            reg = re.search(r"Used (\d+) registers", report.stderr)
-            spill = re.search(r"(\d+) bytes spill stores", report.stderr)
-            ins = next(iter(sass_functions(cubin).values()))
-            counter = collections.Counter(opcode(i) for _, i in ins)
-            rows.append(dict(backend="triton", op=op, bits=bits, rounding=rounding, dtype=dtype,
-                             regs=int(reg.group(1)) if reg else None,
-                             spill=int(spill.group(1)) if spill else None,
-                             **classes(counter, per_thread)))
+                "MASKED": False, "BLOCK": BLOCK}, NUM_WARPS, BLOCK / (32 * NUM_WARPS), op=op,
+                bits=bits, rounding=rounding, dtype=dtype))
+    warps = tq._bucket_warps(QSGD_BUCKET)
+    for bits, dtype in QSGD_CASES:
+        sig = {"x_ptr": f"*{dtype}", "scales_ptr": "*fp32", "out_ptr": "*u8", "n": "i64",
+               "d": "i64", **S, "stream_ptr": E, "flag_ptr": "*i64", "first_block": "i32",
+               "BITS": E, "NORM": E, "MASKED": E, "BLOCK": E}
+        rows.append(row(tq._qsgd_encode_kernel, sig, {
+            "stream_ptr": None, "BITS": bits, "NORM": 0, "MASKED": False,
+            "BLOCK": QSGD_BUCKET}, warps, QSGD_BUCKET / (32 * warps), op="qsgd_encode",
+            bits=bits, rounding="-", dtype=dtype))
     return rows
 
 

@@ -134,14 +134,14 @@ def _qsgd_pack_kernel(x_ptr, inv_ptr, out_ptr, n, nbytes, d, k0, k1, c0, c1, str
 
 
 def _bucket_warps(dblock: int) -> int:
-    """16 elements a thread (32 at 8192).  SASS instructions per element of the 4-bit
-    max-norm kernel for sm_90, fp32, d = 512, flags off (all of the kernel's instructions
-    over the elements a thread takes, as benchmarks/sass_static.py counts Triton
-    kernels): unmasked, 1 warp 36.5, no barrier, four 128-bit loads a thread; 2 warps 51
-    and 3 barriers (the scale's reduction across warps); 4 warps 74.  Masked with 2
-    warps, how every bucket ran before: 78, 32-bit loads, 9 barriers; GPU run 2 measured
-    that launch at 57 % of copy bandwidth (H100, 4 bits, fp32), where ~50 instructions
-    an element fit the copy's time.  Not yet timed on a GPU."""
+    """16 elements a thread (32 at 8192).  Why, in sm_90 SASS instructions per element of
+    the 4-bit max-norm kernel, fp32, d = 512, flags on, Triton 3.6 (the GPU machines';
+    benchmarks/sass_static.py counts them, results/static_sm90.md): full buckets
+    unmasked, 1 warp: 42, four 128-bit loads a thread, no barrier; 2 warps: 59 and 7
+    barriers (the scale's reduction across warps); 4 warps: 84.  Every bucket masked on 2
+    warps, as before: 88, 32-bit loads, 13 barriers; GPU run 2 timed that launch at 57 %
+    of copy bandwidth (H100), where about 50 instructions an element fit the copy's
+    time.  The new launch is not timed on a GPU yet."""
     return min(8, max(1, dblock // 512))
 
 
