@@ -13,7 +13,7 @@ side in one run, and each provider that cannot run is recorded with its reason:
                   finite check): what a user's call costs
   public-unchecked  the same with check_finite=False (every op that checks its data)
   public-out      the same defaults writing into a preallocated out= (Moniqua
-                  encode/decode): the cost of allocating the result, by difference
+                  encode/decode, QSGD decode): the cost of allocating the result
   eager           the reference function called directly (plain torch)
   compile         torch.compile(reference function)
   torch           the obvious torch code a user would write (torch.rand dither,
@@ -62,8 +62,8 @@ from moniqua_kernels.reference import qsgd as ref_qsgd
 from moniqua_kernels.reference import sign as ref_sign
 from moniqua_kernels.reference.packing import packed_nbytes
 
-OPS = ("moniqua_encode", "moniqua_decode", "moniqua_mix", "qsgd_encode", "sign_encode",
-       "philox_uniform")
+OPS = ("moniqua_encode", "moniqua_decode", "moniqua_mix", "qsgd_encode", "qsgd_decode",
+       "sign_encode", "philox_uniform")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 ROUNDINGS = ("dither", "nearest", "stochastic")
 MODULUS, SEED, OFFSET = 2.0, 1234, 0
@@ -141,7 +141,7 @@ class BenchOp:
     reference: Callable
     ref_args: Callable[["Case"], tuple]
     obvious: Optional[Callable[["Case"], Optional[Callable]]] = None
-    # For ops that allocate their result (Moniqua encode/decode): that result,
+    # For ops that allocate one result (Moniqua encode/decode, QSGD decode): that result,
     # preallocated; row "public-out" (out= this: what allocating the result costs) then
     # runs beside "public".
     result: Optional[Callable[["Case"], torch.Tensor]] = None
@@ -205,6 +205,12 @@ TABLE = {
                    _u8(_nb(c), c.device), None),
         lambda c, **kw: lambda: mk.qsgd_encode(c.x, bits=c.bits, seed=SEED, **kw),
         ref_qsgd.qsgd_encode, lambda c: (c.x, c.bits, QSGD_BUCKET, "max", SEED, OFFSET)),
+    "qsgd_decode": BenchOp(  # always float32 out; its only check (padding) is always on
+        "qsgd_decode", lambda c: _nb(c) + 4 * math.ceil(c.n / QSGD_BUCKET) + 4 * c.n,
+        lambda c: (*c.qsgd, c.bits, QSGD_BUCKET, torch.empty(c.n, device=c.device), None),
+        lambda c, **kw: lambda: mk.qsgd_decode(*c.qsgd, c.n, c.bits, **kw),
+        ref_qsgd.qsgd_decode, lambda c: (*c.qsgd, c.n, c.bits, QSGD_BUCKET),
+        result=lambda c: torch.empty(c.n, device=c.device), checks=False),
     "sign_encode": BenchOp(
         "sign_encode", lambda c: c.n * c.esize + _nb(c) + 4,
         lambda c: (c.x, torch.empty((), device=c.device), _u8(_nb(c), c.device), None),
@@ -241,6 +247,10 @@ class Case:
                 self.payloads = [mk.moniqua_encode(self.x + 0.05 * j, MODULUS, bits, rounding,
                                                    SEED + j, OFFSET, check_finite=False)
                                  for j in range(3)]
+        if op == "qsgd_decode":
+            with mk.use_backend("reference"):
+                self.qsgd = mk.qsgd_encode(self.x, bits, QSGD_BUCKET, "max", SEED, OFFSET,
+                                           check_finite=False)
         self.nbytes = self.spec.nbytes(self)
 
     def kernel(self, fn: Callable) -> Callable[[], object]:
@@ -280,9 +290,14 @@ class Case:
 def op_bits(op: str, bits: list[int]) -> list[int]:
     if op in ("sign_encode", "philox_uniform"):
         return [1]
-    if op == "qsgd_encode":
+    if op in ("qsgd_encode", "qsgd_decode"):
         return [b for b in bits if b in (2, 4, 8)]
     return [b for b in bits if b in (1, 2, 4, 8)]
+
+
+def op_dtypes(op: str, dtypes: list[str]) -> list[str]:
+    """QSGD decode reads codes and writes float32 whatever the encoded dtype: one case."""
+    return dtypes[:1] if op == "qsgd_decode" else dtypes
 
 
 def op_roundings(op: str, bits: int, roundings: list[str]) -> list[str]:
@@ -608,7 +623,7 @@ def main(argv=None) -> dict:
     for op in ops:
         for b in op_bits(op, bits):
             for rounding in op_roundings(op, b, roundings):
-                for dname in dtypes:
+                for dname in op_dtypes(op, dtypes):
                     for n in sizes:
                         results += _time_case(op, b, rounding, dname, n, device, args,
                                               use_compile, n in baseline_sizes, wanted,

@@ -202,7 +202,7 @@ else
     --roundings dither,nearest --backends cuda --baseline-sizes none \
     --out "$OUTDIR/bench_group_layout" --budget-s 20
   phase bench_other 40 "$PY" -m moniqua_kernels bench --device cuda --sizes 2^26 \
-    --ops sign_encode,qsgd_encode,philox_uniform,moniqua_encode --bits 2,4,8 \
+    --ops sign_encode,qsgd_encode,qsgd_decode,philox_uniform,moniqua_encode --bits 2,4,8 \
     --dtypes fp32 --roundings dither --baseline-sizes none --out "$OUTDIR/bench_other" \
     --budget-s 30
 fi
