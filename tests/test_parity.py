@@ -325,7 +325,7 @@ def test_qsgd_max(backend, device, bits, bucket_size, dtype):
 def test_qsgd_launch_shapes(backend, device, bucket_size):
     """Power-of-two buckets: whole buckets only (n a multiple of d: no masked launch), and
     whole buckets plus a partial one; on CUDA C++ d <= 512 is the one-pass kernel, 1024
-    the two-kernel path."""
+    the two-kernel path.  Decode finds a bucket by a shift there (Triton)."""
     for bits in (2, 8):
         for n in (3 * bucket_size, 3 * bucket_size + 5):
             x = sample(n, seed=n + bits)
@@ -333,6 +333,9 @@ def test_qsgd_launch_shapes(backend, device, bucket_size):
             want = reference(key, lambda: mk.qsgd_encode(x, bits, bucket_size, "max", 11, 4))
             got = run(backend, mk.qsgd_encode, x.to(device), bits, bucket_size, "max", 11, 4)
             assert same(got, want), (bits, n)
+            dec = reference(key + ("dec",), lambda: mk.qsgd_decode(*want, n, bits, bucket_size))
+            assert same(run(backend, mk.qsgd_decode, *on(want, device), n, bits, bucket_size),
+                        dec), (bits, n)
 
 
 @pytest.mark.parametrize("backend,device", BACKENDS, ids=IDS)
