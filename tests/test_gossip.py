@@ -299,6 +299,15 @@ def test_begin_end_equals_step_and_flat_views_follow_the_optimizer():
     g = gossip.DPSGD(model, "ring", transport=net.transport(0), bucket_numel=12)
     # 12 + 3 > 12 starts a new bucket at the bias
     assert [b.numel for b in g.buckets] == [12, 3 + 6 + 2]
+    # every bucket starts 16-byte aligned (the GPU kernels' vector paths), a parameter
+    # boundary or not: per_layer puts the 3-element bias's bucket at element 12, and the
+    # next weight's at 16, not 15
+    per_layer = gossip.DPSGD(torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 2)),
+                             "ring", transport=net.transport(0), per_layer=True)
+    for gg in (g, per_layer):
+        assert all(b.tensor.data_ptr() % 16 == 0 for b in gg.buckets)
+    assert [b.start for b in per_layer.buckets] == [0, 12, 16, 24]
+    assert [b.numel for b in per_layer.buckets] == [12, 3, 6, 2]
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
     model(torch.ones(1, 4)).sum().backward()
     opt.step()

@@ -7,6 +7,11 @@ Each group is cut into buckets at parameter boundaries, none above ``bucket_nume
 elements unless one parameter is larger (like DDP's bucket_cap); ``bucket_numel=None``
 gives one bucket per group.  Every bucket has its own random-stream offset, the sum of
 the stream spans of the buckets before it, so no two buckets share random numbers.
+
+Every bucket starts on a 16-byte boundary of its buffer, with a few zero elements
+between buckets that no bucket holds (they never travel): the GPU kernels take their
+128-bit paths only on aligned views (checked per launch), and a cut at a parameter
+boundary lands anywhere, every parameter's with ``per_layer``.
 """
 from __future__ import annotations
 
@@ -16,6 +21,8 @@ from typing import Optional
 import torch
 
 __all__ = ["Bucket", "FlatParams", "as_params"]
+
+ALIGN_BYTES = 16  # a bucket's start: the width of the kernels' vector loads
 
 
 @dataclass
@@ -58,25 +65,31 @@ class FlatParams:
         self.buffers: list[torch.Tensor] = []
         self.buckets: list[Bucket] = []
         for (device, dtype), ps in groups.items():
-            total = sum(p.numel() for p in ps)
-            buf = torch.empty(total, dtype=dtype, device=device)
-            start, bstart, bsize = 0, 0, 0
+            runs, run, size = [], [], 0  # each bucket's parameters
             for p in ps:
-                n = p.numel()
-                if bucket_numel is not None and bsize and bsize + n > bucket_numel:
-                    self._add_bucket(buf, bstart, bsize)
-                    bstart, bsize = start, 0
-                with torch.no_grad():
-                    buf[start:start + n].copy_(p.detach().reshape(-1))
-                p.data = buf[start:start + n].view_as(p)
-                start += n
-                bsize += n
-            self._add_bucket(buf, bstart, bsize)
+                if bucket_numel is not None and size and size + p.numel() > bucket_numel:
+                    runs.append(run)
+                    run, size = [], 0
+                run.append(p)
+                size += p.numel()
+            runs.append(run)
+            align = max(1, ALIGN_BYTES // torch.empty(0, dtype=dtype).element_size())
+            starts, end = [], 0
+            for run in runs:
+                starts.append(-(-end // align) * align)
+                end = starts[-1] + sum(p.numel() for p in run)
+            buf = torch.zeros(end, dtype=dtype, device=device)
+            for run, start in zip(runs, starts):
+                at = start
+                for p in run:
+                    n = p.numel()
+                    with torch.no_grad():
+                        buf[at:at + n].copy_(p.detach().reshape(-1))
+                    p.data = buf[at:at + n].view_as(p)
+                    at += n
+                if at > start:
+                    self.buckets.append(Bucket(len(self.buckets), buf[start:at], start))
             self.buffers.append(buf)
-
-    def _add_bucket(self, buf, start, size):
-        if size:
-            self.buckets.append(Bucket(len(self.buckets), buf[start:start + size], start))
 
     def assign_stream_offsets(self, span) -> None:
         """Give buckets consecutive non-overlapping stream offsets; span(n) -> positions."""
