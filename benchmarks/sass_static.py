@@ -120,10 +120,14 @@ def nvcc_cubin(tmp: Path, source: str) -> tuple[dict, dict]:
     return sass_functions(cubin), regs
 
 
+def loop_body(ins, span) -> collections.Counter:
+    """Opcodes of the instructions at addresses span = (start, end)."""
+    return collections.Counter(opcode(i) for a, i in ins if span[0] <= a <= span[1])
+
+
 def outer_loop(ins) -> collections.Counter:
     """Opcodes of the grid-stride loop's body (the largest backward branch's loop)."""
-    outer = loops(ins)[0]
-    return collections.Counter(opcode(i) for a, i in ins if outer[0] <= a <= outer[1])
+    return loop_body(ins, loops(ins)[0])
 
 
 def cuda_rows(tmp: Path) -> list[dict]:
@@ -135,14 +139,14 @@ def cuda_rows(tmp: Path) -> list[dict]:
             key = f"{op}_kernelILi{bits}ELi{ROUNDING_ID[rounding]}E{type_code[dtype]}E"
             name = next(f for f in funcs if key in f)
             ins = funcs[name]
-            counter = outer_loop(ins)
+            found = loops(ins)
+            outer = found[0]
+            counter = loop_body(ins, outer)
             if op == "mix":  # the neighbour loop inside: once more for the second neighbour
-                found = loops(ins)
-                outer = found[0]
                 inner = next((r for r in found[1:] if outer[0] <= r[0] and r[1] <= outer[1]
                               and r[1] - r[0] > 0x400), None)
                 if inner:
-                    counter.update(opcode(i) for a, i in ins if inner[0] <= a <= inner[1])
+                    counter.update(loop_body(ins, inner))
             rows.append(dict(backend="cuda", op=op, bits=bits, rounding=rounding, dtype=dtype,
                              **regs.get(name, {}), **classes(counter, 16)))
     funcs, regs = nvcc_cubin(tmp, "qsgd.cu")

@@ -173,6 +173,7 @@ def compile_all() -> list[dict]:
     from triton.compiler import ASTSource
 
     from moniqua_kernels.triton._common import LAUNCH
+    from moniqua_kernels.triton.qsgd import _bucket_warps
 
     target = GPUTarget("cuda", ARCH, 32)
     report = []
@@ -183,7 +184,6 @@ def compile_all() -> list[dict]:
         row = {"name": name, "needs_div": needs_div, "needs_sqrt": needs_sqrt}
         options = dict(LAUNCH)
         if kernel == "_qsgd_encode_kernel":  # the warps its launcher gives a bucket tile
-            from moniqua_kernels.triton.qsgd import _bucket_warps
             options["num_warps"] = _bucket_warps(constexprs["BLOCK"])
         try:
             compiled = triton.compile(src, target=target, options=options)
