@@ -328,6 +328,29 @@ void moniqua_mix_(at::Tensor x, std::vector<at::Tensor> payloads, std::vector<do
   });
 }
 
+// QSGD's scales on the CPU (cpu/kernels.h): the pieces over the threads, about kGrain
+// blocks of elements a task, then buckets of several pieces finished; non-finite
+// elements flagged.
+void qsgd_scales_cpu(const void* x, DType dt, int64_t n, int64_t bucket_size, bool l2,
+                     float* scales, int64_t* flag) {
+  const int64_t nq = (n + bucket_size - 1) / bucket_size;
+  if (nq == 0) return;
+  const int64_t pieces = cpu::qsgd_scale_pieces(bucket_size);
+  const int64_t piece_elems = std::min(bucket_size, cpu::kScalePiece);
+  std::vector<double> stat(pieces > 1 ? static_cast<size_t>(nq * pieces) : 0);
+  std::atomic<int64_t> bad{0};
+  at::parallel_for(0, nq * pieces, std::max<int64_t>(1, kGrain * cpu::kBlock / piece_elems),
+                   [&](int64_t p0, int64_t p1) {
+    bad += cpu::qsgd_piece_stats(x, dt, n, bucket_size, l2, stat.data(), scales,
+                                 flag != nullptr, p0, p1);
+  });
+  flag_add(flag, kNonFinite, bad.load());
+  if (pieces > 1)
+    at::parallel_for(0, nq, 1, [&](int64_t q0, int64_t q1) {
+      cpu::qsgd_finish_scales(stat.data(), pieces, l2, scales, q0, q1);
+    });
+}
+
 void qsgd_encode(at::Tensor x, int64_t bits, int64_t bucket_size, std::string norm, int64_t seed,
                  int64_t offset, OptTensor stream, at::Tensor scales, at::Tensor payload,
                  OptTensor flag) {
@@ -347,21 +370,19 @@ void qsgd_encode(at::Tensor x, int64_t bits, int64_t bucket_size, std::string no
   float* sc = scales.data_ptr<float>();
   uint8_t* o = payload.data_ptr<uint8_t>();
   on_device(dev, [&] {
-    std::atomic<int64_t> bad{0};
-    if (nq > 0) {
-      const int64_t grain = std::max<int64_t>(1, kGrain * cpu::kBlock / bucket_size);
-      at::parallel_for(0, nq, grain, [&](int64_t q0, int64_t q1) {
-        bad += cpu::qsgd_scales(xp, dt, n, bucket_size, l2, sc, f != nullptr, q0, q1);
-      });
-    }
-    flag_add(f, kNonFinite, bad.load());
+    qsgd_scales_cpu(xp, dt, n, bucket_size, l2, sc, f);
     over_blocks(n, [&](int64_t b0, int64_t b1) {
       cpu::qsgd_encode(xp, dt, n, static_cast<int>(bits), bucket_size, sc, *s, o, b0, b1);
       return int64_t{0};
     });
   }, [&] {
-    MK_CUDA_LAUNCH(cuda::qsgd_encode(xp, dt, n, static_cast<int>(bits), bucket_size, l2, *s, sc,
-                                     o, f, current_stream()));
+#if defined(MONIQUA_WITH_CUDA)
+    const int64_t work_doubles = cuda::qsgd_workspace_doubles(n, bucket_size);
+    at::Tensor work = at::empty({work_doubles}, x.options().dtype(at::kDouble));
+    MK_CUDA_LAUNCH(cuda::qsgd_encode(xp, dt, n, static_cast<int>(bits), bucket_size, l2, *s,
+                                     work_doubles ? work.data_ptr<double>() : nullptr, sc, o, f,
+                                     current_stream()));
+#endif
   });
 }
 
@@ -411,14 +432,9 @@ at::Tensor qsgd_elias_encode(at::Tensor x, int64_t bits, int64_t bucket_size, st
   if (!s) return at::empty({0}, x.options().dtype(at::kByte));
   const void* xp = x.data_ptr();
   float* sc = scales.data_ptr<float>();
-  // Buckets per task: about kGrain blocks of elements.
+  qsgd_scales_cpu(xp, dt, n, bucket_size, l2, sc, f);
+  // Buckets per task below: about kGrain blocks of elements.
   const int64_t grain = std::max<int64_t>(1, kGrain * cpu::kBlock / bucket_size);
-  std::atomic<int64_t> bad{0};
-  if (nq > 0)
-    at::parallel_for(0, nq, grain, [&](int64_t q0, int64_t q1) {
-      bad += cpu::qsgd_scales(xp, dt, n, bucket_size, l2, sc, f != nullptr, q0, q1);
-    });
-  flag_add(f, kNonFinite, bad.load());
   at::Tensor codes = at::empty({n}, x.options().dtype(at::kByte));
   uint8_t* c = codes.data_ptr<uint8_t>();
   over_blocks(n, [&](int64_t b0, int64_t b1) {

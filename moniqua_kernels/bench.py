@@ -62,8 +62,8 @@ from moniqua_kernels.reference import qsgd as ref_qsgd
 from moniqua_kernels.reference import sign as ref_sign
 from moniqua_kernels.reference.packing import packed_nbytes
 
-OPS = ("moniqua_encode", "moniqua_decode", "moniqua_mix", "qsgd_encode", "qsgd_decode",
-       "sign_encode", "philox_uniform")
+OPS = ("moniqua_encode", "moniqua_decode", "moniqua_mix", "qsgd_encode", "qsgd_encode_whole",
+       "qsgd_decode", "sign_encode", "philox_uniform")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 ROUNDINGS = ("dither", "nearest", "stochastic")
 MODULUS, SEED, OFFSET = 2.0, 1234, 0
@@ -163,6 +163,19 @@ def _mix_kernel_args(c):
             c.rounding, MIX_GAMMA, [SEED] * 3, [OFFSET] * 3, None, None)
 
 
+def _qsgd_encode_op(bucket: Callable[["Case"], int]) -> BenchOp:
+    """QSGD encode, max norm, with buckets of bucket(case) elements."""
+    def nq(c):
+        return math.ceil(c.n / bucket(c))
+    return BenchOp(
+        "qsgd_encode", lambda c: c.n * c.esize + _nb(c) + 4 * nq(c),
+        lambda c: (c.x, c.bits, bucket(c), "max", SEED, OFFSET, None,
+                   torch.empty(nq(c), device=c.device), _u8(_nb(c), c.device), None),
+        lambda c, **kw: lambda: mk.qsgd_encode(c.x, bits=c.bits, bucket_size=bucket(c),
+                                               seed=SEED, **kw),
+        ref_qsgd.qsgd_encode, lambda c: (c.x, c.bits, bucket(c), "max", SEED, OFFSET))
+
+
 TABLE = {
     "moniqua_encode": BenchOp(
         "moniqua_encode", lambda c: c.n * c.esize + _nb(c),
@@ -198,13 +211,10 @@ TABLE = {
         lambda c: (None if c.rounding != "dither" else
                    (torch_moniqua_mix_, (c.xm, c.payloads[:2], MIX_WEIGHTS, c.payloads[2],
                                          MODULUS, c.bits, MIX_GAMMA)))),
-    "qsgd_encode": BenchOp(
-        "qsgd_encode", lambda c: c.n * c.esize + _nb(c) + 4 * math.ceil(c.n / QSGD_BUCKET),
-        lambda c: (c.x, c.bits, QSGD_BUCKET, "max", SEED, OFFSET, None,
-                   torch.empty(math.ceil(c.n / QSGD_BUCKET), device=c.device),
-                   _u8(_nb(c), c.device), None),
-        lambda c, **kw: lambda: mk.qsgd_encode(c.x, bits=c.bits, seed=SEED, **kw),
-        ref_qsgd.qsgd_encode, lambda c: (c.x, c.bits, QSGD_BUCKET, "max", SEED, OFFSET)),
+    "qsgd_encode": _qsgd_encode_op(lambda c: QSGD_BUCKET),
+    # QSGD unbucketed (one bucket of n elements, the paper's plain scheme): the scale is
+    # one reduction over x, in pieces on both GPU backends, then a second pass codes.
+    "qsgd_encode_whole": _qsgd_encode_op(lambda c: c.n),
     "qsgd_decode": BenchOp(  # always float32 out; its only check (padding) is always on
         "qsgd_decode", lambda c: _nb(c) + 4 * math.ceil(c.n / QSGD_BUCKET) + 4 * c.n,
         lambda c: (*c.qsgd, c.bits, QSGD_BUCKET, torch.empty(c.n, device=c.device), None),
@@ -290,7 +300,7 @@ class Case:
 def op_bits(op: str, bits: list[int]) -> list[int]:
     if op in ("sign_encode", "philox_uniform"):
         return [1]
-    if op in ("qsgd_encode", "qsgd_decode"):
+    if op in ("qsgd_encode", "qsgd_encode_whole", "qsgd_decode"):
         return [b for b in bits if b in (2, 4, 8)]
     return [b for b in bits if b in (1, 2, 4, 8)]
 
@@ -679,7 +689,7 @@ def _time_case(op, b, rounding, dname, n, device, args, use_compile, baselines, 
             row.update(seconds=None, reason=reason)
         rows.append(row)
         if row.get("seconds"):
-            print(f"{op:15s} {b}b {rounding:10s} {dname} n={n:<10d} {name:15s} "
+            print(f"{op:17s} {b}b {rounding:10s} {dname} n={n:<10d} {name:15s} "
                   f"{row['seconds'] * 1e6:10.1f} us {row['gbps']:8.2f} GB/s", flush=True)
     del case
     if device == "cuda":

@@ -201,10 +201,11 @@ else
     --device cuda --sizes 2^26 --ops moniqua_decode,moniqua_mix --bits 1 --dtypes fp32,bf16 \
     --roundings dither,nearest --backends cuda --baseline-sizes none \
     --out "$OUTDIR/bench_group_layout" --budget-s 20
-  phase bench_other 40 "$PY" -m moniqua_kernels bench --device cuda --sizes 2^26 \
-    --ops sign_encode,qsgd_encode,qsgd_decode,philox_uniform,moniqua_encode --bits 2,4,8 \
-    --dtypes fp32 --roundings dither --baseline-sizes none --out "$OUTDIR/bench_other" \
-    --budget-s 30
+  # qsgd_encode_whole: one bucket of 2^26 (the scale reduced in pieces on both backends).
+  phase bench_other 50 "$PY" -m moniqua_kernels bench --device cuda --sizes 2^26 \
+    --ops sign_encode,qsgd_encode,qsgd_decode,philox_uniform,moniqua_encode,qsgd_encode_whole \
+    --bits 2,4,8 --dtypes fp32 --roundings dither --baseline-sizes none \
+    --out "$OUTDIR/bench_other" --budget-s 40
 fi
 
 # 7. Nsight Compute -----------------------------------------------------------------------

@@ -349,6 +349,29 @@ def test_qsgd_large_and_big_buckets(backend, device):
 
 
 @pytest.mark.parametrize("backend,device", BACKENDS, ids=IDS)
+@pytest.mark.parametrize("norm", ("max", "l2"))
+def test_qsgd_buckets_of_several_scale_pieces(backend, device, norm):
+    """Buckets above the scale piece (8192 elements on both GPU backends, 65536 on the CPU)
+    are reduced in pieces and combined: QSGD unbucketed (d = n: 25 GPU pieces, 4 CPU
+    pieces, the last partial), and d = 20000 (three GPU pieces; the last bucket of 5
+    elements has one piece with data and two empty ones).  max: exact; l2: within the
+    summation bound, codes as test_qsgd_l2 allows."""
+    for n, d in ((3 * 65536 + 77, 3 * 65536 + 77), (2 * 20000 + 5, 20000)):
+        x = sample(n, seed=d)
+        got = on(run(backend, mk.qsgd_encode, x.to(device), 4, d, norm, 5, 8), "cpu")
+        want = reference(("qsgd-pieces", norm, n, d),
+                         lambda: mk.qsgd_encode(x, 4, d, norm, 5, 8))
+        if norm == "max":
+            assert same(got, want), d
+            continue
+        exact = torch.sqrt(torch.stack([c.double().square().sum() for c in x.split(d)]))
+        assert bool(((got[0].double() - exact).abs() <= d * EPS32 * exact).all()), d
+        with mk.use_backend("reference"):
+            c1, c2 = (mk.unpack_bits(p, 4, n).long() for p in (got[1], want[1]))
+        assert torch.equal(c1 & 8, c2 & 8) and int(((c1 & 7) - (c2 & 7)).abs().max()) <= 1
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS, ids=IDS)
 def test_stream_tensors_match_ints(backend, device):
     """Seeds and offsets as int64 tensors on the device (what CUDA graphs and
     torch.compile pass; the kernel reads them) give the bytes of the same ints, for every
@@ -365,6 +388,7 @@ def test_stream_tensors_match_ints(backend, device):
                                                  y, B, 2, "dither", s, o),
         "qsgd512": lambda s, o: mk.qsgd_encode(x, 4, 512, "max", s, o),
         "qsgd100": lambda s, o: mk.qsgd_encode(x, 4, 100, "max", s, o),
+        "qsgd20000": lambda s, o: mk.qsgd_encode(x, 4, 20000, "l2", s, o),  # scale pieces
     }
     for name, call in calls.items():
         assert same(run(backend, call, T(seed), T(offset)), run(backend, call, seed, offset)), name
@@ -381,13 +405,13 @@ def test_stream_tensors_match_ints(backend, device):
 
 
 @pytest.mark.parametrize("backend,device", BACKENDS, ids=IDS)
-@pytest.mark.parametrize("bucket_size", (512, 24, 100))
+@pytest.mark.parametrize("bucket_size", (512, 24, 100, 9000))
 def test_qsgd_refused_stream_writes_nothing(backend, device, bucket_size):
     """A stream tensor whose offset is not a multiple of 4 is refused by the kernel, which
     reads it on the device: flagged, and neither the scales nor the codes are written
     (every launch shape: one pass at 512 and 24, two kernels at 100 on Triton; CUDA
-    C++ takes two kernels at 24 and 100)."""
-    n = 1000
+    C++ takes two kernels at 24 and 100; 9000, a bucket in two scale pieces, three)."""
+    n = 10000
     x = sample(n).to(device)
     scales = torch.full((math.ceil(n / bucket_size),), 7.0, device=device)
     payload = torch.full((math.ceil(n * 4 / 8),), 0xAA, dtype=torch.uint8, device=device)

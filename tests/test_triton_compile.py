@@ -87,6 +87,12 @@ def _cases():
                 "d": "i64", **qs, "stream_ptr": stream, "flag_ptr": flag,
                 "first_block": "i32", "BITS": E, "NORM": E, "MASKED": E, "BLOCK": E}
 
+    def qscale(dtype, stream, part):
+        return {"x_ptr": f"*{dtype}", "scales_ptr": "*fp32", "inv_ptr": "*fp32",
+                "part_ptr": part, "n": "i64", "d": "i64", "piece": "i64", "pieces": "i64", **qs,
+                "stream_ptr": stream, "flag_ptr": "*i64", "BITS": E, "NORM": E, "SPLIT": E,
+                "CHUNK": E}
+
     out += [
         ("qsgd_encode fused max", "qsgd", "_qsgd_encode_kernel", qenc("fp32", E, "*i64"),
          {"stream_ptr": None, "BITS": 4, "NORM": 0, "MASKED": False, "BLOCK": 512}, True,
@@ -97,14 +103,18 @@ def _cases():
         ("qsgd_encode fused stream tensor", "qsgd", "_qsgd_encode_kernel",
          qenc("fp32", "*i64", "*i64"), {"BITS": 2, "NORM": 0, "MASKED": True, "BLOCK": 128},
          True, False),
-        ("qsgd_scale l2", "qsgd", "_qsgd_scale_kernel",
-         {"x_ptr": "*fp16", "scales_ptr": "*fp32", "inv_ptr": "*fp32", "n": "i64", "d": "i64",
-          **qs, "stream_ptr": E, "flag_ptr": "*i64", "BITS": E, "NORM": E, "CHUNK": E},
-         {"stream_ptr": None, "BITS": 2, "NORM": 1, "CHUNK": 1024}, True, True),
-        ("qsgd_scale stream tensor", "qsgd", "_qsgd_scale_kernel",
-         {"x_ptr": "*fp32", "scales_ptr": "*fp32", "inv_ptr": "*fp32", "n": "i64", "d": "i64",
-          **qs, "stream_ptr": "*i64", "flag_ptr": "*i64", "BITS": E, "NORM": E, "CHUNK": E},
-         {"BITS": 4, "NORM": 0, "CHUNK": 1024}, True, False),
+        ("qsgd_scale l2", "qsgd", "_qsgd_scale_kernel", qscale("fp16", E, E),
+         {"stream_ptr": None, "part_ptr": None, "BITS": 2, "NORM": 1, "SPLIT": False,
+          "CHUNK": 1024}, True, True),
+        ("qsgd_scale stream tensor", "qsgd", "_qsgd_scale_kernel", qscale("fp32", "*i64", E),
+         {"part_ptr": None, "BITS": 4, "NORM": 0, "SPLIT": False, "CHUNK": 1024}, True, False),
+        ("qsgd_scale pieces l2 stream tensor", "qsgd", "_qsgd_scale_kernel",
+         qscale("bf16", "*i64", "*fp32"), {"BITS": 8, "NORM": 1, "SPLIT": True, "CHUNK": 1024},
+         False, False),
+        ("qsgd_finish l2 stream tensor", "qsgd", "_qsgd_finish_kernel",
+         {"part_ptr": "*fp32", "scales_ptr": "*fp32", "inv_ptr": "*fp32", "pieces": "i64", **qs,
+          "stream_ptr": "*i64", "BITS": E, "NORM": E, "CHUNK": E},
+         {"BITS": 4, "NORM": 1, "CHUNK": 1024}, True, True),
         ("qsgd_pack", "qsgd", "_qsgd_pack_kernel",
          {"x_ptr": "*fp32", "inv_ptr": "*fp32", "out_ptr": "*u8", "n": "i64", "nbytes": "i64",
           "d": "i64", **qs, "stream_ptr": E, "flag_ptr": "*i64", "first_block": "i32",

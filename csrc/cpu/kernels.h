@@ -65,11 +65,25 @@ struct MixArgs {
 int64_t moniqua_mix(void* x, DType dt, int64_t n, const MixArgs& a, int64_t blk0,
                     int64_t blk1);
 
-// QSGD: bucket scales first (over bucket ranges), then codes (over element blocks).
-// norm_l2: ||v||_2 accumulated in double, else max |v| (exact).  The scales pass reads
-// every element: it counts the non-finite ones.
-int64_t qsgd_scales(const void* x, DType dt, int64_t n, int64_t bucket_size, bool norm_l2,
-                    float* scales, bool check, int64_t bucket0, int64_t bucket1);
+// QSGD: bucket scales first, then codes (over element blocks).  A bucket's scale comes
+// from its qsgd_scale_pieces(d) pieces of at most kScalePiece elements, over piece ranges,
+// so that a few huge buckets (d = n) still spread over the threads: a bucket of one piece
+// gets its scale (into scales[q]), else each piece its statistic (into stat[p]: norm_l2,
+// its float32 squares summed in double, else max |v|, exact), and qsgd_finish_scales
+// combines a bucket's pieces in order (the same scale for every thread count).  The
+// statistics pass reads every element: it counts the non-finite ones.
+// Why pieces: a bucket was one task; 2^24 float32 in one bucket took as long as in
+// buckets of 2^14 on 2 cores (one core streams near the memory bound there), but one
+// thread of many reads the whole tensor alone.
+constexpr int64_t kScalePiece = int64_t{1} << 16;
+inline int64_t qsgd_scale_pieces(int64_t bucket_size) {
+  return (bucket_size + kScalePiece - 1) / kScalePiece;
+}
+int64_t qsgd_piece_stats(const void* x, DType dt, int64_t n, int64_t bucket_size, bool norm_l2,
+                         double* stat, float* scales, bool check, int64_t piece0,
+                         int64_t piece1);
+void qsgd_finish_scales(const double* stat, int64_t pieces, bool norm_l2, float* scales,
+                        int64_t bucket0, int64_t bucket1);
 void qsgd_encode(const void* x, DType dt, int64_t n, int bits, int64_t bucket_size,
                  const float* scales, Stream s, uint8_t* payload, int64_t blk0, int64_t blk1);
 void qsgd_decode(const float* scales, const uint8_t* payload, int64_t n, int bits,

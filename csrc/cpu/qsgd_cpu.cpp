@@ -1,5 +1,6 @@
-// Bucketed QSGD on the CPU (DESIGN.md section 6): scales per bucket, then codes per
-// element block; a block walks its bucket segments so the inner loop has one ratio.
+// Bucketed QSGD on the CPU (DESIGN.md section 6): scales per bucket (from pieces of at
+// most kScalePiece elements), then codes per element block; a block walks its bucket
+// segments so the inner loop has one ratio.
 #include <cmath>
 #include <cstring>
 
@@ -9,12 +10,22 @@ namespace moniqua_kernels {
 namespace cpu {
 namespace {
 
+MK_INLINE float finish_scale(double stat, bool l2) {
+  return l2 ? std::sqrt(static_cast<float>(stat)) : static_cast<float>(stat);
+}
+
+// The pieces [p0, p1): piece p is elements
+// [q*d + c*kScalePiece, min(q*d + (c+1)*kScalePiece, (q+1)*d, n)) of bucket
+// q = p / pieces, c = p % pieces.  Returns the non-finite count (with check).
 template <typename T>
-MK_INLINE int64_t scales_range(const T* x, int64_t n, int64_t d, bool l2, float* scales,
-                               bool check, int64_t q0, int64_t q1) {
+MK_INLINE int64_t piece_stats(const T* x, int64_t n, int64_t d, bool l2, double* stat,
+                              float* scales, bool check, int64_t p0, int64_t p1) {
+  const int64_t pieces = qsgd_scale_pieces(d);
   int64_t bad = 0;
-  for (int64_t q = q0; q < q1; ++q) {
-    const int64_t begin = q * d, end = begin + d < n ? begin + d : n;
+  for (int64_t p = p0; p < p1; ++p) {
+    const int64_t q = p / pieces, bucket_end = q * d + d < n ? q * d + d : n;
+    const int64_t begin = q * d + (p - q * pieces) * kScalePiece;
+    const int64_t end = begin + kScalePiece < bucket_end ? begin + kScalePiece : bucket_end;
     if (l2) {
       // The float32 squares (as the spec rounds them) summed in double; the spec's own
       // float32 sum has an unspecified order, so scales agree to float32 rounding.
@@ -24,26 +35,27 @@ MK_INLINE int64_t scales_range(const T* x, int64_t n, int64_t d, bool l2, float*
         const float v = load_float(x, i);
         acc += static_cast<double>(v * v);
       }
-      scales[q] = std::sqrt(static_cast<float>(acc));
+      if (pieces == 1) scales[q] = finish_scale(acc, true);
+      else stat[p] = acc;
+      // The sum propagates NaN/inf, so only a piece with a non-finite sum is counted
+      // element by element.
+      if (check && !std::isfinite(acc))
+        for (int64_t i = begin; i < end; ++i) bad += not_finite(load_float(x, i));
     } else {
-      // max is exact in any order; +0 for an all-zero bucket.  (The comparison skips a
+      // max is exact in any order; +0 for an all-zero piece.  (The comparison skips a
       // NaN, so the max path counts non-finite elements in the same loop.)
       float m = 0.0f;
-      int64_t bucket_bad = 0;
-#pragma omp simd reduction(max : m) reduction(+ : bucket_bad)
+      int64_t piece_bad = 0;
+#pragma omp simd reduction(max : m) reduction(+ : piece_bad)
       for (int64_t i = begin; i < end; ++i) {
         const float a = MK_FABS(load_float(x, i));
         m = a > m ? a : m;
-        bucket_bad += !(a < __builtin_inff());
+        piece_bad += !(a < __builtin_inff());
       }
-      scales[q] = m;
-      bad += check ? bucket_bad : 0;
-      continue;
+      if (pieces == 1) scales[q] = m;
+      else stat[p] = m;
+      bad += check ? piece_bad : 0;
     }
-    // l2: the sum propagates NaN/inf, so only a bucket with a non-finite scale is
-    // counted element by element.
-    if (check && not_finite(scales[q]))
-      for (int64_t i = begin; i < end; ++i) bad += not_finite(load_float(x, i));
   }
   return bad;
 }
@@ -113,14 +125,27 @@ MK_INLINE void encode_dispatch(const void* x, DType dt, int64_t n, int bits, int
 }  // namespace
 
 MK_CPU_ENTRY
-int64_t qsgd_scales(const void* x, DType dt, int64_t n, int64_t bucket_size, bool norm_l2,
-                    float* scales, bool check, int64_t bucket0, int64_t bucket1) {
+int64_t qsgd_piece_stats(const void* x, DType dt, int64_t n, int64_t bucket_size, bool norm_l2,
+                         double* stat, float* scales, bool check, int64_t piece0,
+                         int64_t piece1) {
   return dispatch_dtype(dt, [&](auto tag) MK_LAMBDA_INLINE {
-    return scales_range(static_cast<const decltype(tag)*>(x), n, bucket_size, norm_l2, scales,
-                        check, bucket0, bucket1);
+    return piece_stats(static_cast<const decltype(tag)*>(x), n, bucket_size, norm_l2, stat,
+                       scales, check, piece0, piece1);
   });
 }
 
+MK_CPU_ENTRY
+void qsgd_finish_scales(const double* stat, int64_t pieces, bool norm_l2, float* scales,
+                        int64_t bucket0, int64_t bucket1) {
+  for (int64_t q = bucket0; q < bucket1; ++q) {
+    double acc = 0.0;  // the pieces in order: the same scale for every thread count
+    for (int64_t c = 0; c < pieces; ++c) {
+      const double v = stat[q * pieces + c];
+      acc = norm_l2 ? acc + v : (v > acc ? v : acc);
+    }
+    scales[q] = finish_scale(acc, norm_l2);
+  }
+}
 
 MK_CPU_ENTRY
 void qsgd_encode(const void* x, DType dt, int64_t n, int bits, int64_t bucket_size,

@@ -44,10 +44,13 @@ cudaError_t moniqua_mix(void* x, DType dt, int64_t n, const MixPayloads& p, Modu
                         float gamma, int64_t* flag, cudaStream_t st);
 
 // QSGD: scales and codes in one pass where d divides 512 and is a multiple of 16 (the
-// default 512), else scales (one block per bucket), then codes.
+// default 512), else scales (one block per piece of at most 8192 elements of a bucket),
+// then codes.  workspace: qsgd_workspace_doubles(n, d) doubles of device memory (the
+// pieces' statistics where a bucket has several; null where that is 0).
+int64_t qsgd_workspace_doubles(int64_t n, int64_t bucket_size);
 cudaError_t qsgd_encode(const void* x, DType dt, int64_t n, int bits, int64_t bucket_size,
-                        bool norm_l2, Stream s, float* scales, uint8_t* payload, int64_t* flag,
-                        cudaStream_t st);
+                        bool norm_l2, Stream s, double* workspace, float* scales,
+                        uint8_t* payload, int64_t* flag, cudaStream_t st);
 cudaError_t qsgd_decode(const float* scales, const uint8_t* payload, int64_t n, int bits,
                         int64_t bucket_size, float* out, int64_t* flag, cudaStream_t st);
 

@@ -3,8 +3,9 @@
 //    default d = 512 is one warp): one kernel, one thread per 16-element group; the
 //    d / 16 lanes of a bucket reduce its scale with shuffles, then quantize and pack the
 //    elements they hold.  x is read once.
-//  * any other d: one block per bucket for the scales, then one thread per group for
-//    the codes (x is read twice).
+//  * any other d: one block per piece of at most 8192 elements of a bucket for the
+//    scales (finished by one more kernel where a bucket has several pieces), then one
+//    thread per group for the codes (x is read twice).
 // Why the first: GPU run 2 (H100, benchmarks/results/NVIDIA_H100_80GB_HBM3/run2) measured
 // the two-kernel path at 24 % of copy bandwidth for d = 512 (4 bits, fp32) against 57 % for
 // Triton's one-pass kernel; a 512-element bucket left a 256-thread block two elements a
@@ -16,16 +17,50 @@ namespace moniqua_kernels {
 namespace cuda {
 namespace {
 
-template <typename T>
-__global__ void scales_kernel(const T* __restrict__ x, int64_t n, int64_t d, bool l2,
-                              Stream stream, float* __restrict__ scales,
-                              int64_t* __restrict__ flag) {
+// The two-kernel path's scales come in pieces of at most kScalePiece elements, one block
+// a piece: a bucket of d elements is ceil(d / kScalePiece) pieces, so a few huge buckets
+// (d = n: QSGD unbucketed) still spread over every SM instead of one block per bucket
+// reading the whole tensor alone.  A bucket of one piece is finished by its block; else
+// the pieces' statistics go to the workspace and finish_scales_kernel combines them in a
+// fixed order (the l2 sum is deterministic).  8192 = 32 elements a thread of a block.
+constexpr int64_t kScalePiece = 32 * kThreads;
+
+int64_t pieces_per_bucket(int64_t d) { return (d + kScalePiece - 1) / kScalePiece; }
+
+// The block's statistic of its threads' values (a double tree in shared memory): the sum
+// for l2, else the max.  Thread 0 holds the result; every thread must call it.
+__device__ double block_stat(double acc, bool l2) {
   __shared__ double part[kThreads];
+  part[threadIdx.x] = acc;
+  __syncthreads();
+  for (int stride = blockDim.x / 2; stride > 0; stride >>= 1) {
+    if (threadIdx.x < stride) {
+      const double o = part[threadIdx.x + stride];
+      part[threadIdx.x] = l2 ? part[threadIdx.x] + o : fmax(part[threadIdx.x], o);
+    }
+    __syncthreads();
+  }
+  const double stat = part[0];
+  __syncthreads();  // part is reused by the block's next piece
+  return stat;
+}
+
+__device__ float finish_scale(double stat, bool l2) {
+  return l2 ? __fsqrt_rn(static_cast<float>(stat)) : static_cast<float>(stat);
+}
+
+// One block a piece; pieces > 1: statistics (not scales) into part[q * pieces + c].
+template <typename T>
+__global__ void scales_kernel(const T* __restrict__ x, int64_t n, int64_t d, int64_t pieces,
+                              bool l2, Stream stream, float* __restrict__ scales,
+                              double* __restrict__ part, int64_t* __restrict__ flag) {
   if (!stream_ok(stream, nullptr)) return;  // refused (encode_kernel flags it): no scales
   const int64_t nq = (n + d - 1) / d;
   int64_t bad = 0;
-  for (int64_t q = blockIdx.x; q < nq; q += gridDim.x) {
-    const int64_t begin = q * d, end = begin + d < n ? begin + d : n;
+  for (int64_t p = blockIdx.x; p < nq * pieces; p += gridDim.x) {
+    const int64_t q = p / pieces, bucket_end = q * d + d < n ? q * d + d : n;
+    const int64_t begin = q * d + (p - q * pieces) * kScalePiece;
+    const int64_t end = begin + kScalePiece < bucket_end ? begin + kScalePiece : bucket_end;
     double acc = 0.0;  // l2: float32 squares summed in double; max: exact in any order
     for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) {
       const float v = to_float(x[i]);
@@ -33,20 +68,28 @@ __global__ void scales_kernel(const T* __restrict__ x, int64_t n, int64_t d, boo
       else acc = fmax(acc, static_cast<double>(fabsf(v)));
       if (flag != nullptr) bad += not_finite(v);  // fmax skips NaN: count here
     }
-    part[threadIdx.x] = acc;
-    __syncthreads();
-    for (int stride = blockDim.x / 2; stride > 0; stride >>= 1) {
-      if (threadIdx.x < stride) {
-        const double o = part[threadIdx.x + stride];
-        part[threadIdx.x] = l2 ? part[threadIdx.x] + o : fmax(part[threadIdx.x], o);
-      }
-      __syncthreads();
+    const double stat = block_stat(acc, l2);
+    if (threadIdx.x == 0) {
+      if (pieces == 1) scales[q] = finish_scale(stat, l2);
+      else part[p] = stat;
     }
-    if (threadIdx.x == 0)
-      scales[q] = l2 ? __fsqrt_rn(static_cast<float>(part[0])) : static_cast<float>(part[0]);
-    __syncthreads();
   }
   if (bad) flag_add(flag, kNonFinite, bad);
+}
+
+// One block a bucket: its pieces' statistics, combined in a fixed order.
+__global__ void finish_scales_kernel(const double* __restrict__ part, int64_t nq, int64_t pieces,
+                                     bool l2, Stream stream, float* __restrict__ scales) {
+  if (!stream_ok(stream, nullptr)) return;
+  for (int64_t q = blockIdx.x; q < nq; q += gridDim.x) {
+    double acc = 0.0;
+    for (int64_t c = threadIdx.x; c < pieces; c += blockDim.x) {
+      const double o = part[q * pieces + c];
+      acc = l2 ? acc + o : fmax(acc, o);
+    }
+    const double stat = block_stat(acc, l2);
+    if (threadIdx.x == 0) scales[q] = finish_scale(stat, l2);
+  }
 }
 
 template <int BITS, typename T>
@@ -179,16 +222,29 @@ __global__ void decode_kernel(const float* __restrict__ scales, const uint8_t* _
   }
 }
 
+// d divides a warp's 32 groups of kEPT: fused_encode_kernel.
+bool fused_encode(int64_t bucket_size) {
+  return bucket_size % kEPT == 0 && (kWarp * kEPT) % bucket_size == 0;
+}
+
 }  // namespace
 
+int64_t qsgd_workspace_doubles(int64_t n, int64_t bucket_size) {
+  const int64_t pieces = pieces_per_bucket(bucket_size);
+  if (fused_encode(bucket_size) || pieces == 1) return 0;
+  return (n + bucket_size - 1) / bucket_size * pieces;
+}
+
 cudaError_t qsgd_encode(const void* x, DType dt, int64_t n, int bits, int64_t bucket_size,
-                        bool norm_l2, Stream s, float* scales, uint8_t* payload, int64_t* flag,
-                        cudaStream_t st) {
+                        bool norm_l2, Stream s, double* workspace, float* scales,
+                        uint8_t* payload, int64_t* flag, cudaStream_t st) {
   if (n == 0) return cudaSuccess;
-  const int64_t nq = (n + bucket_size - 1) / bucket_size;
-  const unsigned qgrid = static_cast<unsigned>(nq < (int64_t{1} << 20) ? nq : (int64_t{1} << 20));
+  const int64_t nq = (n + bucket_size - 1) / bucket_size, pieces = pieces_per_bucket(bucket_size);
+  const auto capped = [](int64_t blocks) {
+    return static_cast<unsigned>(blocks < (int64_t{1} << 20) ? blocks : (int64_t{1} << 20));
+  };
   const unsigned grid = grid_for((n + kEPT - 1) / kEPT);
-  const bool fused = bucket_size % kEPT == 0 && (kWarp * kEPT) % bucket_size == 0;
+  const bool fused = fused_encode(bucket_size);
   return dispatch_dtype(dt, [&](auto tag) {
     using T = decltype(tag);
     const T* xt = static_cast<const T*>(x);
@@ -199,8 +255,14 @@ cudaError_t qsgd_encode(const void* x, DType dt, int64_t n, int bits, int64_t bu
         MK_LAUNCH_CHECK();
         return cudaSuccess;
       }
-      MK_LAUNCH(qgrid, kThreads, st, scales_kernel<T>)(xt, n, bucket_size, norm_l2, s, scales, flag);
+      MK_LAUNCH(capped(nq * pieces), kThreads, st, scales_kernel<T>)(
+          xt, n, bucket_size, pieces, norm_l2, s, scales, workspace, flag);
       MK_LAUNCH_CHECK();
+      if (pieces > 1) {
+        MK_LAUNCH(capped(nq), kThreads, st, finish_scales_kernel)(workspace, nq, pieces, norm_l2,
+                                                                   s, scales);
+        MK_LAUNCH_CHECK();
+      }
       MK_LAUNCH(grid, kThreads, st, encode_kernel<decltype(bc)::value, T>)(
           xt, n, bucket_size, scales, s, payload, flag);
       MK_LAUNCH_CHECK();

@@ -307,13 +307,15 @@ static void test_sign(std::mt19937_64& rng) {
 
 // Bucketed QSGD: max-norm scales and codes exactly; l2 scales up to their last bits, and
 // the codes exactly where the scales agree; decode.  d = 16, 64 and 512 take the one-pass
-// kernel (a bucket is d / 16 lanes of a warp), 24 and 1024 the two-kernel path.  With NaN
-// and inf in x (`bad`), the non-finite count and the max-norm scales.
+// kernel (a bucket is d / 16 lanes of a warp), 24 and 1024 the two-kernel path, 20000 the
+// two-kernel path with three scale pieces a bucket (8192 + 8192 + 3616; the last bucket
+// 5 elements, one piece and two empty ones).  With NaN and inf in x (`bad`), the
+// non-finite count and the max-norm scales.
 static void test_qsgd(std::mt19937_64& rng) {
   for (DType dt : {DType::kFloat32, DType::kFloat16, DType::kBFloat16})
     for (int bits : {2, 4, 8})
-      for (int64_t d : {16, 24, 64, 512, 1024})
-        for (int64_t n : {int64_t{1}, int64_t{100}, d * 41 + 5})  // up to 42 buckets, blocks
+      for (int64_t d : {16, 24, 64, 512, 1024, 20000})
+        for (int64_t n : {int64_t{1}, int64_t{100}, d * (d > 1024 ? 2 : 41) + 5})
           for (bool l2 : {false, true}) {
             ++g_cases;
             const bool bad = n == 100 && bits != 4;
@@ -327,15 +329,21 @@ static void test_qsgd(std::mt19937_64& rng) {
             fill(x.data(), dt, n, 1.0f, rng, bad);
             const mk::Stream s{rng(), 8, nullptr};
             std::vector<float> scales(nq);
-            const int64_t want_bad = mk::cpu::qsgd_scales(x.data(), dt, n, d, l2, scales.data(),
-                                                          true, 0, nq);
+            const int64_t pieces = mk::cpu::qsgd_scale_pieces(d);
+            std::vector<double> stat(nq * pieces);
+            const int64_t want_bad = mk::cpu::qsgd_piece_stats(x.data(), dt, n, d, l2, stat.data(),
+                                                               scales.data(), true, 0, nq * pieces);
+            if (pieces > 1)
+              mk::cpu::qsgd_finish_scales(stat.data(), pieces, l2, scales.data(), 0, nq);
             std::vector<uint8_t> want(nbytes + 1);
             mk::cpu::qsgd_encode(x.data(), dt, n, bits, d, scales.data(), s, want.data(), 0, blocks);
             std::vector<float> got_scales(nq);
             Buffer got(nbytes, n % 3 == 1);
             int64_t flag[3] = {0, 0, 0};
-            mk::cuda::qsgd_encode(x.data(), dt, n, bits, d, l2, s, got_scales.data(), got.data(),
-                                  flag, nullptr);
+            std::vector<double> work(mk::cuda::qsgd_workspace_doubles(n, d));
+            mk::cuda::qsgd_encode(x.data(), dt, n, bits, d, l2, s,
+                                  work.empty() ? nullptr : work.data(), got_scales.data(),
+                                  got.data(), flag, nullptr);
             CHECK(flag[mk::kNonFinite] == want_bad && flag[mk::kBadStream] == 0,
                   "%s: %lld non-finite, want %lld", name, static_cast<long long>(flag[0]),
                   static_cast<long long>(want_bad));
@@ -364,18 +372,21 @@ static void test_qsgd(std::mt19937_64& rng) {
           }
   // A refused stream tensor (offset not a multiple of 4): flagged once, nothing written,
   // on both paths.
-  for (int64_t d : {512, 24}) {
+  for (int64_t d : {512, 24, 9000}) {
     ++g_cases;
-    const int64_t n = 3000, nq = (n + d - 1) / d;
+    const int64_t n = 30000, nq = (n + d - 1) / d;
     std::vector<float> x(n, 0.5f), got_scales(nq, 7.0f);
     std::vector<uint8_t> payload(mk::packed_nbytes(n, 4), 0xAA);
+    std::vector<double> work(mk::cuda::qsgd_workspace_doubles(n, d), 3.0);
     const int64_t bad_stream[2] = {5, 2};
     int64_t flag[3] = {0, 0, 0};
     mk::cuda::qsgd_encode(x.data(), DType::kFloat32, n, 4, d, false, mk::Stream{0, 0, bad_stream},
-                          got_scales.data(), payload.data(), flag, nullptr);
+                          work.empty() ? nullptr : work.data(), got_scales.data(), payload.data(),
+                          flag, nullptr);
     bool untouched = true;
     for (uint8_t v : payload) untouched = untouched && v == 0xAA;
     for (float v : got_scales) untouched = untouched && v == 7.0f;
+    for (double v : work) untouched = untouched && v == 3.0;
     CHECK(untouched && flag[mk::kBadStream] == 1, "qsgd d=%lld: refused stream, flagged %lld",
           static_cast<long long>(d), static_cast<long long>(flag[1]));
   }

@@ -245,7 +245,7 @@ static void test_qsgd_elias() {
   namespace cpu = mk::cpu;
   const float ex[10] = {0, -7, 2, 0, 0, 0, 0, 0, 0.5f, -3.5f};
   float scales[3];
-  cpu::qsgd_scales(ex, mk::DType::kFloat32, 10, 4, false, scales, true, 0, 3);
+  cpu::qsgd_piece_stats(ex, mk::DType::kFloat32, 10, 4, false, nullptr, scales, true, 0, 3);
   uint8_t codes[10];
   const mk::Stream s{0, 0, nullptr};
   cpu::qsgd_codes(ex, mk::DType::kFloat32, 10, 4, 4, scales, s, codes, 0, 1);
@@ -266,7 +266,8 @@ static void test_qsgd_elias() {
   std::normal_distribution<float> normal;
   std::vector<float> x(n), sc(nq), one(n), fixed(n);
   for (auto& v : x) v = normal(rng);
-  cpu::qsgd_scales(x.data(), mk::DType::kFloat32, n, d, true, sc.data(), true, 0, nq);
+  cpu::qsgd_piece_stats(x.data(), mk::DType::kFloat32, n, d, true, nullptr, sc.data(), true, 0,
+                        nq);
   std::vector<uint8_t> c(n);
   cpu::qsgd_codes(x.data(), mk::DType::kFloat32, n, 2, d, sc.data(), s, c.data(), 0,
                   cpu::num_blocks(n));
@@ -290,6 +291,50 @@ static void test_qsgd_elias() {
   for (int64_t i = 0; i < n; ++i) CHECK(one[i] == fixed[i]);
 }
 
+// QSGD scales from pieces: two buckets of 2.5 kScalePiece elements (3 pieces each, the
+// last bucket cut short by n): each bucket's max lies in its last piece, its l2 equals
+// the serial double sum to float32 rounding, the pieces may be taken in any ranges
+// (one call each, as threads would), and a NaN and an inf in different pieces are
+// both counted; a bucket of one piece goes straight to scales.
+static void test_qsgd_scale_pieces() {
+  namespace cpu = mk::cpu;
+  const int64_t d = cpu::kScalePiece * 5 / 2, n = d + cpu::kScalePiece * 2 + 9, nq = 2;
+  const int64_t pieces = cpu::qsgd_scale_pieces(d);
+  CHECK(pieces == 3 && cpu::qsgd_scale_pieces(cpu::kScalePiece) == 1);
+  std::mt19937 rng(3);
+  std::uniform_real_distribution<float> uni(-1.0f, 1.0f);
+  std::vector<float> x(n);
+  for (auto& v : x) v = uni(rng);
+  x[d - 1] = -3.0f;  // bucket 0's max, its third piece
+  x[n - 1] = 2.5f;   // bucket 1's max, its third piece (only 9 elements)
+  for (bool l2 : {false, true}) {
+    std::vector<double> stat(nq * pieces, -1.0);
+    std::vector<float> sc(nq, -1.0f);
+    for (int64_t p = 0; p < nq * pieces; ++p)
+      CHECK(cpu::qsgd_piece_stats(x.data(), mk::DType::kFloat32, n, d, l2, stat.data(), sc.data(),
+                                  true, p, p + 1) == 0);
+    CHECK(sc[0] == -1.0f && sc[1] == -1.0f);  // several pieces: statistics, not scales
+    cpu::qsgd_finish_scales(stat.data(), pieces, l2, sc.data(), 0, nq);
+    for (int64_t q = 0; q < nq; ++q) {
+      double serial = 0.0;
+      for (int64_t i = q * d; i < std::min(n, q * d + d); ++i)
+        serial += static_cast<double>(x[i]) * x[i];
+      if (l2) CHECK(std::fabs(sc[q] - std::sqrt(serial)) <= 2e-7 * std::sqrt(serial));
+    }
+    if (!l2) CHECK(sc[0] == 3.0f && sc[1] == 2.5f);
+  }
+  x[10] = NAN;
+  x[d + cpu::kScalePiece + 1] = INFINITY;
+  std::vector<double> stat(nq * pieces);
+  std::vector<float> sc(nq);
+  for (bool l2 : {false, true})
+    CHECK(cpu::qsgd_piece_stats(x.data(), mk::DType::kFloat32, n, d, l2, stat.data(), sc.data(),
+                                true, 0, nq * pieces) == 2);
+  float one[1] = {0.0f};
+  CHECK(cpu::qsgd_piece_stats(x.data() + 20, mk::DType::kFloat32, 100, 100, false, nullptr, one,
+                              true, 0, 1) == 0 && one[0] > 0.9f);
+}
+
 int main() {
   test_non_finite_counts();
   test_dither_fraction();
@@ -302,6 +347,7 @@ int main() {
   test_half_bf16_conversions();
   test_qsgd_and_sign();
   test_qsgd_elias();
+  test_qsgd_scale_pieces();
   if (g_failures) {
     std::printf("%d check(s) failed\n", g_failures);
     return 1;

@@ -7,7 +7,8 @@ Encode, two shapes of launch:
     is a power of two the full buckets run unmasked (vector loads) and the last, partial
     one masked, as the elementwise kernels split their blocks.
   * otherwise (odd d shares bytes between buckets; a huge d does not fit a tile): one
-    program per bucket reduces the scale in chunks, then an elementwise pass over
+    program per piece of at most SCALE_PIECE elements of a bucket reduces the scale in
+    chunks (one more kernel combines a bucket's pieces), then an elementwise pass over
     whole output bytes gathers each element's r = s / N and packs.  x is read twice.
 r = float32(s) / N is IEEE division (tl.div_rn; Triton's "/" is approximate on GPU) and
 ||v||_2 uses the correctly rounded square root, so "max" scales and codes are exact and
@@ -20,13 +21,18 @@ import triton
 import triton.language as tl
 
 from ._common import (BLOCK, LAUNCH, NON_FINITE, block_range, check_padding, count_bad, jit,
-                      load_block, load_codes, pack_codes, philox_block, split_launch,
+                      load_block, load_codes, only_if, pack_codes, philox_block, split_launch,
                       store_block, store_bytes, stream_args, stream_of, uniform_from_words)
 
 # A bucket up to 8192 elements is one tile: 8192 fp32 over 8 warps is 32 registers per
 # thread, still below register spilling; larger buckets take the chunked path.
 FUSED_MAX_BUCKET = 8192
 SCALE_CHUNK = 1024
+# The chunked path reduces a bucket in pieces of at most SCALE_PIECE elements, one program
+# a piece, so a few huge buckets (d = n: QSGD unbucketed) spread over every SM instead of
+# one program reading the whole tensor alone; a bucket of several pieces is finished by
+# _qsgd_finish_kernel, in a fixed order.
+SCALE_PIECE = 8192
 NORM_IDS = {"max": 0, "l2": 1}
 
 
@@ -111,28 +117,64 @@ def _qsgd_encode_kernel(x_ptr, scales_ptr, out_ptr, n, d, k0, k1, c0, c1, stream
         count_bad(flag_ptr, bad, NON_FINITE)
 
 
+@triton.jit
+def _combine(stat, other, NORM: tl.constexpr):
+    """Two partial statistics of one bucket as one: max, or the sum."""
+    if NORM == 0:
+        return tl.maximum(stat, other)
+    else:
+        return stat + other
+
+
 @jit
-def _qsgd_scale_kernel(x_ptr, scales_ptr, inv_ptr, n, d, k0, k1, c0, c1, stream_ptr, flag_ptr,
-                       BITS: tl.constexpr, NORM: tl.constexpr, CHUNK: tl.constexpr):
-    """One program per bucket of any size: its scale N and r = s / N, in chunks; no scale
-    is written under a refused stream (the pack kernel flags it)."""
-    start = tl.program_id(0).to(tl.int64) * d
+def _qsgd_scale_kernel(x_ptr, scales_ptr, inv_ptr, part_ptr, n, d, piece, pieces, k0, k1, c0,
+                       c1, stream_ptr, flag_ptr, BITS: tl.constexpr, NORM: tl.constexpr,
+                       SPLIT: tl.constexpr, CHUNK: tl.constexpr):
+    """One program per piece of `piece` elements of a bucket (`pieces` a bucket), in
+    chunks.  SPLIT=False (one piece a bucket): its scale N and r = s / N; else its
+    statistic into part_ptr, for _qsgd_finish_kernel.  No scale is written under a
+    refused stream (the pack kernel flags it)."""
+    p = tl.program_id(0).to(tl.int64)
+    q = p // pieces
+    bucket_end = tl.minimum(q * d + d, n)
+    begin = q * d + (p - q * pieces) * piece
+    end = tl.minimum(begin + piece, bucket_end)
     _, _, ok = stream_of(k0, k1, c0, c1, stream_ptr, None)
     stat = tl.zeros((), dtype=tl.float32)
-    for c in range(0, d, CHUNK):
-        local = c + tl.arange(0, CHUNK)
-        i = start + local
-        inside = (local < d) & (i < n)
+    for c in range(0, piece, CHUNK):
+        i = begin + c + tl.arange(0, CHUNK)
+        inside = i < end
         a = tl.abs(tl.load(x_ptr + i, mask=inside, other=0.0).to(tl.float32))
-        if NORM == 0:
-            stat = tl.maximum(stat, _scale_of(a, NORM))
-        else:
-            stat = stat + _scale_of(a, NORM)
+        stat = _combine(stat, _scale_of(a, NORM), NORM)
         if flag_ptr is not None:
             count_bad(flag_ptr, ~(a < float("inf")) & inside, NON_FINITE)
+    if SPLIT:
+        tl.store(part_ptr + p, stat, mask=ok)
+    else:
+        scale = _finish_scale(stat, NORM)
+        tl.store(scales_ptr + q, scale, mask=ok)
+        tl.store(inv_ptr + q, _inverse(scale, (1 << (BITS - 1)) - 1))
+
+
+@jit
+def _qsgd_finish_kernel(part_ptr, scales_ptr, inv_ptr, pieces, k0, k1, c0, c1, stream_ptr,
+                        BITS: tl.constexpr, NORM: tl.constexpr, CHUNK: tl.constexpr):
+    """One program per bucket: its pieces' statistics combined in a fixed order, its scale N
+    and r = s / N."""
+    q = tl.program_id(0).to(tl.int64)
+    _, _, ok = stream_of(k0, k1, c0, c1, stream_ptr, None)
+    stat = tl.zeros((), dtype=tl.float32)
+    for c in range(0, pieces, CHUNK):
+        j = c + tl.arange(0, CHUNK)
+        # not read under a refused stream: the pieces were never written
+        part = tl.load(part_ptr + q * pieces + j, mask=only_if(ok, j < pieces), other=0.0)
+        if NORM == 0:
+            stat = tl.maximum(stat, tl.max(part, axis=0))
+        else:
+            stat = stat + tl.sum(part, axis=0)
     scale = _finish_scale(stat, NORM)
-    tl.store(scales_ptr + tl.program_id(0), scale, mask=ok)
-    tl.store(inv_ptr + tl.program_id(0), _inverse(scale, (1 << (BITS - 1)) - 1))
+    tl.store(scales_ptr + q, scale, mask=ok)
+    tl.store(inv_ptr + q, _inverse(scale, (1 << (BITS - 1)) - 1))
 
 
 @jit
@@ -179,8 +221,15 @@ def qsgd_encode_triton(x, bits, bucket_size, norm, seed, offset, stream, scales,
             _qsgd_encode_kernel[(nbuckets,)](*args, 0, MASKED=True, BLOCK=dblock, **meta)
     else:
         inv = torch.empty(nbuckets, dtype=torch.float32, device=x.device)
-        _qsgd_scale_kernel[(nbuckets,)](x, scales, inv, n, d, *halves, stream, flag, BITS=bits,
-                                        NORM=NORM_IDS[norm], CHUNK=SCALE_CHUNK, **LAUNCH)
+        pieces = triton.cdiv(d, SCALE_PIECE)
+        part = (torch.empty(nbuckets * pieces, dtype=torch.float32, device=x.device)
+                if pieces > 1 else None)
+        meta = dict(LAUNCH, BITS=bits, NORM=NORM_IDS[norm], CHUNK=SCALE_CHUNK)
+        _qsgd_scale_kernel[(nbuckets * pieces,)](x, scales, inv, part, n, d, min(d, SCALE_PIECE),
+                                                 pieces, *halves, stream, flag,
+                                                 SPLIT=pieces > 1, **meta)
+        if pieces > 1:
+            _qsgd_finish_kernel[(nbuckets,)](part, scales, inv, pieces, *halves, stream, **meta)
         split_launch(_qsgd_pack_kernel, n, BLOCK, x, inv, payload, n, payload.numel(), d,
                      *halves, stream, flag, BITS=bits, D_SHIFT=_shift_of(d),
                      masked_only=stream is not None, **LAUNCH)
