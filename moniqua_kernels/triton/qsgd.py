@@ -60,20 +60,62 @@ def _inverse(scale, S: tl.constexpr):
     return tl.where(scale > 0, tl.div_rn(tl.full(scale.shape, S, tl.float32), safe), 0.0)
 
 
+# How a block of BLOCK elements finds each element's bucket (D_MODE, per call: _bucket_mode).
+# sm_90 SASS of the 4-bit decode, full blocks, Triton 3.6, instructions an element: d a
+# power of two (a shift) 33; BUCKET_TWO 43; BUCKET_RECIP 57.  Before (every block
+# masked, a 64-bit division an element where d is not a power of two): 41 and 76.
+BUCKET_TWO: tl.constexpr = tl.constexpr(-1)    # d >= BLOCK: at most two buckets a block
+BUCKET_RECIP: tl.constexpr = tl.constexpr(-2)  # d < BLOCK: a float reciprocal, corrected
+
+
 @triton.jit
-def _bucket_of(i, d, D_SHIFT: tl.constexpr):
-    """The bucket of elements i: a shift where d = 2^D_SHIFT, else a 64-bit division (sm_90
-    SASS of the 4-bit decode, Triton 3.6: 41 instructions an element with the shift, 76
-    with the division)."""
-    if D_SHIFT >= 0:
-        return i >> D_SHIFT
+def _per_bucket(ptr, i, start, n, d, D_MODE: tl.constexpr, MASKED: tl.constexpr,
+                BLOCK: tl.constexpr):
+    """ptr[i // d] for a block's elements i = start + arange(BLOCK) (0 at i >= n where
+    MASKED; else the block is full): a bucket's scale or ratio.  Not a power of two: one
+    64-bit division a program for the first element's bucket q0, then each element's
+    offset t from q0's start (t < d + BLOCK) is split without a division."""
+    inside = i < n
+    if D_MODE >= 0:
+        if MASKED:
+            return tl.load(ptr + (i >> D_MODE), mask=inside, other=0.0)
+        else:
+            return tl.load(ptr + (i >> D_MODE))
     else:
-        return i // d
+        q0 = start // d
+        r0 = start - q0 * d  # the block starts r0 elements into bucket q0
+        if D_MODE == BUCKET_TWO:
+            # d >= BLOCK: elements k >= d - r0 of the block are in bucket q0 + 1
+            first = tl.load(ptr + q0)
+            second = tl.load(ptr + q0 + 1, mask=(q0 + 1) * d < n, other=0.0)
+            split = tl.minimum(d - r0, BLOCK).to(tl.int32)
+            value = tl.where(tl.arange(0, BLOCK) >= split, second, first)
+            if MASKED:
+                value = tl.where(inside, value, 0.0)
+            return value
+        else:
+            # t = r0 + k < 2 * BLOCK and d < BLOCK: exact in float32.  floor(t * (1/d))
+            # with the correctly rounded reciprocal is one too low for 568 of the 4095 d
+            # (at multiples of d, e.g. t = d = 41), never off by more; the two compares
+            # correct either way (tests/test_triton_qsgd_buckets.py checks every t and d).
+            t = r0.to(tl.int32) + tl.arange(0, BLOCK)
+            d32 = d.to(tl.int32)
+            inv_d = tl.div_rn(tl.full((), 1.0, tl.float32), d32.to(tl.float32))
+            est = (t.to(tl.float32) * inv_d).to(tl.int32)
+            est += ((est + 1) * d32 <= t).to(tl.int32)
+            est -= (est * d32 > t).to(tl.int32)
+            if MASKED:
+                return tl.load(ptr + q0 + est, mask=inside, other=0.0)
+            else:
+                return tl.load(ptr + q0 + est)
 
 
-def _shift_of(d: int) -> int:
-    """log2(d) for a power of two, else -1 (divide)."""
-    return d.bit_length() - 1 if d & (d - 1) == 0 else -1
+def _bucket_mode(d: int, block: int) -> int:
+    """D_MODE for buckets of d elements in blocks of `block`: log2(d) for a power of two
+    (a shift), else BUCKET_TWO or BUCKET_RECIP."""
+    if d & (d - 1) == 0:
+        return d.bit_length() - 1
+    return (BUCKET_TWO if d >= block else BUCKET_RECIP).value
 
 
 @triton.jit
@@ -179,13 +221,13 @@ def _qsgd_finish_kernel(part_ptr, scales_ptr, inv_ptr, pieces, k0, k1, c0, c1, s
 
 @jit
 def _qsgd_pack_kernel(x_ptr, inv_ptr, out_ptr, n, nbytes, d, k0, k1, c0, c1, stream_ptr,
-                      flag_ptr, first_block, BITS: tl.constexpr, D_SHIFT: tl.constexpr,
+                      flag_ptr, first_block, BITS: tl.constexpr, D_MODE: tl.constexpr,
                       MASKED: tl.constexpr, BLOCK: tl.constexpr):
     """Elementwise over whole output bytes: codes with the bucket's r gathered."""
     start, i = block_range(first_block, BLOCK)
     seed, counter, ok = stream_of(k0, k1, c0, c1, stream_ptr, flag_ptr)
     v = load_block(x_ptr, i, n, MASKED).to(tl.float32)
-    r = tl.load(inv_ptr + _bucket_of(i, d, D_SHIFT), mask=i < n, other=0.0)
+    r = _per_bucket(inv_ptr, i, start, n, d, D_MODE, MASKED, BLOCK)
     u = uniform_from_words(philox_block(seed, counter, start, BLOCK))
     codes = tl.where(i < n, _codes(v, r, u, BITS), 0)
     store_bytes(out_ptr, pack_codes(codes, BITS, BLOCK), start, nbytes, ok, BITS, BLOCK, MASKED)
@@ -231,20 +273,20 @@ def qsgd_encode_triton(x, bits, bucket_size, norm, seed, offset, stream, scales,
         if pieces > 1:
             _qsgd_finish_kernel[(nbuckets,)](part, scales, inv, pieces, *halves, stream, **meta)
         split_launch(_qsgd_pack_kernel, n, BLOCK, x, inv, payload, n, payload.numel(), d,
-                     *halves, stream, flag, BITS=bits, D_SHIFT=_shift_of(d),
+                     *halves, stream, flag, BITS=bits, D_MODE=_bucket_mode(d, BLOCK),
                      masked_only=stream is not None, **LAUNCH)
 
 
 @jit
 def _qsgd_decode_kernel(scales_ptr, payload_ptr, out_ptr, n, nbytes, d, flag_ptr, first_block,
-                        BITS: tl.constexpr, D_SHIFT: tl.constexpr, MASKED: tl.constexpr,
+                        BITS: tl.constexpr, D_MODE: tl.constexpr, MASKED: tl.constexpr,
                         BLOCK: tl.constexpr):
     """+-((N * l) / s) in the reference's order, the division correctly rounded."""
     start, i = block_range(first_block, BLOCK)
     check_padding(payload_ptr, n, nbytes, flag_ptr, BITS, MASKED)
     codes = load_codes(payload_ptr, start, nbytes, BITS, BLOCK, MASKED)
     S: tl.constexpr = (1 << (BITS - 1)) - 1
-    scale = tl.load(scales_ptr + _bucket_of(i, d, D_SHIFT), mask=i < n, other=0.0)
+    scale = _per_bucket(scales_ptr, i, start, n, d, D_MODE, MASKED, BLOCK)
     magnitude = tl.div_rn(scale * (codes & S).to(tl.float32),
                           tl.full((BLOCK,), S, tl.float32))
     # The sign as a bit flip: compiled, -magnitude became 0 - magnitude, which gives +0.0
@@ -258,4 +300,5 @@ def qsgd_decode_triton(scales, payload, bits, bucket_size, out, flag) -> None:
     n = out.numel()
     if n:
         split_launch(_qsgd_decode_kernel, n, BLOCK, scales, payload, out, n, payload.numel(),
-                     bucket_size, flag, BITS=bits, D_SHIFT=_shift_of(bucket_size), **LAUNCH)
+                     bucket_size, flag, BITS=bits, D_MODE=_bucket_mode(bucket_size, BLOCK),
+                     **LAUNCH)
