@@ -152,6 +152,39 @@ def layout_ab(out: Path) -> list[str]:
     return lines
 
 
+def backend_choice(out: Path) -> list[str]:
+    """Triton against CUDA C++, case by case at each bench file's largest n (the bench and
+    bench_other phases; bench_group_layout times CUDA alone), and per op the backend that
+    wins more cases: what backends.AUTO_CUDA should say (auto tries Triton first)."""
+    cases = {}
+    for path in sorted(out.glob("bench*/ops_*.json")):
+        rows = [r for r in json.loads(path.read_text())["results"] if r.get("seconds")]
+        big = max((r["n"] for r in rows), default=0)
+        for r in rows:
+            if r["n"] == big and r["provider"] in ("triton", "cuda"):
+                key = (r["op"], r["bits"], r["rounding"], r["dtype"], r["n"])
+                cases.setdefault(key, {})[r["provider"]] = r["gbps"]
+    both = sorted((k for k, v in cases.items() if len(v) == 2), key=str)
+    if not both:
+        return []
+    lines = ["| op | bits | rounding | dtype | n | Triton GB/s | CUDA GB/s | CUDA / Triton |",
+             "|---|---|---|---|---|---|---|---|"]
+    wins = {}
+    for key in both:
+        t, c = cases[key]["triton"], cases[key]["cuda"]
+        lines.append("| " + " | ".join(str(k) for k in key) + f" | {t:.0f} | {c:.0f} | "
+                     f"{c / t:.2f} |")
+        wins.setdefault(key[0], []).append(c / t)
+    lines.append("")
+    for op, ratios in sorted(wins.items()):
+        cuda_wins = sum(r > 1.0 for r in ratios)
+        median = sorted(ratios)[len(ratios) // 2]
+        verdict = "CUDA C++ first" if cuda_wins * 2 > len(ratios) else "Triton first"
+        lines.append(f"- {op}: CUDA faster in {cuda_wins} of {len(ratios)} cases, median "
+                     f"CUDA / Triton {median:.2f}: {verdict}")
+    return lines
+
+
 def ptxas(out: Path) -> list[str]:
     """Registers, stack and spills per CUDA kernel from the build log (-Xptxas=-v)."""
     path = out / "build.log"
@@ -245,6 +278,10 @@ def main(argv=None) -> int:
     ab = layout_ab(out)
     if ab:
         doc += ["## CUDA decode and mix: warp-striped tiles against the group layout", ""] + ab + [""]
+    choice = backend_choice(out)
+    if choice:
+        doc += ["## Triton or CUDA C++ per op (auto's order, backends.AUTO_CUDA)", ""] + \
+            choice + [""]
     n = ncu(out)
     if n:
         doc += ["## Nsight Compute", ""] + n + [""]

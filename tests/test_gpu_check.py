@@ -140,6 +140,31 @@ def test_summary_sets_the_cuda_layouts_side_by_side(tmp_path):
             in out.stdout), out.stdout
 
 
+def test_summary_says_which_backend_wins_each_op(tmp_path):
+    """gpu_summary sets Triton beside CUDA C++ per case (the largest n of each bench file
+    only) and names, per op, the backend that wins more cases: the data for AUTO_CUDA."""
+    def row(op, provider, gbps, n=2 ** 26, bits=4):
+        return {"op": op, "bits": bits, "rounding": "-", "dtype": "fp32", "n": n,
+                "seconds": 1e-3, "provider": provider, "gbps": gbps}
+
+    (tmp_path / "bench_other").mkdir()
+    (tmp_path / "bench_other" / "ops_x.json").write_text(json.dumps({"results": [
+        row("qsgd_encode", "triton", 1000.0), row("qsgd_encode", "cuda", 1500.0),
+        row("qsgd_encode", "triton", 1000.0, bits=8), row("qsgd_encode", "cuda", 1400.0, bits=8),
+        row("sign_encode", "triton", 2000.0), row("sign_encode", "cuda", 1800.0),
+        row("sign_encode", "triton", 10.0, n=2 ** 20), row("sign_encode", "cuda", 99.0, n=2 ** 20),
+        row("philox_uniform", "triton", 3000.0)]}))
+    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "gpu_summary.py"),
+                          str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "| qsgd_encode | 4 | - | fp32 | 67108864 | 1000 | 1500 | 1.50 |" in out.stdout
+    assert ("- qsgd_encode: CUDA faster in 2 of 2 cases, median CUDA / Triton 1.50: "
+            "CUDA C++ first") in out.stdout, out.stdout
+    assert ("- sign_encode: CUDA faster in 0 of 1 cases, median CUDA / Triton 0.90: "
+            "Triton first") in out.stdout, out.stdout
+    assert "philox_uniform:" not in out.stdout  # one backend only: nothing to choose
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is here: run the real script")
 @pytest.mark.skipif(shutil.which("timeout") is None, reason="needs coreutils' timeout")
 def test_phases_selects_what_runs(tmp_path):
