@@ -43,7 +43,7 @@ struct MixPayloads {
 cudaError_t moniqua_mix(void* x, DType dt, int64_t n, const MixPayloads& p, ModulusParams m,
                         float gamma, int64_t* flag, cudaStream_t st);
 
-// QSGD: scales and codes in one pass where d divides 512 and is a multiple of 16 (the
+// QSGD: scales and codes in one pass where d divides 4096 and is a multiple of 16 (the
 // default 512), else scales (one block per piece of at most 8192 elements of a bucket),
 // then codes.  workspace: qsgd_workspace_doubles(n, d) doubles of device memory (the
 // pieces' statistics where a bucket has several; null where that is 0).

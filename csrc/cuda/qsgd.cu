@@ -1,8 +1,8 @@
 // Bucketed QSGD on CUDA (DESIGN.md section 6), two shapes of launch:
-//  * a bucket of whole groups that divides a warp's 32 groups (d = 16, 32, ..., 512; the
-//    default d = 512 is one warp): one kernel, one thread per 16-element group; the
-//    d / 16 lanes of a bucket reduce its scale with shuffles, then quantize and pack the
-//    elements they hold.  x is read once.
+//  * a bucket of whole groups that divides a block's 256 groups (d = 16, 32, ..., 4096;
+//    the default d = 512 is one warp): one kernel, one thread per 16-element group; the
+//    d / 16 lanes of a bucket reduce its scale with shuffles (and, past a warp, through
+//    shared memory), then quantize and pack the elements they hold.  x is read once.
 //  * any other d: one block per piece of at most 8192 elements of a bucket for the
 //    scales (finished by one more kernel where a bucket has several pieces), then one
 //    thread per group for the codes (x is read twice).
@@ -124,25 +124,30 @@ __global__ void encode_kernel(const T* __restrict__ x, int64_t n, int64_t d,
   }
 }
 
-// Buckets of `lanes` = d / 16 whole groups (a power of two up to 32): the lanes of a bucket
-// are adjacent in a warp, so a butterfly of shuffles gives each the bucket's statistic.
-// The loop is warp-uniform (a lane past the end holds zeros and still shuffles), as
-// shuffles with the full mask require.  Max is exact in any order; the l2 sum (float32
-// squares in double) gets one value in every lane, since each butterfly step adds the
-// same two numbers in both lanes.
+// Buckets of `lanes` = d / 16 whole groups, a power of two up to a block's 256 threads:
+// the lanes of a bucket are adjacent, so a butterfly of shuffles gives each lane its
+// warp's part of the bucket's statistic, and a bucket wider than a warp adds its warps'
+// parts from shared memory, in warp order.  The loop is block-uniform (a thread past the
+// end holds zeros and still shuffles and waits at the barriers), as shuffles with the
+// full mask and __syncthreads require.  Max is exact in any order; the l2 sum (float32
+// squares in double) gets one value in every lane of a bucket, since each butterfly step
+// adds the same two numbers in both lanes and every warp reads the same parts in the
+// same order.
 template <int BITS, typename T>
 __global__ void fused_encode_kernel(const T* __restrict__ x, int64_t n, int lanes, bool l2,
                                     Stream stream, float* __restrict__ scales,
                                     uint8_t* __restrict__ payload, int64_t* __restrict__ flag) {
+  __shared__ double warp_part[kThreads / kWarp];
   StreamVals s;
   if (!read_stream(stream, flag, s)) return;  // refused: nothing written, not even scales
   const bool vec_x = aligned_to(x, 16), vec_p = aligned_to(payload, group_bytes<BITS>());
   const int64_t nbytes = packed_nbytes(n, BITS), groups = (n + kEPT - 1) / kEPT;
-  const int lane = static_cast<int>(threadIdx.x) % kWarp;
+  const int lane = static_cast<int>(threadIdx.x) % kWarp, warp = threadIdx.x / kWarp;
+  const int warps_per_bucket = lanes > kWarp ? lanes / kWarp : 1;
   int64_t bad = 0;
-  for (int64_t g0 = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x - lane;
-       g0 < groups; g0 += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t g = g0 + lane, base = g * kEPT;
+  for (int64_t g0 = static_cast<int64_t>(blockIdx.x) * blockDim.x; g0 < groups;
+       g0 += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t g = g0 + threadIdx.x, base = g * kEPT;
     const bool whole = base + kEPT <= n;
     float v[kEPT];
     if (whole) load_group(x, base, vec_x, v); else load_tail(x, base, n, v);  // zeros past n
@@ -164,13 +169,25 @@ __global__ void fused_encode_kernel(const T* __restrict__ x, int64_t n, int lane
     if (flag != nullptr && probe != 0.0f)
 #pragma unroll
       for (int j = 0; j < kEPT; ++j) bad += not_finite(v[j]);
-    for (int m = lanes >> 1; m > 0; m >>= 1) {
+    for (int m = (lanes < kWarp ? lanes : kWarp) >> 1; m > 0; m >>= 1) {
       if (l2) sq += __shfl_xor_sync(0xffffffffu, sq, m);
       else mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, m));
     }
+    if (warps_per_bucket > 1) {  // uniform across the block
+      if (lane == 0) warp_part[warp] = l2 ? sq : static_cast<double>(mx);
+      __syncthreads();
+      const int first = warp - warp % warps_per_bucket;
+      double part = warp_part[first];
+#pragma unroll 1  // at most 8 parts, once per 16 elements: kept small (sm_90 code size)
+      for (int w = first + 1; w < first + warps_per_bucket; ++w)
+        part = l2 ? part + warp_part[w] : fmax(part, warp_part[w]);
+      if (l2) sq = part;
+      else mx = static_cast<float>(part);  // a max of floats: exact
+      __syncthreads();  // warp_part is written again by the next iteration
+    }
     if (base >= n) continue;
     const float scale = l2 ? __fsqrt_rn(static_cast<float>(sq)) : mx;
-    if ((lane & (lanes - 1)) == 0) scales[g / lanes] = scale;
+    if ((threadIdx.x & (lanes - 1)) == 0) scales[g / lanes] = scale;
     const float r = qsgd_ratio(BITS, scale);
     uint32_t k[kEPT], w[kEPT];
     stream_words(s, base, w);
@@ -222,9 +239,10 @@ __global__ void decode_kernel(const float* __restrict__ scales, const uint8_t* _
   }
 }
 
-// d divides a warp's 32 groups of kEPT: fused_encode_kernel.
+// d is whole groups of kEPT and divides a block's 256 groups (d = 16, 32, ..., 4096):
+// fused_encode_kernel.
 bool fused_encode(int64_t bucket_size) {
-  return bucket_size % kEPT == 0 && (kWarp * kEPT) % bucket_size == 0;
+  return bucket_size % kEPT == 0 && (kThreads * kEPT) % bucket_size == 0;
 }
 
 }  // namespace

@@ -307,15 +307,16 @@ static void test_sign(std::mt19937_64& rng) {
 
 // Bucketed QSGD: max-norm scales and codes exactly; l2 scales up to their last bits, and
 // the codes exactly where the scales agree; decode.  d = 16, 64 and 512 take the one-pass
-// kernel (a bucket is d / 16 lanes of a warp), 24 and 1024 the two-kernel path, 20000 the
-// two-kernel path with three scale pieces a bucket (8192 + 8192 + 3616; the last bucket
-// 5 elements, one piece and two empty ones).  With NaN and inf in x (`bad`), the
-// non-finite count and the max-norm scales.
+// kernel with a bucket in d / 16 lanes of a warp, 1024 and 4096 with a bucket across 2
+// and 8 warps (shared memory), 24 the two-kernel path, 20000 the two-kernel path with
+// three scale pieces a bucket (8192 + 8192 + 3616; the last bucket 5 elements, one
+// piece and two empty ones).  With NaN and inf in x (`bad`), the non-finite count and
+// the max-norm scales.
 static void test_qsgd(std::mt19937_64& rng) {
   for (DType dt : {DType::kFloat32, DType::kFloat16, DType::kBFloat16})
     for (int bits : {2, 4, 8})
-      for (int64_t d : {16, 24, 64, 512, 1024, 20000})
-        for (int64_t n : {int64_t{1}, int64_t{100}, d * (d > 1024 ? 2 : 41) + 5})
+      for (int64_t d : {16, 24, 64, 512, 1024, 4096, 20000})
+        for (int64_t n : {int64_t{1}, int64_t{100}, d * (d > 4096 ? 2 : d > 1024 ? 5 : 41) + 5})
           for (bool l2 : {false, true}) {
             ++g_cases;
             const bool bad = n == 100 && bits != 4;
@@ -372,7 +373,7 @@ static void test_qsgd(std::mt19937_64& rng) {
           }
   // A refused stream tensor (offset not a multiple of 4): flagged once, nothing written,
   // on both paths.
-  for (int64_t d : {512, 24, 9000}) {
+  for (int64_t d : {512, 2048, 24, 9000}) {
     ++g_cases;
     const int64_t n = 30000, nq = (n + d - 1) / d;
     std::vector<float> x(n, 0.5f), got_scales(nq, 7.0f);
