@@ -324,9 +324,10 @@ def test_qsgd_max(backend, device, bits, bucket_size, dtype):
 @pytest.mark.parametrize("bucket_size", (8, 64, 512, 1024, 16384), ids=lambda d: f"d{d}")
 def test_qsgd_launch_shapes(backend, device, bucket_size):
     """Power-of-two buckets: whole buckets only (n a multiple of d: no masked launch), and
-    whole buckets plus a partial one; on CUDA C++ d <= 512 is the one-pass kernel, 1024
-    the two-kernel path, on Triton 16384 (above FUSED_MAX_BUCKET).  Decode, and Triton's
-    two-kernel encode, find a bucket by a shift there."""
+    whole buckets plus a partial one; on CUDA C++ d <= 512 is the one-pass kernel with a
+    bucket in a warp, 1024 with a bucket across two warps, 16384 the two-kernel path
+    (two scale pieces a bucket), as on Triton (above FUSED_MAX_BUCKET).  Decode, and
+    Triton's two-kernel encode, find a bucket by a shift there."""
     for bits in (2, 8):
         for n in (3 * bucket_size, 3 * bucket_size + 5):
             x = sample(n, seed=n + bits)
