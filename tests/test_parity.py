@@ -284,6 +284,49 @@ def test_moniqua_non_contiguous_and_views(backend, device, bits, rounding):
 @pytest.mark.parametrize("backend,device", BACKENDS, ids=IDS)
 @pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning",
                             "ignore:invalid value encountered:RuntimeWarning")
+def test_non_finite_counted_exactly(backend, device):
+    """Every op that checks its data counts the non-finite elements exactly: NaN, inf and
+    -inf in different Triton programs (blocks of 4096, the last one masked; buckets of
+    512, and of 100 on the scale-then-pack path), and no other element; clean data raises
+    nothing.  Triton finds them with a NaN-keeping max per program and only then counts
+    (flag_non_finite); the mix leaves them as they were."""
+    n = 2 * 4096 + 100
+    bad_at = [5, 4096 + 7, 2 * 4096 + 99]
+    x = sample(n, scale=1.0)
+    x[bad_at] = torch.tensor([float("nan"), float("inf"), -float("inf")])
+    clean = sample(n, seed=1, scale=1.0).to(device)
+    payload = run(backend, mk.moniqua_encode, clean, 4.0, 2, "dither", 3, 0)
+
+    def calls(v):
+        return {
+            "moniqua_encode": lambda: mk.moniqua_encode(v, 4.0, 2, "dither", 3, 0),
+            "moniqua_decode": lambda: mk.moniqua_decode(payload, v, 4.0, 2, "dither", 3, 0),
+            "moniqua_mix_": lambda: mk.moniqua_mix_(v.clone(), [payload], [0.5], payload, 4.0,
+                                                    2, "dither", 1.0, [3, 3], [0, 0]),
+            "qsgd_encode d=512": lambda: mk.qsgd_encode(v, 4, 512),
+            "qsgd_encode d=100": lambda: mk.qsgd_encode(v, 4, 100),
+            "sign_encode": lambda: mk.sign_encode(v),
+        }
+
+    for name, call in calls(x.to(device)).items():
+        with pytest.raises(ValueError, match=r"\b3 non-finite"):
+            run(backend, call)
+            mk.check_errors()  # CUDA tensors: the flag surfaces here
+    for name, call in calls(clean).items():
+        run(backend, call)
+        mk.check_errors()
+    mixed = x.to(device)
+    with pytest.raises(ValueError, match=r"\b3 non-finite"):
+        run(backend, mk.moniqua_mix_, mixed, [payload], [0.5], payload, 4.0, 2, "dither", 1.0,
+            [3, 3], [0, 0])
+        mk.check_errors()
+    got = on(mixed, "cpu")[bad_at]
+    assert torch.isnan(got[0]) and got[1] == float("inf") and got[2] == -float("inf")
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS, ids=IDS)
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning",
+                            "ignore:invalid value encountered:RuntimeWarning")
 def test_moniqua_non_finite_gives_code_zero(backend, device):
     """With the finite check off, NaN/inf (and overflow of x * invB) encode as z = 0."""
     x = torch.tensor([float("nan"), float("inf"), -float("inf"), 3e38, 1.0] + [0.3] * 11)

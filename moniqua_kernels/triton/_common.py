@@ -251,6 +251,25 @@ def count_bad(flag_ptr, bad, SLOT: tl.constexpr):
 
 
 @triton.jit
+def _max_keeping_nan(a, b):
+    return tl.maximum(a, b, propagate_nan=tl.PropagateNan.ALL)
+
+
+@triton.jit
+def flag_non_finite(flag_ptr, v, inside):
+    """Add the number of non-finite v where inside to the NON_FINITE slot.  A max of |v|
+    over the program that keeps NaN (one FMNMX.NAN an element on sm_90, |v| folded in)
+    says whether there is any; only then are they counted, element by element.  What
+    the check costs, sm_90 instructions an element over no check (Triton 3.6, the cases
+    of benchmarks/sass_static.py, the branch not taken): counting in every program (a
+    compare, a select and an add an element, then an integer reduction) 4.5-7; this
+    probe 1.5-5, typically 4 (its reduction across the program's warps)."""
+    probe = tl.reduce(tl.abs(v), 0, _max_keeping_nan)
+    if not (probe < float("inf")):
+        count_bad(flag_ptr, ~(tl.abs(v) < float("inf")) & inside, NON_FINITE)
+
+
+@triton.jit
 def check_padding(payload_ptr, n, nbytes, flag_ptr, BITS: tl.constexpr, MASKED: tl.constexpr):
     """Flag non-zero bits above the codes in the payload's last byte; the program of the
     partial block does it (when n fills whole blocks, n * BITS fills whole bytes)."""

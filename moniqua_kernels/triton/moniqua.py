@@ -15,8 +15,8 @@ import triton
 import triton.language as tl
 
 from ..reference.moniqua import modulus_constants
-from ._common import (BLOCK, DITHER, LAUNCH, NEAREST, NON_FINITE, ROUNDING_IDS, block_range,
-                      check_padding, count_bad, f32, jit, load_block, load_codes, pack_codes,
+from ._common import (BLOCK, DITHER, LAUNCH, NEAREST, ROUNDING_IDS, block_range, check_padding,
+                      f32, flag_non_finite, jit, load_block, load_codes, pack_codes,
                       philox_block, round_to, split_launch, store_block, store_bytes,
                       stream_args, stream_of, tuple_halves, uniform_from_words, unpack_half)
 
@@ -48,7 +48,7 @@ def _moniqua_encode_kernel(x_ptr, out_ptr, n, nbytes, inv_b, k0, k1, c0, c1, str
         codes = tl.where(i < n, codes, 0)  # the unused high bits of the last byte are zero
     store_bytes(out_ptr, pack_codes(codes, BITS, BLOCK), start, nbytes, ok, BITS, BLOCK, MASKED)
     if flag_ptr is not None:
-        count_bad(flag_ptr, ~finite, NON_FINITE)  # masked lanes loaded 0: finite
+        flag_non_finite(flag_ptr, t, True)  # masked lanes loaded 0: finite
 
 
 def moniqua_encode_triton(x, modulus, bits, rounding, seed, offset, stream, out, flag) -> None:
@@ -105,10 +105,7 @@ def _moniqua_decode_kernel(payload_ptr, y_ptr, out_ptr, n, nbytes, b32, inv_b, k
                        counter, BITS, ROUNDING, BLOCK, MASKED)
     store_block(out_ptr, i, round_to(xh, y_raw.dtype), n, ok, MASKED)
     if flag_ptr is not None:
-        bad = ~(tl.abs(xh) < float("inf"))
-        if MASKED:
-            bad = bad & (i < n)
-        count_bad(flag_ptr, bad, NON_FINITE)
+        flag_non_finite(flag_ptr, xh, (i < n) if MASKED else True)
 
 
 def moniqua_decode_triton(payload, reference, modulus, bits, rounding, seed, offset, stream,
@@ -155,11 +152,8 @@ def _moniqua_mix_kernel(x_ptr, payloads, weights, own_ptr, n, nbytes, b32, inv_b
         acc = acc + weights[j] * (d_j - d_self)
     result = x + gamma * acc
     if flag_ptr is not None:
-        bad = ~(tl.abs(result) < float("inf"))
-        result = tl.where(bad, x, result)
-        if MASKED:
-            bad = bad & (i < n)
-        count_bad(flag_ptr, bad, NON_FINITE)
+        flag_non_finite(flag_ptr, result, (i < n) if MASKED else True)
+        result = tl.where(tl.abs(result) < float("inf"), result, x)
     store_block(x_ptr, i, round_to(result, x_raw.dtype), n, ok, MASKED)
 
 

@@ -20,7 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (BLOCK, LAUNCH, NON_FINITE, block_range, check_padding, count_bad, jit,
+from ._common import (BLOCK, LAUNCH, block_range, check_padding, flag_non_finite, jit,
                       load_block, load_codes, only_if, pack_codes, philox_block, split_launch,
                       store_block, store_bytes, stream_args, stream_of, uniform_from_words)
 
@@ -155,8 +155,7 @@ def _qsgd_encode_kernel(x_ptr, scales_ptr, out_ptr, n, d, k0, k1, c0, c1, stream
     store_block(out_ptr, j, pack_codes(codes, BITS, BLOCK).to(tl.uint8),
                 (end + PER_BYTE - 1) // PER_BYTE, ok, MASKED)
     if flag_ptr is not None:
-        bad = ~(tl.abs(v) < float("inf"))  # masked lanes loaded 0: finite
-        count_bad(flag_ptr, bad, NON_FINITE)
+        flag_non_finite(flag_ptr, v, True)  # masked lanes loaded 0: finite
 
 
 @triton.jit
@@ -189,7 +188,7 @@ def _qsgd_scale_kernel(x_ptr, scales_ptr, inv_ptr, part_ptr, n, d, piece, pieces
         a = tl.abs(tl.load(x_ptr + i, mask=inside, other=0.0).to(tl.float32))
         stat = _combine(stat, _scale_of(a, NORM), NORM)
         if flag_ptr is not None:
-            count_bad(flag_ptr, ~(a < float("inf")) & inside, NON_FINITE)
+            flag_non_finite(flag_ptr, a, inside)
     if SPLIT:
         tl.store(part_ptr + p, stat, mask=ok)
     else:
