@@ -17,7 +17,10 @@ is the measurement.
 * Triton: each kernel compiled for sm_90 with the package's launch options and full
   blocks (MASKED=False; QSGD: a full bucket, with the warps its launcher gives it), no
   loop: every instruction divided by the elements a thread takes (BLOCK / (32 *
-  num_warps)).  Registers from ptxas -v on Triton's PTX.
+  num_warps)).  Registers from ptxas -v on Triton's PTX.  "unchecked": the same kernel
+  compiled without its data checks (flag_ptr None, check_finite=False); the checked
+  count includes the branch that counts non-finite elements, which a program runs only
+  when it holds one.
 
     python benchmarks/sass_static.py [--out FILE.md] [--only cuda|triton]
 
@@ -202,7 +205,7 @@ def triton_rows(tmp: Path) -> list[dict]:
     if not os.path.exists(ptxas):
         ptxas = triton_bin("ptxas")
 
-    def row(fn, sig, constexprs, warps, per_thread, **key):
+    def compile_counts(fn, sig, constexprs, warps):
         compiled = triton.compile(ASTSource(fn=fn, signature=sig, attrs=aligned(sig),
                                             constexprs=constexprs),
                                   target=GPUTarget("cuda", ARCH, 32),
@@ -210,14 +213,21 @@ def triton_rows(tmp: Path) -> list[dict]:
         ptx, cubin = tmp / "k.ptx", tmp / "k.cubin"
         ptx.write_text(compiled.asm["ptx"])
         cubin.write_bytes(compiled.asm["cubin"])
+        ins = next(iter(sass_functions(cubin).values()))
+        return ptx, collections.Counter(opcode(i) for _, i in ins)
+
+    def row(fn, sig, constexprs, warps, per_thread, **key):
+        ptx, counter = compile_counts(fn, sig, constexprs, warps)
         report = subprocess.run([ptxas, f"-arch=sm_{ARCH}a", "-v", str(ptx), "-o",
                                  str(tmp / "k2.cubin")], capture_output=True, text=True)
         reg = re.search(r"Used (\d+) registers", report.stderr)
         spill = re.search(r"(\d+) bytes spill stores", report.stderr)
-        ins = next(iter(sass_functions(cubin).values()))
-        counter = collections.Counter(opcode(i) for _, i in ins)
+        # flag_ptr None: the kernel without its data checks (check_finite=False)
+        _, unchecked = compile_counts(fn, dict(sig, flag_ptr=E),
+                                      dict(constexprs, flag_ptr=None), warps)
         return dict(backend="triton", **key, regs=int(reg.group(1)) if reg else None,
                     spill=int(spill.group(1)) if spill else None,
+                    unchecked=sum(unchecked.values()) / per_thread,
                     **classes(counter, per_thread))
 
     rows = []
@@ -242,12 +252,14 @@ def triton_rows(tmp: Path) -> list[dict]:
 
 def table(rows: list[dict]) -> list[str]:
     cols = ["all", *CLASSES]
-    lines = ["| backend | op | bits | rounding | dtype | regs | spill B | instr/elem | " +
-             " | ".join(cols[1:]) + " |", "|" + "---|" * (8 + len(cols) - 1)]
+    lines = ["| backend | op | bits | rounding | dtype | regs | spill B | instr/elem | "
+             "unchecked | " + " | ".join(cols[1:]) + " |", "|" + "---|" * (9 + len(cols) - 1)]
     for r in rows:
+        unchecked = f"{r['unchecked']:.1f}" if "unchecked" in r else ""
         lines.append(f"| {r['backend']} | {r['op']} | {r['bits']} | {r['rounding']} | "
-                     f"{r['dtype']} | {r.get('regs', '')} | {r.get('spill', '')} | " +
-                     " | ".join(f"{r[c]:.1f}" for c in cols) + " |")
+                     f"{r['dtype']} | {r.get('regs', '')} | {r.get('spill', '')} | "
+                     f"{r['all']:.1f} | {unchecked} | " +
+                     " | ".join(f"{r[c]:.1f}" for c in cols[1:]) + " |")
     return lines
 
 
