@@ -158,9 +158,10 @@ if [ "$DRY" = 1 ]; then
 else
   XDIST=()
   "$PY" -c "import xdist" 2>/dev/null && XDIST=(-n 4)
+  # (and the QSGD bucket lookup compiled: its reciprocal path on the GPU's arithmetic)
   phase tests_triton 150 env MONIQUA_TEST_PROGRESS="$OUTDIR/tests_triton.progress" \
-    "$PY" -m pytest -q -ra \
-    tests/test_parity.py -k "triton_cuda" "${XDIST[@]}" "${PYTEST_OPTS[@]}" \
+    "$PY" -m pytest -q -ra tests/test_parity.py tests/test_triton_qsgd_buckets.py \
+    -k "triton_cuda or kernel_buckets" "${XDIST[@]}" "${PYTEST_OPTS[@]}" \
     --junitxml="$OUTDIR/junit_triton.xml" -p no:cacheprovider
 fi
 [ -n "$BUILD_PID" ] && wait "$BUILD_PID"
