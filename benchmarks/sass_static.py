@@ -241,10 +241,10 @@ def triton_rows(tmp: Path) -> list[dict]:
     warps = tq._bucket_warps(QSGD_BUCKET)
     for bits, dtype in QSGD_CASES:
         sig = {"x_ptr": f"*{dtype}", "scales_ptr": "*fp32", "out_ptr": "*u8", "n": "i64",
-               "d": "i64", **S, "stream_ptr": E, "flag_ptr": "*i64", "first_block": "i32",
-               "BITS": E, "NORM": E, "MASKED": E, "BLOCK": E}
+               "d8": "i64", **S, "stream_ptr": E, "flag_ptr": "*i64", "first_block": "i32",
+               "BITS": E, "NORM": E, "MASKED": E, "WHOLE": E, "BLOCK": E}
         rows.append(row(tq._qsgd_encode_kernel, sig, {
-            "stream_ptr": None, "BITS": bits, "NORM": 0, "MASKED": False,
+            "stream_ptr": None, "BITS": bits, "NORM": 0, "MASKED": False, "WHOLE": True,
             "BLOCK": QSGD_BUCKET}, warps, QSGD_BUCKET / (32 * warps), op="qsgd_encode",
             bits=bits, rounding="-", dtype=dtype))
     return rows

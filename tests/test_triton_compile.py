@@ -84,8 +84,9 @@ def _cases():
 
     def qenc(dtype, stream, flag):
         return {"x_ptr": f"*{dtype}", "scales_ptr": "*fp32", "out_ptr": "*u8", "n": "i64",
-                "d": "i64", **qs, "stream_ptr": stream, "flag_ptr": flag,
-                "first_block": "i32", "BITS": E, "NORM": E, "MASKED": E, "BLOCK": E}
+                "d8": "i64", **qs, "stream_ptr": stream, "flag_ptr": flag,
+                "first_block": "i32", "BITS": E, "NORM": E, "MASKED": E, "WHOLE": E,
+                "BLOCK": E}
 
     def qscale(dtype, stream, part):
         return {"x_ptr": f"*{dtype}", "scales_ptr": "*fp32", "inv_ptr": "*fp32",
@@ -95,14 +96,17 @@ def _cases():
 
     out += [
         ("qsgd_encode fused max", "qsgd", "_qsgd_encode_kernel", qenc("fp32", E, "*i64"),
-         {"stream_ptr": None, "BITS": 4, "NORM": 0, "MASKED": False, "BLOCK": 512}, True,
-         False),
+         {"stream_ptr": None, "BITS": 4, "NORM": 0, "MASKED": False, "WHOLE": True,
+          "BLOCK": 512}, True, False),
+        ("qsgd_encode fused d=1000 full buckets", "qsgd", "_qsgd_encode_kernel",
+         qenc("fp32", E, "*i64"), {"stream_ptr": None, "BITS": 4, "NORM": 0, "MASKED": False,
+                                   "WHOLE": False, "BLOCK": 1024}, True, False),
         ("qsgd_encode fused l2 bf16 masked", "qsgd", "_qsgd_encode_kernel", qenc("bf16", E, E),
          {"stream_ptr": None, "flag_ptr": None, "BITS": 8, "NORM": 1, "MASKED": True,
-          "BLOCK": 512}, True, True),
+          "WHOLE": True, "BLOCK": 512}, True, True),
         ("qsgd_encode fused stream tensor", "qsgd", "_qsgd_encode_kernel",
-         qenc("fp32", "*i64", "*i64"), {"BITS": 2, "NORM": 0, "MASKED": True, "BLOCK": 128},
-         True, False),
+         qenc("fp32", "*i64", "*i64"), {"BITS": 2, "NORM": 0, "MASKED": True, "WHOLE": False,
+                                        "BLOCK": 128}, True, False),
         ("qsgd_scale l2", "qsgd", "_qsgd_scale_kernel", qscale("fp16", E, E),
          {"stream_ptr": None, "part_ptr": None, "BITS": 2, "NORM": 1, "SPLIT": False,
           "CHUNK": 1024}, True, True),

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import os
+from typing import Optional
 
 import torch
 import triton
@@ -95,19 +96,21 @@ def tuple_halves(seed, offset) -> tuple[int, int, int, int]:
 
 
 def split_launch(kernel, n: int, block: int, *args, masked_only: bool = False,
-                 **meta) -> None:
+                 tile: Optional[int] = None, **meta) -> None:
     """kernel over the full blocks of n (MASKED=False), then the partial block
     (MASKED=True, one program).  The kernel's last argument, first_block, is appended
     here.  masked_only (a stream tensor, whose offset may be refused): every program
-    masked."""
+    masked.  tile: the kernel's BLOCK, where it is not the block (QSGD: a power-of-two
+    tile holding one bucket of `block` elements)."""
     full = n // block
+    meta = dict(meta, BLOCK=block if tile is None else tile)
     if masked_only:
-        kernel[(triton.cdiv(n, block),)](*args, 0, MASKED=True, BLOCK=block, **meta)
+        kernel[(triton.cdiv(n, block),)](*args, 0, MASKED=True, **meta)
         return
     if full:
-        kernel[(full,)](*args, 0, MASKED=False, BLOCK=block, **meta)
+        kernel[(full,)](*args, 0, MASKED=False, **meta)
     if n % block:
-        kernel[(1,)](*args, full, MASKED=True, BLOCK=block, **meta)
+        kernel[(1,)](*args, full, MASKED=True, **meta)
 
 
 def on_tensor_device(launcher):
