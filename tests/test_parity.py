@@ -364,13 +364,16 @@ def test_qsgd_max(backend, device, bits, bucket_size, dtype):
 
 
 @pytest.mark.parametrize("backend,device", BACKENDS, ids=IDS)
-@pytest.mark.parametrize("bucket_size", (8, 64, 512, 1024, 16384), ids=lambda d: f"d{d}")
+@pytest.mark.parametrize("bucket_size", (8, 40, 64, 512, 1000, 1024, 16384),
+                         ids=lambda d: f"d{d}")
 def test_qsgd_launch_shapes(backend, device, bucket_size):
-    """Power-of-two buckets: whole buckets only (n a multiple of d: no masked launch), and
-    whole buckets plus a partial one; on CUDA C++ d <= 512 is the one-pass kernel with a
-    bucket in a warp, 1024 with a bucket across two warps, 16384 the two-kernel path
-    (two scale pieces a bucket), as on Triton (above FUSED_MAX_BUCKET).  Decode, and
-    Triton's two-kernel encode, find a bucket by a shift there."""
+    """Whole buckets only (n a multiple of d: no masked launch), and whole buckets plus a
+    partial one; on CUDA C++ d <= 512 is the one-pass kernel with a bucket in a warp,
+    1024 with a bucket across two warps, 16384 the two-kernel path (two scale pieces a
+    bucket), as on Triton (above FUSED_MAX_BUCKET).  Triton runs the full buckets of 40
+    and 1000 (not powers of two) in a tile of 64 and 1024 with the lanes past d masked.
+    Decode, and Triton's two-kernel encode, find a bucket by a shift at the powers of
+    two, by a reciprocal at 40 and 1000."""
     for bits in (2, 8):
         for n in (3 * bucket_size, 3 * bucket_size + 5):
             x = sample(n, seed=n + bits)
