@@ -237,7 +237,9 @@ def _qsgd_pack_kernel(x_ptr, inv_ptr, out_ptr, n, nbytes, d, k0, k1, c0, c1, str
     v = load_block(x_ptr, i, n, MASKED).to(tl.float32)
     r = _per_bucket(inv_ptr, i, start, n, d, D_MODE, MASKED, BLOCK)
     u = uniform_from_words(philox_block(seed, counter, start, BLOCK))
-    codes = tl.where(i < n, _codes(v, r, u, BITS), 0)
+    codes = _codes(v, r, u, BITS)
+    if MASKED:
+        codes = tl.where(i < n, codes, 0)  # the unused high bits of the last byte are zero
     store_bytes(out_ptr, pack_codes(codes, BITS, BLOCK), start, nbytes, ok, BITS, BLOCK, MASKED)
 
 
