@@ -288,7 +288,7 @@ def test_non_finite_counted_exactly(backend, device):
     """Every op that checks its data counts the non-finite elements exactly: NaN, inf and
     -inf in different Triton programs (blocks of 4096, the last one masked; buckets of
     512, and of 100 on the scale-then-pack path), and no other element; clean data raises
-    nothing.  Triton finds them with a NaN-keeping max per program and only then counts
+    nothing.  Triton finds them by the sum of v * 0 per program and only then counts
     (flag_non_finite); the mix leaves them as they were."""
     n = 2 * 4096 + 100
     bad_at = [5, 4096 + 7, 2 * 4096 + 99]

@@ -260,8 +260,8 @@ def flag_non_finite(flag_ptr, v, inside):
     an add an element); only then are they counted, element by element.  sm_90
     instructions an element over the kernel with no check body (Triton 3.6, the cases of
     benchmarks/sass_static.py, clean data): counting in every program (a compare, a
-    select, an add and an integer reduction) 4-7; this probe 4-5 (its reduction across
-    the program's warps is most of it).  A NaN-keeping max (tl.reduce with
+    select, an add and an integer reduction) 4.5-8; this probe 2.5-5 (its reduction
+    across the program's warps is most of it).  A NaN-keeping max (tl.reduce with
     tl.maximum(propagate_nan=ALL): one FMNMX.NAN an element) saves one more compiled,
     but Triton's interpreter runs a custom reduction element by element, ~100x slower
     at 4096 elements, which made the CPU test lane 150 s longer."""
