@@ -10,10 +10,6 @@ namespace moniqua_kernels {
 namespace cpu {
 namespace {
 
-MK_INLINE float finish_scale(double stat, bool l2) {
-  return l2 ? std::sqrt(static_cast<float>(stat)) : static_cast<float>(stat);
-}
-
 // The pieces [p0, p1): piece p is elements
 // [q*d + c*kScalePiece, min(q*d + (c+1)*kScalePiece, (q+1)*d, n)) of bucket
 // q = p / pieces, c = p % pieces.  Returns the non-finite count (with check).
@@ -35,7 +31,7 @@ MK_INLINE int64_t piece_stats(const T* x, int64_t n, int64_t d, bool l2, double*
         const float v = load_float(x, i);
         acc += static_cast<double>(v * v);
       }
-      if (pieces == 1) scales[q] = finish_scale(acc, true);
+      if (pieces == 1) scales[q] = qsgd_scale(acc, true);
       else stat[p] = acc;
       // The sum propagates NaN/inf, so only a piece with a non-finite sum is counted
       // element by element.
@@ -143,7 +139,7 @@ void qsgd_finish_scales(const double* stat, int64_t pieces, bool norm_l2, float*
       const double v = stat[q * pieces + c];
       acc = norm_l2 ? acc + v : (v > acc ? v : acc);
     }
-    scales[q] = finish_scale(acc, norm_l2);
+    scales[q] = qsgd_scale(acc, norm_l2);
   }
 }
 

@@ -45,10 +45,6 @@ __device__ double block_stat(double acc, bool l2) {
   return stat;
 }
 
-__device__ float finish_scale(double stat, bool l2) {
-  return l2 ? __fsqrt_rn(static_cast<float>(stat)) : static_cast<float>(stat);
-}
-
 // One block a piece; pieces > 1: statistics (not scales) into part[q * pieces + c].
 template <typename T>
 __global__ void scales_kernel(const T* __restrict__ x, int64_t n, int64_t d, int64_t pieces,
@@ -74,7 +70,7 @@ __global__ void scales_kernel(const T* __restrict__ x, int64_t n, int64_t d, int
     }
     const double stat = block_stat(acc, l2);
     if (threadIdx.x == 0) {
-      if (pieces == 1) scales[q] = finish_scale(stat, l2);
+      if (pieces == 1) scales[q] = qsgd_scale(stat, l2);
       else part[p] = stat;
     }
   }
@@ -92,7 +88,7 @@ __global__ void finish_scales_kernel(const double* __restrict__ part, int64_t nq
       acc = l2 ? acc + o : fmax(acc, o);
     }
     const double stat = block_stat(acc, l2);
-    if (threadIdx.x == 0) scales[q] = finish_scale(stat, l2);
+    if (threadIdx.x == 0) scales[q] = qsgd_scale(stat, l2);
   }
 }
 

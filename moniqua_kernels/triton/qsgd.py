@@ -39,12 +39,21 @@ NORM_IDS = {"max": 0, "l2": 1}
 
 
 @triton.jit
+def _reduce(s, NORM: tl.constexpr):
+    """Statistics s as one: their max, or their sum."""
+    if NORM == 0:
+        return tl.max(s, axis=0)
+    else:
+        return tl.sum(s, axis=0)
+
+
+@triton.jit
 def _scale_of(a, NORM: tl.constexpr):
     """Partial scale statistic of |v| values a: max, or the sum of squares."""
     if NORM == 0:
-        return tl.max(a, axis=0)
+        return _reduce(a, NORM)
     else:
-        return tl.sum(a * a, axis=0)
+        return _reduce(a * a, NORM)
 
 
 @triton.jit
@@ -218,10 +227,7 @@ def _qsgd_finish_kernel(part_ptr, scales_ptr, inv_ptr, pieces, k0, k1, c0, c1, s
         j = c + tl.arange(0, CHUNK)
         # not read under a refused stream: the pieces were never written
         part = tl.load(part_ptr + q * pieces + j, mask=only_if(ok, j < pieces), other=0.0)
-        if NORM == 0:
-            stat = tl.maximum(stat, tl.max(part, axis=0))
-        else:
-            stat = stat + tl.sum(part, axis=0)
+        stat = _combine(stat, _reduce(part, NORM), NORM)
     scale = _finish_scale(stat, NORM)
     tl.store(scales_ptr + q, scale, mask=ok)
     tl.store(inv_ptr + q, _inverse(scale, (1 << (BITS - 1)) - 1))

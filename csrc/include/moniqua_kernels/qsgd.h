@@ -4,6 +4,8 @@
 // l = min(floor(|v| * r + u), s), s = 2^(b-1) - 1, r = float32(s) / N (0 when N = 0).
 #pragma once
 
+#include <cmath>
+
 #include "common.h"
 
 namespace moniqua_kernels {
@@ -17,6 +19,16 @@ MK_HD MK_INLINE float qsgd_ratio(int bits, float scale) {
   return scale > 0.0f ? __fdiv_rn(s, scale) : 0.0f;
 #else
   return scale > 0.0f ? s / scale : 0.0f;
+#endif
+}
+
+// N from a bucket's statistic: max |v| as is, or the square root (correctly rounded) of
+// its float32 squares summed in double, rounded to float32 first.
+MK_HD MK_INLINE float qsgd_scale(double stat, bool l2) {
+#if defined(__CUDA_ARCH__)
+  return l2 ? __fsqrt_rn(static_cast<float>(stat)) : static_cast<float>(stat);
+#else
+  return l2 ? std::sqrt(static_cast<float>(stat)) : static_cast<float>(stat);
 #endif
 }
 
