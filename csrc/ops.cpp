@@ -351,6 +351,32 @@ void qsgd_scales_cpu(const void* x, DType dt, int64_t n, int64_t bucket_size, bo
     });
 }
 
+// QSGD's scales and codes on the CPU (packed into out, or one byte per element):
+// in one pass over chunks of whole buckets where cpu::qsgd_chunk_blocks allows, else
+// the scales, then the codes.
+void qsgd_encode_cpu(const void* x, DType dt, int64_t n, int bits, int64_t bucket_size, bool l2,
+                     const Stream& s, float* scales, uint8_t* out, bool pack, int64_t* flag) {
+  const int64_t chunk_blocks = cpu::qsgd_chunk_blocks(bucket_size);
+  if (chunk_blocks > 0) {
+    const int64_t chunks = cpu::qsgd_num_chunks(n, bucket_size);
+    std::atomic<int64_t> bad{0};
+    if (chunks > 0)
+      at::parallel_for(0, chunks, std::max<int64_t>(1, kGrain / chunk_blocks),
+                       [&](int64_t c0, int64_t c1) {
+        bad += cpu::qsgd_encode_chunks(x, dt, n, bits, bucket_size, l2, scales, s, out, pack,
+                                       flag != nullptr, c0, c1);
+      });
+    flag_add(flag, kNonFinite, bad.load());
+    return;
+  }
+  qsgd_scales_cpu(x, dt, n, bucket_size, l2, scales, flag);
+  over_blocks(n, [&](int64_t b0, int64_t b1) {
+    if (pack) cpu::qsgd_encode(x, dt, n, bits, bucket_size, scales, s, out, b0, b1);
+    else cpu::qsgd_codes(x, dt, n, bits, bucket_size, scales, s, out, b0, b1);
+    return int64_t{0};
+  });
+}
+
 void qsgd_encode(at::Tensor x, int64_t bits, int64_t bucket_size, std::string norm, int64_t seed,
                  int64_t offset, OptTensor stream, at::Tensor scales, at::Tensor payload,
                  OptTensor flag) {
@@ -370,11 +396,7 @@ void qsgd_encode(at::Tensor x, int64_t bits, int64_t bucket_size, std::string no
   float* sc = scales.data_ptr<float>();
   uint8_t* o = payload.data_ptr<uint8_t>();
   on_device(dev, [&] {
-    qsgd_scales_cpu(xp, dt, n, bucket_size, l2, sc, f);
-    over_blocks(n, [&](int64_t b0, int64_t b1) {
-      cpu::qsgd_encode(xp, dt, n, static_cast<int>(bits), bucket_size, sc, *s, o, b0, b1);
-      return int64_t{0};
-    });
+    qsgd_encode_cpu(xp, dt, n, static_cast<int>(bits), bucket_size, l2, *s, sc, o, true, f);
   }, [&] {
 #if defined(MONIQUA_WITH_CUDA)
     const int64_t work_doubles = cuda::qsgd_workspace_doubles(n, bucket_size);
@@ -432,15 +454,11 @@ at::Tensor qsgd_elias_encode(at::Tensor x, int64_t bits, int64_t bucket_size, st
   if (!s) return at::empty({0}, x.options().dtype(at::kByte));
   const void* xp = x.data_ptr();
   float* sc = scales.data_ptr<float>();
-  qsgd_scales_cpu(xp, dt, n, bucket_size, l2, sc, f);
-  // Buckets per task below: about kGrain blocks of elements.
-  const int64_t grain = std::max<int64_t>(1, kGrain * cpu::kBlock / bucket_size);
   at::Tensor codes = at::empty({n}, x.options().dtype(at::kByte));
   uint8_t* c = codes.data_ptr<uint8_t>();
-  over_blocks(n, [&](int64_t b0, int64_t b1) {
-    cpu::qsgd_codes(xp, dt, n, b, bucket_size, sc, *s, c, b0, b1);
-    return int64_t{0};
-  });
+  qsgd_encode_cpu(xp, dt, n, b, bucket_size, l2, *s, sc, c, false, f);
+  // Buckets per task below: about kGrain blocks of elements.
+  const int64_t grain = std::max<int64_t>(1, kGrain * cpu::kBlock / bucket_size);
   std::vector<int64_t> first(nq + 1, 0);  // bucket q's first bit; first[nq]: the total
   if (nq > 0)
     at::parallel_for(0, nq, grain, [&](int64_t q0, int64_t q1) {

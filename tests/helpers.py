@@ -1,4 +1,6 @@
 """Small utilities shared by the tests (inputs with a known bound, tolerances)."""
+import contextlib
+
 import torch
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -38,3 +40,15 @@ def decode_tolerance(x, y, modulus, delta):
         dtype_half_ulp = torch.zeros_like(xf)
     float_slack = 4 * EPS32 * torch.maximum(yf.abs(), torch.full_like(yf, modulus))
     return delta * modulus + dtype_half_ulp + float_slack
+
+
+@contextlib.contextmanager
+def torch_threads(threads):
+    """torch's intra-op thread count set to `threads` inside, restored after (the native
+    CPU kernels split their blocks over them)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

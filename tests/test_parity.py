@@ -20,6 +20,7 @@ import torch
 
 import moniqua_kernels as mk
 from moniqua_kernels.triton._common import BLOCK as TRITON_BLOCK  # noqa: F401  (needs triton)
+from helpers import torch_threads
 
 HAVE_CUDA = torch.cuda.is_available()
 GPU = "cuda" if HAVE_CUDA else None
@@ -416,6 +417,30 @@ def test_qsgd_buckets_of_several_scale_pieces(backend, device, norm):
         with mk.use_backend("reference"):
             c1, c2 = (mk.unpack_bits(p, 4, n).long() for p in (got[1], want[1]))
         assert torch.equal(c1 & 8, c2 & 8) and int(((c1 & 7) - (c2 & 7)).abs().max()) <= 1
+
+
+@pytest.mark.skipif(("cpu", "cpu") not in BACKENDS, reason="the native CPU kernels are not built")
+@pytest.mark.parametrize("bucket_size", (128, 512, 4096, 1000))
+def test_qsgd_cpu_one_pass_for_any_thread_count(bucket_size):
+    """The CPU encodes QSGD in one pass over chunks of whole buckets (a block of 8
+    buckets at 128, of 2 at 512; a bucket of 4 blocks at 4096; 1000 keeps two passes):
+    the reference's bytes from 1, 3 and 7 threads, the last chunk partial; l2 the same
+    bytes for every thread count; the Elias stream, which codes the same way, too."""
+    n = (1 << 18) + 5
+    x = sample(n, seed=bucket_size)
+    want = reference(("qsgd-threads", bucket_size),
+                     lambda: mk.qsgd_encode(x, 4, bucket_size, "max", 9, 4))
+    got = []
+    with mk.use_backend("cpu"):
+        for threads in (1, 3, 7):
+            with torch_threads(threads):
+                got.append((mk.qsgd_encode(x, 4, bucket_size, "max", 9, 4),
+                            mk.qsgd_encode(x, 4, bucket_size, "l2", 9, 4),
+                            mk.qsgd_elias_encode(x, 4, bucket_size, "max", 9, 4)))
+    for max_norm, l2, elias in got:
+        assert same(max_norm, want)
+        assert same(l2, got[0][1]) and same(elias, got[0][2])
+    assert torch.equal(got[0][2][0], want[0])
 
 
 @pytest.mark.parametrize("backend,device", BACKENDS, ids=IDS)

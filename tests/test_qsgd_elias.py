@@ -12,6 +12,7 @@ import moniqua_kernels as mk
 from moniqua_kernels.compressors import QSGD, from_spec
 from moniqua_kernels.reference import qsgd_elias as E
 from moniqua_kernels.reference.qsgd import qsgd_quantize
+from helpers import torch_threads
 
 BACKENDS = ["reference"] + (["cpu"] if mk.available("qsgd_elias_encode", "cpu")["cpu"] is None
                             else [])
@@ -107,15 +108,11 @@ def test_native_stream_does_not_depend_on_the_thread_count():
     """The encoder's bucket ranges meet inside bytes (OR-ed atomically): the same bytes
     from 1, 3 and 7 ranges, and the reference's."""
     x = torch.randn((1 << 18) + 5, generator=torch.Generator().manual_seed(1))
-    before = torch.get_num_threads()
     outs = []
-    try:
-        with mk.use_backend("cpu"):
-            for threads in (1, 3, 7):
-                torch.set_num_threads(threads)
+    with mk.use_backend("cpu"):
+        for threads in (1, 3, 7):
+            with torch_threads(threads):
                 outs.append(mk.qsgd_elias_encode(x, 4, 100, "max", 5, 8)[1])
-    finally:
-        torch.set_num_threads(before)
     with mk.use_backend("reference"):
         want = mk.qsgd_elias_encode(x, 4, 100, "max", 5, 8)[1]
     assert all(torch.equal(o, want) for o in outs)

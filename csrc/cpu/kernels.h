@@ -89,6 +89,36 @@ void qsgd_encode(const void* x, DType dt, int64_t n, int bits, int64_t bucket_si
 void qsgd_decode(const float* scales, const uint8_t* payload, int64_t n, int bits,
                  int64_t bucket_size, float* out, int64_t blk0, int64_t blk1);
 
+// QSGD in one pass where a bucket is a run of whole blocks or a block holds whole
+// buckets: 128 <= d <= 65536 with d dividing kBlock or kBlock dividing d.  A chunk is
+// max(d, kBlock) elements (d = 512: one block of 2 buckets; 4096: a bucket of 4
+// blocks); chunk c is blocks [c * chunk_blocks, (c + 1) * chunk_blocks).
+// qsgd_encode_chunks takes a chunk's buckets' scales, then its codes from the cached
+// elements (at most 256 KiB of float32): the same scales, codes and non-finite count
+// as qsgd_piece_stats + qsgd_encode, reading x once.  Measured on the CI box with
+// benchmarks/qsgd_cpu_passes.cpp (the kernels alone, 2 threads, 2^24 float32, 4 bits,
+// max norm; the two ways alternating, medians of 31), two passes over one, in four
+// runs: d = 128 1.00-1.06x, 256 1.07-1.10x, 512 1.04-1.12x, 4096 0.98-1.05x, 65536
+// 1.03-1.08x.  The gain is the second read of x from DRAM and shrinks when memory is
+// idle (the copy beside it at 2.8 ms instead of 4 ms): the encode is bound by Philox.
+// No gain measured below 128 (16: 0.93x, 64: 1.02x), where the per-bucket loops bind,
+// nor at 384 (lcm(384, 1024) = 3 blocks: 0.96-1.02x).  0: the two passes serve.
+constexpr int64_t kOnePassMinBucket = 128;
+inline int64_t qsgd_chunk_blocks(int64_t bucket_size) {
+  if (bucket_size < kOnePassMinBucket || bucket_size > kScalePiece) return 0;
+  if (kBlock % bucket_size == 0) return 1;
+  return bucket_size % kBlock == 0 ? bucket_size / kBlock : 0;
+}
+inline int64_t qsgd_num_chunks(int64_t n, int64_t bucket_size) {  // 0 without one pass
+  const int64_t cb = qsgd_chunk_blocks(bucket_size);
+  return cb > 0 ? (num_blocks(n) + cb - 1) / cb : 0;
+}
+// PACK: packed codes into out (qsgd_encode's payload); else one code per byte at
+// out + element index (qsgd_codes').  Returns the non-finite count (with check).
+int64_t qsgd_encode_chunks(const void* x, DType dt, int64_t n, int bits, int64_t bucket_size,
+                           bool norm_l2, float* scales, Stream s, uint8_t* out, bool pack,
+                           bool check, int64_t chunk0, int64_t chunk1);
+
 // QSGD's codes unpacked, one byte per element at codes[i] (sign in bit bits-1, level
 // below it), for the element blocks [blk0, blk1): the Elias coder's input.
 void qsgd_codes(const void* x, DType dt, int64_t n, int bits, int64_t bucket_size,

@@ -1,6 +1,7 @@
 // Bucketed QSGD on the CPU (DESIGN.md section 6): scales per bucket (from pieces of at
 // most kScalePiece elements), then codes per element block; a block walks its bucket
-// segments so the inner loop has one ratio.
+// segments so the inner loop has one ratio.  Where chunks of a few blocks hold whole
+// buckets (kernels.h, qsgd_chunk_blocks), both steps run chunk by chunk, reading x once.
 #include <cmath>
 #include <cstring>
 
@@ -106,6 +107,22 @@ MK_INLINE void decode_blocks(const float* scales, const uint8_t* payload, int64_
   }
 }
 
+// Chunks [c0, c1) of qsgd_chunk_blocks(d) blocks: each chunk's buckets' scales (one
+// piece a bucket, d <= kScalePiece), then its codes from the cached elements.
+template <int BITS, bool PACK, typename T>
+MK_INLINE int64_t encode_chunks(const T* x, int64_t n, int64_t d, bool l2, float* scales,
+                                bool check, Stream s, uint8_t* out, int64_t c0, int64_t c1) {
+  const int64_t cb = qsgd_chunk_blocks(d), nb = num_blocks(n);
+  int64_t bad = 0;
+  for (int64_t c = c0; c < c1; ++c) {
+    const int64_t b0 = c * cb, b1 = b0 + cb < nb ? b0 + cb : nb;
+    const int64_t end = b1 * kBlock < n ? b1 * kBlock : n;
+    bad += piece_stats(x, n, d, l2, nullptr, scales, check, b0 * kBlock / d, (end + d - 1) / d);
+    encode_blocks<BITS, PACK>(x, n, d, scales, s, out, b0, b1);
+  }
+  return bad;
+}
+
 template <bool PACK>
 MK_INLINE void encode_dispatch(const void* x, DType dt, int64_t n, int bits, int64_t bucket_size,
                                const float* scales, Stream s, uint8_t* out, int64_t blk0,
@@ -153,6 +170,22 @@ MK_CPU_ENTRY
 void qsgd_codes(const void* x, DType dt, int64_t n, int bits, int64_t bucket_size,
                 const float* scales, Stream s, uint8_t* codes, int64_t blk0, int64_t blk1) {
   encode_dispatch<false>(x, dt, n, bits, bucket_size, scales, s, codes, blk0, blk1);
+}
+
+MK_CPU_ENTRY
+int64_t qsgd_encode_chunks(const void* x, DType dt, int64_t n, int bits, int64_t bucket_size,
+                           bool norm_l2, float* scales, Stream s, uint8_t* out, bool pack,
+                           bool check, int64_t chunk0, int64_t chunk1) {
+  return dispatch_dtype(dt, [&](auto tag) MK_LAMBDA_INLINE {
+    const auto* xt = static_cast<const decltype(tag)*>(x);
+    return dispatch_qsgd_bits(bits, [&](auto b) MK_LAMBDA_INLINE {
+      constexpr int BITS = decltype(b)::value;
+      return pack ? encode_chunks<BITS, true>(xt, n, bucket_size, norm_l2, scales, check, s,
+                                              out, chunk0, chunk1)
+                  : encode_chunks<BITS, false>(xt, n, bucket_size, norm_l2, scales, check, s,
+                                               out, chunk0, chunk1);
+    });
+  });
 }
 
 MK_CPU_ENTRY

@@ -305,17 +305,44 @@ static void test_sign(std::mt19937_64& rng) {
         static_cast<long long>(flag[0]));
 }
 
+// The CPU's one-pass QSGD (chunks of whole buckets: d = 512, 1024 and 4096 here)
+// against its two passes: the same scales, packed codes, codes a byte each, and
+// non-finite count.
+static void check_qsgd_chunks(const char* name, const void* x, DType dt, int64_t n, int bits,
+                              int64_t d, bool l2, const mk::Stream& s,
+                              const std::vector<float>& scales, const std::vector<uint8_t>& want,
+                              int64_t want_bad) {
+  const int64_t nq = (n + d - 1) / d, chunks = mk::cpu::qsgd_num_chunks(n, d);
+  const size_t nbytes = static_cast<size_t>(mk::packed_nbytes(n, bits));
+  std::vector<float> got_scales(nq, -1.0f);
+  std::vector<uint8_t> got(nbytes + 1, 0), codes(n), want_codes(n);
+  int64_t bad = 0;
+  for (int64_t c = 0; c < chunks; ++c)  // chunk by chunk, as threads split them
+    bad += mk::cpu::qsgd_encode_chunks(x, dt, n, bits, d, l2, got_scales.data(), s, got.data(),
+                                       true, true, c, c + 1);
+  const int64_t unpacked_bad = mk::cpu::qsgd_encode_chunks(
+      x, dt, n, bits, d, l2, got_scales.data(), s, codes.data(), false, false, 0, chunks);
+  mk::cpu::qsgd_codes(x, dt, n, bits, d, scales.data(), s, want_codes.data(), 0,
+                      mk::cpu::num_blocks(n));
+  size_t at = 0;
+  CHECK(bad == want_bad && unpacked_bad == 0, "%s: chunks counted %lld non-finite, want %lld",
+        name, static_cast<long long>(bad), static_cast<long long>(want_bad));
+  CHECK(std::memcmp(got_scales.data(), scales.data(), 4 * nq) == 0, "%s: chunk scales", name);
+  CHECK(same_bytes(want.data(), got.data(), nbytes, &at), "%s: chunk byte %zu", name, at);
+  CHECK(same_bytes(want_codes.data(), codes.data(), n, &at), "%s: chunk code %zu", name, at);
+}
+
 // Bucketed QSGD: max-norm scales and codes exactly; l2 scales up to their last bits, and
 // the codes exactly where the scales agree; decode.  d = 16, 64 and 512 take the one-pass
 // kernel with a bucket in d / 16 lanes of a warp, 1024 and 4096 with a bucket across 2
-// and 8 warps (shared memory), 24 the two-kernel path, 20000 the two-kernel path with
-// three scale pieces a bucket (8192 + 8192 + 3616; the last bucket 5 elements, one
-// piece and two empty ones).  With NaN and inf in x (`bad`), the non-finite count and
-// the max-norm scales.
+// and 8 warps (shared memory), 24 and 384 (24 groups of 16) the two-kernel path, 20000
+// the two-kernel path with three scale pieces a bucket (8192 + 8192 + 3616; the last
+// bucket 5 elements, one piece and two empty ones).  With NaN and inf in x (`bad`), the
+// non-finite count and the max-norm scales.
 static void test_qsgd(std::mt19937_64& rng) {
   for (DType dt : {DType::kFloat32, DType::kFloat16, DType::kBFloat16})
     for (int bits : {2, 4, 8})
-      for (int64_t d : {16, 24, 64, 512, 1024, 4096, 20000})
+      for (int64_t d : {16, 24, 64, 384, 512, 1024, 4096, 20000})
         for (int64_t n : {int64_t{1}, int64_t{100}, d * (d > 4096 ? 2 : d > 1024 ? 5 : 41) + 5})
           for (bool l2 : {false, true}) {
             ++g_cases;
@@ -338,6 +365,8 @@ static void test_qsgd(std::mt19937_64& rng) {
               mk::cpu::qsgd_finish_scales(stat.data(), pieces, l2, scales.data(), 0, nq);
             std::vector<uint8_t> want(nbytes + 1);
             mk::cpu::qsgd_encode(x.data(), dt, n, bits, d, scales.data(), s, want.data(), 0, blocks);
+            if (mk::cpu::qsgd_chunk_blocks(d) > 0) check_qsgd_chunks(name, x.data(), dt, n, bits, d,
+                                                                     l2, s, scales, want, want_bad);
             std::vector<float> got_scales(nq);
             Buffer got(nbytes, n % 3 == 1);
             int64_t flag[3] = {0, 0, 0};
