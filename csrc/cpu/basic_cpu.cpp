@@ -26,22 +26,6 @@ const bool kHasAvx512 = detect_avx512();
 
 namespace {
 
-// (hi, lo) of a * m for 16 lanes: vpmuludq multiplies the even 32-bit lanes into
-// 64-bit products; the odd lanes go through a 32-bit shift; blends put the halves
-// back in place.
-__attribute__((target("avx512f"))) inline void mulhilo16(__m512i a, __m512i m, __m512i& hi,
-                                                         __m512i& lo) {
-  const __m512i even = _mm512_mul_epu32(a, m);
-  const __m512i odd = _mm512_mul_epu32(_mm512_srli_epi64(a, 32), m);
-  const __mmask16 odd_lanes = 0xAAAA;
-  hi = _mm512_mask_blend_epi32(odd_lanes, _mm512_srli_epi64(even, 32), odd);
-  lo = _mm512_mask_blend_epi32(odd_lanes, even, _mm512_slli_epi64(odd, 32));
-}
-
-}  // namespace
-
-namespace {
-
 // Store word j of call l (vector j, lane l) in element order 4*l + j: pair the words
 // within 128-bit lanes, then a 4x4 transpose of the 128-bit lanes.
 __attribute__((target("avx512f"))) inline void store_calls16(__m512i c0, __m512i c1, __m512i c2,
@@ -60,24 +44,30 @@ __attribute__((target("avx512f"))) inline void store_calls16(__m512i c0, __m512i
 
 }  // namespace
 
-// Two independent groups of 16 calls per iteration: one group's rounds are a
-// dependent chain (multiply, shift, blend, xor), two give the out-of-order core
-// independent work.  Words are written for ncalls rounded up to 32 calls.
+// Each word of a call in the low half of a 64-bit lane, 8 calls a vector: vpmuludq
+// reads only the low halves, so its 64-bit product is the (hi, lo) pair in place, and
+// whatever the high halves hold never reaches a low half (a shift right by 32 brings
+// hi down; lo is the product itself).  The earlier layout, 16 calls in 32-bit lanes,
+// spent two shifts and two blends per product on the odd lanes: 16 instructions a
+// round per 16 calls against 12 here.  Measured, 2^24 words on one thread of the CI
+// box (the two side by side, medians of 21): 8.2 ms -> 6.6 ms, the same words.  Four
+// independent groups of 8 calls per iteration give the out-of-order core independent
+// chains; words are written for ncalls rounded up to 32 calls.
 __attribute__((target("avx512f"))) void philox_words_avx512(uint64_t ctr0, PhiloxKey key,
                                                             int64_t ncalls, uint32_t* words) {
-  const __m512i m0 = _mm512_set1_epi32(static_cast<int>(kPhiloxM0));
-  const __m512i m1 = _mm512_set1_epi32(static_cast<int>(kPhiloxM1));
-  const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  const __m512i m0 = _mm512_set1_epi64(kPhiloxM0), m1 = _mm512_set1_epi64(kPhiloxM1);
+  const __m512i iota = _mm512_setr_epi64(0, 1, 2, 3, 4, 5, 6, 7);
+  // The low halves of two vectors of 8 lanes, as one of 16.
+  const __m512i low_halves =
+      _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
   for (int64_t c = 0; c < ncalls; c += 32) {
-    __m512i c0[2], c1[2], c2[2], c3[2];
-    for (int g = 0; g < 2; ++g) {
-      // 64-bit counters ctr0 + c + 16g + lane: low words with iota, carry into high.
-      const uint64_t base = ctr0 + static_cast<uint64_t>(c + 16 * g);
-      const __m512i base_lo = _mm512_set1_epi32(static_cast<int>(static_cast<uint32_t>(base)));
-      const __m512i base_hi = _mm512_set1_epi32(static_cast<int>(base >> 32));
-      c0[g] = _mm512_add_epi32(base_lo, iota);
-      const __mmask16 carry = _mm512_cmplt_epu32_mask(c0[g], base_lo);
-      c1[g] = _mm512_mask_add_epi32(base_hi, carry, base_hi, _mm512_set1_epi32(1));
+    __m512i c0[4], c1[4], c2[4], c3[4];
+    for (int g = 0; g < 4; ++g) {
+      // 64-bit counters ctr0 + c + 8g + lane: the low word in place, the high word
+      // shifted down.
+      const uint64_t base = ctr0 + static_cast<uint64_t>(c + 8 * g);
+      c0[g] = _mm512_add_epi64(_mm512_set1_epi64(static_cast<long long>(base)), iota);
+      c1[g] = _mm512_srli_epi64(c0[g], 32);
       c2[g] = _mm512_setzero_si512();
       c3[g] = _mm512_setzero_si512();
     }
@@ -86,20 +76,23 @@ __attribute__((target("avx512f"))) void philox_words_avx512(uint64_t ctr0, Philo
     for (int r = 0; r < 10; ++r) {
       const __m512i kk0 = _mm512_set1_epi32(static_cast<int>(k0));
       const __m512i kk1 = _mm512_set1_epi32(static_cast<int>(k1));
-      for (int g = 0; g < 2; ++g) {
-        __m512i hi0, lo0, hi1, lo1;
-        mulhilo16(c0[g], m0, hi0, lo0);
-        mulhilo16(c2[g], m1, hi1, lo1);
-        c0[g] = _mm512_ternarylogic_epi32(hi1, c1[g], kk0, 0x96);
-        c1[g] = lo1;
-        c2[g] = _mm512_ternarylogic_epi32(hi0, c3[g], kk1, 0x96);
-        c3[g] = lo0;
+      for (int g = 0; g < 4; ++g) {
+        const __m512i p0 = _mm512_mul_epu32(c0[g], m0), p1 = _mm512_mul_epu32(c2[g], m1);
+        c0[g] = _mm512_ternarylogic_epi32(_mm512_srli_epi64(p1, 32), c1[g], kk0, 0x96);
+        c1[g] = p1;
+        c2[g] = _mm512_ternarylogic_epi32(_mm512_srli_epi64(p0, 32), c3[g], kk1, 0x96);
+        c3[g] = p0;
       }
       k0 += kPhiloxW0;
       k1 += kPhiloxW1;
     }
-    store_calls16(c0[0], c1[0], c2[0], c3[0], words + 4 * c);
-    store_calls16(c0[1], c1[1], c2[1], c3[1], words + 4 * c + 64);
+    for (int h = 0; h < 2; ++h) {  // groups 2h and 2h + 1: calls c + 16h .. c + 16h + 15
+      const int a = 2 * h, b = 2 * h + 1;
+      store_calls16(_mm512_permutex2var_epi32(c0[a], low_halves, c0[b]),
+                    _mm512_permutex2var_epi32(c1[a], low_halves, c1[b]),
+                    _mm512_permutex2var_epi32(c2[a], low_halves, c2[b]),
+                    _mm512_permutex2var_epi32(c3[a], low_halves, c3[b]), words + 4 * c + 64 * h);
+    }
   }
 }
 #endif
