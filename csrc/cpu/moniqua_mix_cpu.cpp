@@ -17,8 +17,9 @@ MK_INLINE int64_t mix_blocks(T* x, int64_t n, const MixArgs& a, int64_t blk0, in
   int64_t bad = 0;
   for (int64_t blk = blk0; blk < blk1; ++blk) {
     const BlockRange r = block_range(blk, n);
-    // float32 x is read and written in place: a copy into scratch (a rep movsq) and
-    // back took a third of the mix's time in perf (one thread, 2^24, 2 neighbours).
+    // float32 x is read and written in place, not copied into scratch and back (a rep
+    // movsq that perf charged a third of the samples, with x's first reads from memory).
+    // 2^24 elements, 2 neighbours, 1-bit dither, 2 threads: 22.4 -> 20.1 ms.
     float* xf = x_scratch;
     if constexpr (kFloat) xf = x + r.begin;
     else load_row(x, r, xf);
