@@ -16,13 +16,18 @@ namespace cpu {
 
 #if defined(MK_X86_CLONES)
 namespace {
-bool detect_avx512() {
+bool cpu_supports_avx512() {
   __builtin_cpu_init();  // required before __builtin_cpu_supports in a static initializer
   return __builtin_cpu_supports("avx512f");
 }
+bool cpu_supports_avx2() {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx2");
+}
 }  // namespace
 
-const bool kHasAvx512 = detect_avx512();
+const bool kHasAvx512 = cpu_supports_avx512();
+const bool kHasAvx2 = cpu_supports_avx2();
 
 namespace {
 
@@ -92,6 +97,60 @@ __attribute__((target("avx512f"))) void philox_words_avx512(uint64_t ctr0, Philo
                     _mm512_permutex2var_epi32(c1[a], low_halves, c1[b]),
                     _mm512_permutex2var_epi32(c2[a], low_halves, c2[b]),
                     _mm512_permutex2var_epi32(c3[a], low_halves, c3[b]), words + 4 * c + 64 * h);
+    }
+  }
+}
+#endif
+
+#if defined(MK_X86_CLONES)
+// The same layout with AVX2: 4 calls a vector, four groups (16 calls) per iteration;
+// AVX2 has no ternary logic, so two xors.  Words are written for ncalls rounded up to
+// 16 calls.  Measured, 2^24 words on one thread of the CI box: 9.1 ms, against 27 ms
+// for the portable loop as GCC vectorizes it for x86-64-v3 (4.4 calls a vector, but
+// 64-bit multiplies emulated); two groups 10.7 ms, three 10.0 ms.  The CPUs without
+// AVX-512 (AMD before Zen 4, most Intel client parts) take this path.  The kernels
+// built for x86-64-v3 with AVX-512 switched off (the CI box standing in for such a
+// CPU; 2^24 float32, 2 threads): philox_uniform 13.9 -> 5.4 ms, 1-bit dither encode
+// 15.9 -> 7.2, decode 17.4 -> 8.3, 2-neighbour mix 53.2 -> 27.7, QSGD 4 bits 16.7 -> 8.1.
+__attribute__((target("avx2"))) void philox_words_avx2(uint64_t ctr0, PhiloxKey key,
+                                                       int64_t ncalls, uint32_t* words) {
+  const __m256i m0 = _mm256_set1_epi64x(kPhiloxM0), m1 = _mm256_set1_epi64x(kPhiloxM1);
+  const __m256i iota = _mm256_setr_epi64x(0, 1, 2, 3);
+  for (int64_t c = 0; c < ncalls; c += 16) {
+    __m256i c0[4], c1[4], c2[4], c3[4];
+    for (int g = 0; g < 4; ++g) {
+      const uint64_t base = ctr0 + static_cast<uint64_t>(c + 4 * g);
+      c0[g] = _mm256_add_epi64(_mm256_set1_epi64x(static_cast<long long>(base)), iota);
+      c1[g] = _mm256_srli_epi64(c0[g], 32);
+      c2[g] = _mm256_setzero_si256();
+      c3[g] = _mm256_setzero_si256();
+    }
+    uint32_t k0 = key.k0, k1 = key.k1;
+#pragma GCC unroll 10
+    for (int r = 0; r < 10; ++r) {
+      const __m256i kk0 = _mm256_set1_epi32(static_cast<int>(k0));
+      const __m256i kk1 = _mm256_set1_epi32(static_cast<int>(k1));
+      for (int g = 0; g < 4; ++g) {
+        const __m256i p0 = _mm256_mul_epu32(c0[g], m0), p1 = _mm256_mul_epu32(c2[g], m1);
+        c0[g] = _mm256_xor_si256(_mm256_xor_si256(_mm256_srli_epi64(p1, 32), c1[g]), kk0);
+        c1[g] = p1;
+        c2[g] = _mm256_xor_si256(_mm256_xor_si256(_mm256_srli_epi64(p0, 32), c3[g]), kk1);
+        c3[g] = p0;
+      }
+      k0 += kPhiloxW0;
+      k1 += kPhiloxW1;
+    }
+    for (int g = 0; g < 4; ++g) {
+      // Per call, (w0, w1) and (w2, w3) as 64-bit pairs; then calls 0..3 in order.
+      const __m256i w01 = _mm256_blend_epi32(c0[g], _mm256_slli_epi64(c1[g], 32), 0xAA);
+      const __m256i w23 = _mm256_blend_epi32(c2[g], _mm256_slli_epi64(c3[g], 32), 0xAA);
+      const __m256i even = _mm256_unpacklo_epi64(w01, w23);  // calls 0 and 2
+      const __m256i odd = _mm256_unpackhi_epi64(w01, w23);   // calls 1 and 3
+      uint32_t* out = words + 4 * (c + 4 * g);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out),
+                          _mm256_permute2x128_si256(even, odd, 0x20));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + 8),
+                          _mm256_permute2x128_si256(even, odd, 0x31));
     }
   }
 }

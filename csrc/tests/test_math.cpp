@@ -6,6 +6,7 @@
 #include <random>
 #include <vector>
 
+#include "cpu/block.h"
 #include "cpu/kernels.h"
 #include "moniqua_kernels/moniqua_kernels.h"
 
@@ -144,6 +145,43 @@ static void test_block_split_invariance() {
     mismatches += uc[i] != mk::uniform_from_word(w[i & 3]);
   }
   CHECK(mismatches == 0);
+}
+
+// Each vectorized Philox this CPU can run (AVX-512, AVX2), called directly, against
+// the scalar header function: counters whose low word carries into the high one, call
+// counts that are not whole iterations.  The kernels take the widest one the CPU has,
+// so on an AVX-512 machine this is the only test of the AVX2 path.
+static void test_philox_vector_paths() {
+#if defined(MK_X86_CLONES)
+  using WordsFn = void (*)(uint64_t, mk::PhiloxKey, int64_t, uint32_t*);
+  const struct {
+    const char* name;
+    bool available;
+    WordsFn fn;
+    int64_t step;  // calls per iteration: words are written for ncalls rounded up to it
+  } paths[] = {{"avx512", mk::cpu::kHasAvx512, mk::cpu::philox_words_avx512, 32},
+               {"avx2", mk::cpu::kHasAvx2, mk::cpu::philox_words_avx2, 16}};
+  const mk::PhiloxKey key = mk::philox_key(0x9E3779B97F4A7C15ull);
+  for (const auto& p : paths) {
+    if (!p.available) {
+      std::printf("Philox %s: not on this CPU, not tested\n", p.name);
+      continue;
+    }
+    int64_t mismatches = 0;
+    for (uint64_t ctr0 : {uint64_t{0}, (uint64_t{1} << 32) - 7, uint64_t{0x123456789ABCDEFull}})
+      for (int64_t ncalls : {1, 5, 16, 17, 100, 256}) {
+        std::vector<uint32_t> words((ncalls + p.step - 1) / p.step * p.step * 4);
+        p.fn(ctr0, key, ncalls, words.data());
+        for (int64_t c = 0; c < ncalls; ++c) {
+          uint32_t w[4];
+          mk::philox4x32_10(ctr0 + static_cast<uint64_t>(c), key, w);
+          for (int j = 0; j < 4; ++j) mismatches += words[4 * c + j] != w[j];
+        }
+      }
+    std::printf("Philox %s: %lld mismatching words\n", p.name, static_cast<long long>(mismatches));
+    CHECK(mismatches == 0);
+  }
+#endif
 }
 
 static void test_half_bf16_conversions() {
@@ -340,6 +378,7 @@ int main() {
   test_dither_fraction();
   std::printf("CPU kernels dispatched to: %s\n", moniqua_kernels::cpu::isa_name());
   test_philox_known_answer();
+  test_philox_vector_paths();
   test_packing_example();
   test_moniqua_nearest_example();
   test_roundtrip_bound();
