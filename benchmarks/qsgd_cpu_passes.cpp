@@ -4,10 +4,10 @@
 // of 31 rounds, beside a 2-thread copy; the medians and the median ratio per bucket
 // size are printed.  The measurement behind cpu::kOnePassMinBucket (cpu/kernels.h).
 //
-//   cmake -S . -B build/bench -DCMAKE_BUILD_TYPE=Release && cmake --build build/bench -j2 --target moniqua_cpu
-//   g++ -O2 -std=c++17 -pthread -Icsrc -Icsrc/include benchmarks/qsgd_cpu_passes.cpp \
-//       build/bench/libmoniqua_cpu.a -o build/bench/qsgd_cpu_passes
+//   cmake -S . -B build/bench -DCMAKE_BUILD_TYPE=Release
+//   cmake --build build/bench -j2 --target qsgd_cpu_passes
 //   build/bench/qsgd_cpu_passes 16 64 128 256 384 512 4096 65536
+// (scripts/ctest.sh builds it too, at -O1, only to keep it compiling.)
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
