@@ -546,6 +546,21 @@ def test_qsgd_elias_max(backend, device, bits):
 
 
 @pytest.mark.parametrize("backend,device", BACKENDS, ids=IDS)
+def test_qsgd_elias_sparse_long_gaps(backend, device):
+    """Sparse x (one bucket element in ~300 nonzero, plus one large value): gaps of
+    hundreds, on both sides of the native coder's table of omega codes (below 512), and
+    whole-bucket gaps past it; several 64-element masks without a nonzero level."""
+    _serves_elias(backend, device)
+    g = torch.Generator().manual_seed(3)
+    n = 20000
+    x = torch.randn(n, generator=g) * (torch.rand(n, generator=g) < 0.003)
+    x[5] = 50.0
+    for d in (512, 1000, 4096):
+        want = reference(("elias-sparse", d), lambda: mk.qsgd_elias_encode(x, 2, d, "max", 1, 0))
+        assert same(run(backend, mk.qsgd_elias_encode, x.to(device), 2, d, "max", 1, 0), want), d
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS, ids=IDS)
 def test_qsgd_elias_l2(backend, device):
     """l2 scales may differ in their last bits (summation order), and a code with them:
     the streams are equal where every scale is, and each side decodes its own stream to

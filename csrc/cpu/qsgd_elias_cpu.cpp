@@ -15,8 +15,43 @@ namespace {
 
 MK_INLINE int bit_length(uint64_t k) { return 64 - __builtin_clzll(k); }  // k >= 1
 
+// omega(k) for k < kOmegaTable, its bits right-aligned (at most 16: omega(511) is
+// 1 + 9 + 4 + 2 bits), so that the common codes, small gaps and levels, are one
+// lookup instead of a loop over their groups.
+constexpr int kOmegaTable = 512;
+struct OmegaCode {
+  uint32_t bits;
+  int32_t len;
+};
+struct OmegaTable {
+  OmegaCode code[kOmegaTable];
+};
+constexpr OmegaTable make_omega_table() {
+  OmegaTable t{};
+  for (int k = 1; k < kOmegaTable; ++k) {
+    uint32_t groups[8] = {}, bits = 0;
+    int lens[8] = {}, m = 0, len = 0;
+    for (uint32_t v = static_cast<uint32_t>(k); v > 1;) {  // from the outermost group in
+      int b = 0;
+      while ((v >> b) > 0) ++b;
+      groups[m] = v;
+      lens[m++] = b;
+      v = static_cast<uint32_t>(b - 1);
+    }
+    while (m > 0) {  // written from the innermost group out
+      --m;
+      bits = (bits << lens[m]) | groups[m];
+      len += lens[m];
+    }
+    t.code[k] = OmegaCode{bits << 1, len + 1};  // and the final 0
+  }
+  return t;
+}
+constexpr OmegaTable kOmega = make_omega_table();
+
 // |omega(k)|: 1 + bits(k) + bits(bits(k) - 1) + ... while the value exceeds 1.
 MK_INLINE int64_t omega_length(uint64_t k) {
+  if (k < kOmegaTable) return kOmega.code[k].len;
   int64_t len = 1;
   while (k > 1) {
     const int b = bit_length(k);
@@ -49,6 +84,10 @@ class BitWriter {
 
   // omega(k): its groups from the innermost (smallest) out, then the final 0.
   MK_INLINE void omega(uint64_t k) {
+    if (k < kOmegaTable) {
+      put32(kOmega.code[k].bits, kOmega.code[k].len);
+      return;
+    }
     uint64_t groups[8];
     int lens[8], m = 0;
     while (k > 1) {
@@ -151,11 +190,22 @@ MK_INLINE void visit_bucket(const uint8_t* codes, int64_t n, int64_t d, int64_t 
   const uint8_t* c = codes + q * d;
   const int64_t len = bucket_len(q, n, d);
   int64_t prev = 0;
-  for (int64_t i = 0; i < len; ++i) {
-    const uint32_t level = c[i] & level_mask;
-    if (!level) continue;
-    code(static_cast<uint64_t>(i + 1 - prev), c[i] >> (BITS - 1), level);
-    prev = i + 1;
+  // 64 elements at a time: a mask of the nonzero levels, walked by its set bits (a
+  // branch per element on random levels mispredicts often).  2^22 normal values, 4
+  // bits, l2, d = 512, one thread, the whole Elias encode: 29.4 ms; the mask alone
+  // 24-26 ms, the omega table alone 28.5 ms, both 16 ms (the mask removes the
+  // mispredictions, then the omega loops bind).
+  for (int64_t base = 0; base < len; base += 64) {
+    const int64_t span = len - base < 64 ? len - base : 64;
+    uint64_t nonzero = 0;
+    for (int64_t j = 0; j < span; ++j)
+      nonzero |= static_cast<uint64_t>((c[base + j] & level_mask) != 0) << j;
+    while (nonzero) {
+      const int64_t i = base + __builtin_ctzll(nonzero);
+      nonzero &= nonzero - 1;
+      code(static_cast<uint64_t>(i + 1 - prev), c[i] >> (BITS - 1), c[i] & level_mask);
+      prev = i + 1;
+    }
   }
   end(static_cast<uint64_t>(len + 1 - prev));
 }
