@@ -13,7 +13,19 @@ namespace moniqua_kernels {
 namespace cpu {
 namespace {
 
-MK_INLINE int bit_length(uint64_t k) { return 64 - __builtin_clzll(k); }  // k >= 1
+// omega(k)'s groups for k >= 1, from the outermost (k itself) in: groups[i], lens[i]
+// bits long; returns their count (0 for k = 1).  The code is the groups from the
+// innermost out, then a 0.
+constexpr int omega_groups(uint64_t k, uint64_t groups[8], int lens[8]) {
+  int m = 0;
+  while (k > 1) {
+    const int b = 64 - __builtin_clzll(k);
+    groups[m] = k;
+    lens[m++] = b;
+    k = static_cast<uint64_t>(b - 1);
+  }
+  return m;
+}
 
 // omega(k) for k < kOmegaTable, its bits right-aligned (at most 16: omega(511) is
 // 1 + 9 + 4 + 2 bits), so that the common codes, small gaps and levels, are one
@@ -29,21 +41,15 @@ struct OmegaTable {
 constexpr OmegaTable make_omega_table() {
   OmegaTable t{};
   for (int k = 1; k < kOmegaTable; ++k) {
-    uint32_t groups[8] = {}, bits = 0;
-    int lens[8] = {}, m = 0, len = 0;
-    for (uint32_t v = static_cast<uint32_t>(k); v > 1;) {  // from the outermost group in
-      int b = 0;
-      while ((v >> b) > 0) ++b;
-      groups[m] = v;
-      lens[m++] = b;
-      v = static_cast<uint32_t>(b - 1);
-    }
-    while (m > 0) {  // written from the innermost group out
+    uint64_t groups[8] = {};
+    int lens[8] = {}, len = 1;
+    uint32_t bits = 0;
+    for (int m = omega_groups(static_cast<uint64_t>(k), groups, lens); m > 0;) {
       --m;
-      bits = (bits << lens[m]) | groups[m];
+      bits = (bits << lens[m]) | static_cast<uint32_t>(groups[m]);
       len += lens[m];
     }
-    t.code[k] = OmegaCode{bits << 1, len + 1};  // and the final 0
+    t.code[k] = OmegaCode{bits << 1, len};  // and the final 0
   }
   return t;
 }
@@ -52,12 +58,10 @@ constexpr OmegaTable kOmega = make_omega_table();
 // |omega(k)|: 1 + bits(k) + bits(bits(k) - 1) + ... while the value exceeds 1.
 MK_INLINE int64_t omega_length(uint64_t k) {
   if (k < kOmegaTable) return kOmega.code[k].len;
+  uint64_t groups[8];
+  int lens[8];
   int64_t len = 1;
-  while (k > 1) {
-    const int b = bit_length(k);
-    len += b;
-    k = static_cast<uint64_t>(b - 1);
-  }
+  for (int m = omega_groups(k, groups, lens); m > 0;) len += lens[--m];
   return len;
 }
 
@@ -89,14 +93,8 @@ class BitWriter {
       return;
     }
     uint64_t groups[8];
-    int lens[8], m = 0;
-    while (k > 1) {
-      const int b = bit_length(k);
-      groups[m] = k;
-      lens[m++] = b;
-      k = static_cast<uint64_t>(b - 1);
-    }
-    while (m > 0) {
+    int lens[8];
+    for (int m = omega_groups(k, groups, lens); m > 0;) {
       --m;
       put(groups[m], lens[m]);
     }
