@@ -123,6 +123,35 @@ def test_average_is_kept_exactly_and_shutdown_is_clean():
         assert sent >= exchanges * 4000, r     # float32 payloads counted
 
 
+def _one_check(rank, world):
+    """Two ranks (rank 0 active), no local steps, one step: the pair's first check
+    (float32) measures |x_0 - x_1| before the first average."""
+    x = torch.zeros(N_CHECK) if rank == 0 else torch.linspace(-0.3, 0.25, N_CHECK)
+    p = torch.nn.Parameter(x.clone())
+    alg = gossip.Moniqua([p], "ring", bits=8, variant="adpsgd", timeout=30, sync_params=False)
+    alg.step()
+    if rank == 0:   # let the active finish its exchange before closing
+        with alg.engine._done:
+            assert alg.engine._done.wait_for(lambda: alg.engine._finished >= 1, 30)
+    alg.close()
+    return dict(alg.engine._running), alg.engine.exchanges, alg.bytes_sent
+
+
+N_CHECK = 1000
+
+
+def test_a_check_sends_one_way_and_both_ends_agree():
+    """|x_i - x_j| is the same from both ends, so the active sends its values and the
+    passive answers with the number: the active's running spread is the exact float32
+    max |x_0 - x_1|, and the passive sent no values (its 8-bit payload, the 8-byte
+    answer and nothing model-sized else)."""
+    (running, exchanges, sent0), (_, _, sent1) = run_ranks(_one_check, 2, timeout=60)
+    assert running == {1: float(torch.tensor(0.3))} and exchanges == 1
+    header = 4 * 8   # the active's check, request and goodbye headers: 4 int64 each
+    assert sent0 == 3 * header + 4 * N_CHECK + N_CHECK   # float32 values, one 8-bit payload
+    assert sent1 == N_CHECK + 8                          # one payload and the answer
+
+
 def _peer_dies(rank, world):
     """Rank 2 (active) dies after 10 steps."""
     import os

@@ -343,6 +343,48 @@ def test_theta_monitor_warns_on_violation():
         assert measured == pytest.approx(true_max) and theta == 0.1 and violations == 1
 
 
+@pytest.mark.parametrize("top", ["ring", "torus:3x4"])
+def test_theta_check_compares_each_pair_once(top):
+    """|x_i - x_j| is the same from both ends, so a check sends over each neighbour pair
+    once (Topology.compare_peers): a check step's bytes are the 1-bit payload to every
+    neighbour plus the check's values to half of them (float32 the first time, 8-bit
+    codes after) plus the 2-float max all-reduce; every worker still sees the max over
+    every edge, exact in float32 and within the codes' resolution after."""
+    from moniqua_kernels.gossip.base import ring_allreduce_bytes
+    from moniqua_kernels.gossip.moniqua import CHECK_MODULUS
+    n, theta = 12, 0.5
+    topo = T.make(top, n)
+    xs = start_values(n, 17, scale=0.05)
+
+    def fn(r, tr):
+        p = param(xs[r])
+        mon = gossip.ThetaMonitor(every=1, raise_after=None)
+        g = gossip.Moniqua([p], topo, transport=tr, theta=theta, bits=1, gamma=0.2,
+                           monitor=mon, sync_params=False)
+        before, sent = [], []
+        for _ in range(2):
+            before.append(p.detach().clone())
+            g.step()
+            sent.append(g.last_bytes_sent)
+        return before, sent, mon.history
+    res = run_workers(n, fn)
+    edges = [(i, j) for i in range(n) for j, _ in topo.in_peers(i)]
+    degree = len(topo.in_peers(0))
+    allreduce = ring_allreduce_bytes(8, n)
+    for step, (element_bytes, resolution) in enumerate([(4, 0.0),
+                                                         (1, CHECK_MODULUS * theta / 512)]):
+        true = max(float((res[i][0][step] - res[j][0][step]).abs().max()) for i, j in edges)
+        for before, sent, history in res:
+            assert history[step][0] == step
+            assert true - resolution <= history[step][1] <= true + resolution
+            if resolution == 0:
+                assert history[step][1] == true
+        checks = [sent[step] - degree * packed_nbytes(N_ELEM, 1) - allreduce
+                  for _, sent, _ in res]
+        assert sum(checks) == len(edges) // 2 * N_ELEM * element_bytes   # once per pair
+        assert set(checks) == {degree // 2 * N_ELEM * element_bytes}      # balanced
+
+
 def test_theta_monitor_quiet_when_bound_holds_and_lr_schedule():
     n = 4
     xs = [torch.full((N_ELEM,), 0.01 * r) for r in range(n)]

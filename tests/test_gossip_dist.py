@@ -95,12 +95,12 @@ def test_bytes_sent_equal_the_formulas(runs):
         assert runs[name][0].bytes_sent == [total] * n, name
     # Moniqua with its theta checks at steps 0-8: a check sends every value as float32
     # ("fine": the first one, one after identical models, one after codes that read near
-    # their range) or as 8-bit codes ("coarse") to each neighbour; each look ends with a
-    # 2-float max all-reduce.  So the extra bytes are a fine + b coarse looks, a >= 1,
-    # b < checks, a + b >= checks.
+    # their range) or as 8-bit codes ("coarse") over each neighbour pair once (on a ring:
+    # to the successor only); each look ends with a 2-float max all-reduce.  So the
+    # extra bytes are a fine + b coarse looks, a >= 1, b < checks, a + b >= checks.
     checks = [t for t in range(steps) if t < 8 or t & (t - 1) == 0]
     reduce = math.ceil(2 * (n - 1) * 8 / n)
-    fine, coarse = deg * 4 * n_params + reduce, deg * n_params + reduce
+    fine, coarse = 4 * n_params + reduce, n_params + reduce
 
     def looks(extra):
         return [(a, b) for b in range(len(checks)) for a in range(1, 2 * len(checks))

@@ -173,3 +173,41 @@ def test_bad_specs_refused():
         T.from_adjacency([[0, 1], [0, 0]])
     with pytest.raises(T.TopologyError, match="positive int"):
         T.ring(0)
+
+
+@pytest.mark.parametrize("make,steps", [
+    (lambda: T.ring(2), 1), (lambda: T.ring(3), 1), (lambda: T.ring(8), 1),
+    (lambda: T.torus(3, 4), 1), (lambda: T.make("torus:2x4", 8), 1),
+    (lambda: T.exponential(8), 1), (lambda: T.complete(6), 1), (lambda: T.complete(7), 1),
+    (lambda: T.star(5), 1), (lambda: T.one_peer_exponential(8), 3),
+    (lambda: T.random_matching(T.ring(6), seed=3), 8),
+    (lambda: T.from_adjacency(_PETAL), 1)],
+    ids=["ring2", "ring3", "ring8", "torus3x4", "torus2x4", "exponential8", "complete6",
+         "complete7", "star5", "exp-onepeer8", "matching6", "odd-degrees"])
+def test_compare_peers_orients_each_pair_once(make, steps):
+    """Moniqua's spread check sends over each neighbour pair once: every pair {i, j}
+    that exchanges at a step (either way, directed graphs too) is one send i -> j that
+    j expects as a receive from i, and nothing else; at every worker the sends and the
+    receives differ by at most one (a ring's workers each send to their successor)."""
+    top = make()
+    for t in range(steps):
+        w = top.weights(t)
+        pairs = {frozenset((i, j)) for i in range(top.n) for j in range(top.n)
+                 if i != j and (w[i, j] > 0 or w[j, i] > 0)}
+        arrows = set()
+        for i in range(top.n):
+            sends, recvs = top.compare_peers(i, t)
+            assert not set(sends) & set(recvs)
+            assert abs(len(sends) - len(recvs)) <= 1, (i, sends, recvs)
+            arrows |= {(i, j) for j in sends}
+            for j in recvs:
+                assert i in top.compare_peers(j, t)[0]
+        assert {frozenset(a) for a in arrows} == pairs and len(arrows) == len(pairs)
+    if top.name.startswith("ring") and top.n > 2:
+        assert all(top.compare_peers(i)[0] == [(i + 1) % top.n] for i in range(top.n))
+
+
+# a hub joined to two triangles and a tail: degrees 4, 2, 2, 2, 2, 1 and 3 (odd ones)
+_PETAL = np.zeros((7, 7), dtype=bool)
+for _i, _j in [(0, 1), (0, 2), (1, 2), (0, 3), (0, 4), (3, 4), (4, 5), (4, 6)]:
+    _PETAL[_i, _j] = _PETAL[_j, _i] = True

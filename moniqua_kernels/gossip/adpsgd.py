@@ -58,6 +58,7 @@ import numpy as np
 import torch
 
 from .. import ops
+from ..reference.packing import packed_nbytes
 from . import theta as theta_mod
 from . import topology as topology_mod
 from .base import GossipAlgorithm, stream_seed
@@ -343,10 +344,12 @@ class AsyncPairwise:
 
     def _check(self, peer, k, active: bool, theta: float = 0.0, coarse: bool = False):
         """Measure the pair's spread over every coordinate; both ends end with the same
-        number, the max of what each measured, and the active's pair theta follows it.
-        As the synchronous check (Moniqua._measure_spread): 8-bit codes at CHECK_MODULUS x
-        the pair's theta, float32 when there is none yet, when the last check found
-        identical models, or when the codes read above a quarter of their range."""
+        number, and the active's pair theta follows it.  As the synchronous check
+        (Moniqua._measure_spread): the active sends its values, 8-bit codes at
+        CHECK_MODULUS x the pair's theta, float32 when there is none yet, when the last
+        check found identical models, or when the codes read above a quarter of their
+        range; the passive measures and answers with the number (|x_i - x_j| is the same
+        from both ends, so one direction is enough)."""
         if active:
             theta = self._pair_theta.get(peer, 0.0)
             coarse = theta > 0 and self._running.get(peer, 0.0) > 0
@@ -354,10 +357,10 @@ class AsyncPairwise:
                                                  dtype=torch.int64))
         mine = self._belief()
         modulus = CHECK_MODULUS * theta
-        spread = self._measure(peer, mine, coarse, modulus)
+        spread = self._measure(peer, mine, coarse, modulus, active)
         if coarse and spread > CHECK_MODULUS / 4 * theta:   # a wrap is plausible
             coarse = False
-            spread = self._measure(peer, mine, coarse, modulus)
+            spread = self._measure(peer, mine, coarse, modulus, active)
         spread += modulus / 512 if coarse else 0.0
         if not math.isfinite(spread):
             raise FloatingPointError(f"rank {self.rank}: non-finite model at an AD-PSGD check "
@@ -376,28 +379,30 @@ class AsyncPairwise:
             self._pair_theta[peer] = max(self.margin * self._running[peer], scale * 2.0 ** -20,
                                          1e-30)
 
-    def _measure(self, peer, mine, coarse: bool, modulus: float) -> float:
+    def _measure(self, peer, mine, coarse: bool, modulus: float, active: bool) -> float:
+        """The pair's max |x_i - x_j|: the active sends, the passive decodes against its
+        own values and sends the number back."""
         spread = 0.0
         for b, x in zip(self.alg.buckets, mine):
-            wire = (ops.moniqua_encode(x, modulus, 8, "nearest") if coarse
-                    else x.float().contiguous().view(torch.uint8))
             tag = _TAG_STAT + 8 * (b.index + 1)
-            recv = self.net.recv(peer, wire.numel(), tag, "an AD-PSGD check")
-            send = self.net.send(peer, wire, tag, "an AD-PSGD check")
-            got = recv.wait()
-            send.wait()
-            self._count(wire.numel())
+            if active:
+                wire = (ops.moniqua_encode(x, modulus, 8, "nearest") if coarse
+                        else x.float().contiguous().view(torch.uint8))
+                self.net.send(peer, wire, tag, "an AD-PSGD check").wait()
+                self._count(wire.numel())
+                continue
+            nbytes = packed_nbytes(b.numel, 8) if coarse else 4 * b.numel
+            got = self.net.recv(peer, nbytes, tag, "an AD-PSGD check").wait()
             theirs = (ops.moniqua_decode(got, x, modulus, 8, "nearest") if coarse
                       else got.view(torch.float32))
             spread = max(spread, float((theirs.float() - x.float()).abs().max()))
-        # they decode against different references, so the two may differ in the last bits
-        recv = self.net.recv(peer, 8, _TAG_STAT, "an AD-PSGD check")
-        send = self.net.send(peer, torch.tensor([spread], dtype=torch.float64).view(torch.uint8),
-                             _TAG_STAT, "an AD-PSGD check")
-        other = float(recv.wait().view(torch.float64)[0])
-        send.wait()
+        if active:
+            return float(self.net.recv(peer, 8, _TAG_STAT, "an AD-PSGD check").wait()
+                         .view(torch.float64)[0])
+        self.net.send(peer, torch.tensor([spread], dtype=torch.float64).view(torch.uint8),
+                      _TAG_STAT, "an AD-PSGD check").wait()
         self._count(8)
-        return max(spread, other)
+        return spread
 
 
 def _f2i(value: float) -> int:

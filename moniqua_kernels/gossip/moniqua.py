@@ -270,29 +270,34 @@ class Moniqua(GossipAlgorithm):
         within CHECK_MODULUS / 512 x theta, and a larger spread still reads as above theta
         (wrapped, it lands anywhere in +-CHECK_MODULUS / 2 x theta).  The first check (no
         theta yet) and a check that reads above CHECK_MODULUS / 4 x theta (a wrap is then
-        plausible) send float32.  Cost: one byte per element to each neighbour per check.
+        plausible) send float32.  |x_i - x_j| is the same seen from either end, so each
+        pair of neighbours compares once (``Topology.compare_peers``: on a ring each worker
+        sends to its successor only), half the bytes of sending to every neighbour.
+        Cost: one byte per element per pair per check.  Measured with netbench (4 ranks
+        on a ring, 100 Mbit/s links, 2.46M parameters): sending both ways, the checks took
+        half of 1-bit Moniqua's 10.6 s to 92% accuracy; one way, it took 7.2 s.
         """
-        peers = self.topology.in_peers(self.rank, t)
-        out = self.topology.out_peers(self.rank, t)
+        peers = self.topology.compare_peers(self.rank, t)
         spread = None
         # Codes at a multiple of theta say nothing when theta was set from identical
         # models (the first step of begin()-before-backward): go straight to float32.
         if self.theta is not None and self._last_spread:
-            spread, scale = self._spread_of(t, peers, out, coarse=True)
+            spread, scale = self._spread_of(t, peers, coarse=True)
             # Above a quarter of the check's range a wrapped coordinate is plausible
             # (early steps, when the spread grows by orders of magnitude): look again at
             # full precision.
             if spread > CHECK_MODULUS / 4 * self.theta:
                 spread = None
         if spread is None:
-            spread, scale = self._spread_of(t, peers, out, coarse=False)
+            spread, scale = self._spread_of(t, peers, coarse=False)
             self._last_spread = spread
             return spread, 0.0, scale
         self._last_spread = spread
         # nearest rounding at 8 bits: |decode - x| <= 2^-9 x modulus
         return spread, CHECK_MODULUS * self.theta / 512, scale
 
-    def _spread_of(self, t, peers, out, coarse: bool) -> tuple[float, float]:
+    def _spread_of(self, t, peers, coarse: bool) -> tuple[float, float]:
+        sends, recvs = peers
         if coarse:
             modulus = CHECK_MODULUS * self.theta
             wire = torch.cat([ops.moniqua_encode(b.tensor, modulus, 8, "nearest")
@@ -300,14 +305,14 @@ class Moniqua(GossipAlgorithm):
         else:
             wire = torch.cat([b.tensor.detach().reshape(-1).float() for b in self.buckets]
                              ).view(torch.uint8)
-        got = self._wait(self._exchange([(k, wire) for k in out],
-                                        [(j, wire.numel()) for j, _ in peers],
+        got = self._wait(self._exchange([(k, wire) for k in sends],
+                                        [(j, wire.numel()) for j in recvs],
                                         tag=_MONITOR_TAG))
         device = self.buckets[0].tensor.device
         stats = torch.zeros(2, dtype=torch.float32, device=device)
         for b in self.buckets:
             stats[1] = torch.maximum(stats[1], b.tensor.detach().abs().max().float())
-        for j, _ in peers:
+        for j in recvs:
             if coarse:
                 start = 0
                 for b in self.buckets:

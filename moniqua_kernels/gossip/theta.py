@@ -11,10 +11,11 @@ paper's bound on the model spread is proportional to the learning rate: Lu & De 
 ``Adaptive`` (the default): theta = margin x the measured max |x_i - x_j|.
 
 Checks: at steps 0-7, 8, 16, 32, ... (the spread grows fastest from the common start)
-and then every ``every`` steps, each worker sends all its values, 8-bit Moniqua codes at
-a 32 x theta modulus, to its neighbours (Moniqua._measure_spread); the max difference
-over every coordinate and edge is max-all-reduced, so every worker sees the same number
-(and Adaptive gives the same theta everywhere).
+and then every ``every`` steps, all of a worker's values, 8-bit Moniqua codes at a 32 x
+theta modulus, go over each neighbour pair once (|x_i - x_j| is the same from both ends;
+Moniqua._measure_spread); the max difference over every coordinate and edge is
+max-all-reduced, so every worker sees the same number (and Adaptive gives the same theta
+everywhere).
 
 Gamma and margin (``default_gamma``, ``default_margin``).  Moniqua mixes against its own
 decoded payload, so a step adds gamma (W_t - I) e to the models, e the decode errors
@@ -267,7 +268,7 @@ class ThetaMonitor:
 
     At ``check_steps(step, every)`` every coordinate is compared (the module docstring
     says how); one max all-reduce makes every worker see the same number.  The bytes
-    (one per element to each neighbour per check) are counted in bytes_sent.
+    (one per element per neighbour pair per check) are counted in bytes_sent.
 
     A violation warns (ThetaViolation, on rank 0: every rank sees the same measurement)
     with the measured spread and what to change; ``raise_after`` violations at

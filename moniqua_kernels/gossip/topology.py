@@ -105,6 +105,39 @@ def check_weights(w, *, symmetric: bool = True, connected: bool = True,
     return w
 
 
+def _balanced_orientation(w: np.ndarray) -> list[list[int]]:
+    """For each worker, the neighbours it sends to when every pair {i, j} with W[i, j] or
+    W[j, i] > 0 is given one direction, so that at every worker the sends and receives
+    differ by at most one.  The classic construction: join every odd-degree worker to
+    one extra vertex (all degrees are then even), split the edges into closed walks
+    (from the lowest worker with an unused edge, always along its lowest unused edge: a
+    walk on even degrees can only stop where it began) and direct each walk's edges the
+    way it went; a closed walk enters each vertex as often as it leaves, and dropping
+    the extra edges moves each worker by at most one."""
+    n = w.shape[0]
+    edges = [(i, j) for i in range(n) for j in range(i + 1, n) if w[i, j] > 0 or w[j, i] > 0]
+    odd = [v for v in range(n) if sum(v in e for e in edges) % 2]
+    edges += [(v, n) for v in odd]
+    incident: list[list[int]] = [[] for _ in range(n + 1)]
+    for k, (i, j) in enumerate(edges):
+        incident[i].append(k)
+        incident[j].append(k)
+    used = [False] * len(edges)
+    sends: list[list[int]] = [[] for _ in range(n)]
+    for start in range(n + 1):
+        v = start
+        while True:
+            k = next((k for k in incident[v] if not used[k]), None)
+            if k is None:
+                break
+            used[k] = True
+            u = edges[k][1] if edges[k][0] == v else edges[k][0]
+            if u < n and v < n:
+                sends[v].append(u)
+            v = u
+    return [sorted(s) for s in sends]
+
+
 class Topology:
     """A mixing matrix, static or a function of the step.
 
@@ -134,6 +167,7 @@ class Topology:
         else:
             self._w = check_weights(weights, symmetric=symmetric, name=name)
             self.n, self.period, self._fn = self._w.shape[0], 1, None
+        self._compare: Optional[list[list[int]]] = None
 
     @property
     def time_varying(self) -> bool:
@@ -158,6 +192,22 @@ class Topology:
         """The workers whose new value uses rank's value, ascending."""
         w = self.weights(step)
         return [int(k) for k in np.nonzero(w[:, rank])[0] if k != rank]
+
+    def compare_peers(self, rank: int, step: int = 0) -> tuple[list[int], list[int]]:
+        """(send to, receive from), ascending: each neighbour pair {i, j} of step ``step``
+        (an edge either way) with one direction, for a measurement that is the same seen
+        from both ends, such as Moniqua's spread |x_i - x_j|: each pair then sends once,
+        where a full exchange sends both ways.  The directions are balanced (sends and
+        receives differ by at most one at every worker, ``_balanced_orientation``): on a
+        ring every worker sends to its successor only, on a torus to two of its four
+        neighbours.  Every worker computes the same directions from W."""
+        if self._w is not None:
+            if self._compare is None:
+                self._compare = _balanced_orientation(self._w)
+            sends = self._compare
+        else:
+            sends = _balanced_orientation(self.weights(step))
+        return sends[rank], sorted(i for i in range(self.n) if rank in sends[i])
 
     def self_weight(self, rank: int, step: int = 0) -> float:
         return float(self.weights(step)[rank, rank])
