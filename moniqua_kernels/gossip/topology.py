@@ -115,9 +115,13 @@ def _balanced_orientation(w: np.ndarray) -> list[list[int]]:
     way it went; a closed walk enters each vertex as often as it leaves, and dropping
     the extra edges moves each worker by at most one."""
     n = w.shape[0]
-    edges = [(i, j) for i in range(n) for j in range(i + 1, n) if w[i, j] > 0 or w[j, i] > 0]
-    odd = [v for v in range(n) if sum(v in e for e in edges) % 2]
-    edges += [(v, n) for v in odd]
+    linked = (w > 0) | (w.T > 0)
+    edges = [(int(i), int(j)) for i, j in zip(*np.nonzero(np.triu(linked, 1)))]
+    degree = np.zeros(n, dtype=np.int64)
+    for i, j in edges:
+        degree[i] += 1
+        degree[j] += 1
+    edges += [(int(v), n) for v in np.nonzero(degree % 2)[0]]
     incident: list[list[int]] = [[] for _ in range(n + 1)]
     for k, (i, j) in enumerate(edges):
         incident[i].append(k)
