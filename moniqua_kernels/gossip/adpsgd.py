@@ -33,9 +33,10 @@ How this module runs it on torch.distributed:
 - With Moniqua's quantized exchange (``Moniqua(variant="adpsgd")``) each side sends
   its model at b bits against a theta both know: the active's, carried in the request.
   Theta adapts per pair: at a pair's exchanges 0-7, 8, 16, ... then every 64 the active
-  first measures the pair's spread over every coordinate (float32 the first time, then
-  8-bit codes at 32 theta, as the synchronous check does), both sides agree on the max,
-  and the pair's theta becomes margin x a running max of those spreads.  (One theta per
+  first measures the pair's spread over every coordinate (the active sends float32 the
+  first time, then 8-bit codes at 32 theta, as the synchronous check does; the passive
+  measures and answers with the number, so both sides hold the same spread), and the
+  pair's theta becomes margin x a running max of those spreads.  (One theta per
   active, from whichever neighbour it last checked, let a pair with a lagging passive
   exceed it and the models drift apart: measured, 4 ranks, a 20 ms straggler.)
 - ``close()`` stops the thread: an active finishes its exchange and tells its passive
