@@ -34,6 +34,9 @@ CHECKPOINT_VERSION = 2  # 2: loads with weights_only=True; records world size an
 ALGORITHMS = ("dpsgd", "allreduce", "moniqua", "choco", "squarm", "dcd", "ecd", "deepsqueeze",
               "adpsgd", "ddp")
 COMPRESSED = ("choco", "squarm", "dcd", "ecd", "deepsqueeze", "ddp")  # take --compressor
+# Whose paper updates x_{t+1} = mix(x_t) - lr g(x_t): the exchange of x_t can run while
+# g(x_t) is computed (train --overlap).
+OVERLAP = ("dpsgd", "moniqua")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -68,6 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--per-layer", action="store_true",
                    help="compress each parameter tensor on its own (one scale per layer, "
                         "as CHOCO-SGD's experiments do)")
+    a.add_argument("--overlap", action="store_true",
+                   help="dpsgd and moniqua: exchange x_t while its gradient is computed "
+                        "(begin() before the forward pass, end() after backward, then the "
+                        "optimizer step): x_{t+1} = mix(x_t) - lr g(x_t), the update as "
+                        "their papers write it; the network time hides behind the compute. "
+                        "Default: the optimizer step first, then the exchange of its result")
     a.add_argument("--local-steps", type=int, dest="H", help="SQuARM's local steps H")
     a.add_argument("--threshold", type=float, help="SQuARM's event-trigger threshold c_0")
     t = p.add_argument_group("training")
@@ -159,6 +168,11 @@ def _check_args(p: argparse.ArgumentParser, args) -> None:
         p.error("--algorithm squarm runs Nesterov momentum (0.9 by default); with "
                 f"--momentum {args.momentum} and{'' if args.nesterov else ' no'} --nesterov "
                 "it would be SPARQ-SGD: drop --momentum or add --nesterov")
+    if args.overlap and (args.algorithm not in OVERLAP or args.variant not in (None, "dpsgd")):
+        p.error(f"--overlap applies to --algorithm {' and '.join(OVERLAP)} (Moniqua's dpsgd "
+                "variant): the others gossip the model after the local step (CHOCO, SQuARM, "
+                "DCD, ECD, DeepSqueeze, D2), average it (allreduce), or exchange on their own "
+                "(adpsgd, ddp)")
     if args.nesterov and args.algorithm != "squarm" and not args.momentum:
         p.error("--nesterov needs --momentum > 0")
     for flag, path in (("--log-file", args.log_file), ("--json", args.json)):
@@ -349,7 +363,9 @@ def read_checkpoint(path: str, args, rank: int, world: int) -> dict:
     if state["world_size"] != world or state["rank"] != rank:
         raise CheckpointError(f"{path} was written by rank {state['rank']} of "
                               f"{state['world_size']}; this is rank {rank} of {world}")
-    changed = [k for k, v in _config(args).items() if state["args"].get(k) != v]
+    # a flag newer than the checkpoint counts as given at its default
+    defaults = vars(build_parser().parse_args([]))
+    changed = [k for k, v in _config(args).items() if state["args"].get(k, defaults.get(k)) != v]
     if changed:
         raise CheckpointError("the checkpoint was made with other settings: " + ", ".join(
             f"--{k.replace('_', '-')} {state['args'].get(k)} (now {getattr(args, k)})"
@@ -483,13 +499,24 @@ def _run(args, rank, world, device) -> dict:
                 xb = recipe.augment_cifar(xb, sampler)
             schedule.apply(optimizer, step)
             optimizer.zero_grad(set_to_none=True)
+            if args.overlap:
+                t_gossip = time.perf_counter()
+                algorithm.begin()      # x_t goes out while its gradient is computed
+                gossip_s = time.perf_counter() - t_gossip
             out = forward(xb)
             loss = F.cross_entropy(out, yb)
             loss.backward()
+            if args.overlap:
+                t_gossip = time.perf_counter()
+                algorithm.end()        # mix(x_t); the optimizer then subtracts lr g(x_t)
+                gossip_s += time.perf_counter() - t_gossip
             optimizer.step()
             if timer is not None:
-                timer.add("compute", time.perf_counter() - t_step)
-            algorithm.step()
+                # the gossip's own parts (encode, wire, decode_mix) are timed inside it
+                timer.add("compute", time.perf_counter() - t_step
+                          - (gossip_s if args.overlap else 0.0))
+            if not args.overlap:
+                algorithm.step()
             evaluating = args.eval_every and (step + 1) % args.eval_every == 0
             if (step + 1) % args.log_every == 0 or step + 1 == args.steps or evaluating:
                 stats = torch.tensor([loss.item(), (out.argmax(1) == yb).float().mean().item(),

@@ -88,6 +88,8 @@ def test_train_bad_flags_exit_2():
     (["--algorithm", "dpsgd", "--theta-check-every", "5"], "applies to --algorithm moniqua"),
     (["--json", "/proc/nope/out.json"], "--json '/proc/nope/out.json': "),
     (["--log-file", "/"], "is a folder"),
+    (["--algorithm", "choco", "--overlap"], "--overlap applies to --algorithm dpsgd and moniqua"),
+    (["--variant", "d2", "--overlap"], "--overlap applies to --algorithm dpsgd and moniqua"),
 ])
 def test_train_refuses_bad_values_before_any_work(argv, needle, capsys, monkeypatch):
     """Checked right after parsing: one line on stderr, exit 2, nothing started (no
@@ -154,6 +156,28 @@ def test_train_two_process_gloo_and_resume(tmp_path):
     assert full["summary"]["test_accuracy_averaged_model"] > 0.5
     lines = (tmp_path / "log.jsonl").read_text().splitlines()
     assert json.loads(lines[-1])["step"] == 40
+
+
+def test_train_overlap_is_mix_of_x_t_minus_its_gradient(tmp_path):
+    """--overlap exchanges x_t while g(x_t) is computed: x_1 = mix(x_0) - lr g_i(x_0).  On a
+    ring of 2 (W = 1/2 everywhere) from a common x_0 that is x_0 - lr g_i, different on
+    the two ranks, where the default order gives mix(x_0 - lr g_i) = x_0 - lr mean(g),
+    the same on both: the overlapped ranks' mean is the default's model."""
+    models = {}
+    for overlap in (False, True):
+        ckpt = tmp_path / f"overlap{overlap}"
+        _train_2_ranks(["--algorithm", "dpsgd", "--dataset", "digits", "--steps", "1",
+                        "--lr", "0.5", "--checkpoint-dir", ckpt, "--checkpoint-every", "1",
+                        *(["--overlap"] if overlap else [])], tmp_path)
+        models[overlap] = [torch.load(ckpt / f"rank{r}.pt", weights_only=True)["model"]
+                           for r in (0, 1)]
+    for name, default in models[False][0].items():
+        # x_i + w (x_j - x_i) on each rank: equal up to float32 rounding
+        torch.testing.assert_close(default, models[False][1][name], rtol=0, atol=1e-6)
+        a, b = models[True][0][name], models[True][1][name]
+        torch.testing.assert_close((a + b) / 2, default, rtol=0, atol=1e-6)
+    assert max(float((models[True][0][k] - models[True][1][k]).abs().max())
+               for k in models[True][0]) > 1e-3
 
 
 def _write_fake_cifar(folder, n_train=20, n_test=10, seed=0):

@@ -77,6 +77,8 @@ def _alive(pid: int) -> bool:
     (["--delay", "1"], "give a number with a unit"),
     (["--algorithms", "dpsgd,gzip"], "unknown algorithm(s) gzip"),
     (["--algorithms", "dpsgd,dpsgd"], "lists a name twice"),
+    (["--algorithms", "choco-sign+overlap"], "train --overlap applies to dpsgd and moniqua"),
+    (["--algorithms", "moniqua-d2-4bit+overlap"], "train --overlap applies to dpsgd"),
     (["--workers", "1"], "--workers must be >= 2"),
     (["--target-accuracy", "1.5"], "--target-accuracy must be in (0, 1]"),
     (["--model", "resnet20", "--dataset", "synthetic"], "needs image data"),
@@ -130,6 +132,11 @@ def test_every_default_algorithm_maps_to_train_flags():
     # Moniqua runs its defaults: only the bit width is chosen (gamma and theta follow)
     assert runner.algorithm_flags("moniqua-1bit") == ["--algorithm", "moniqua", "--bits", "1"]
     assert "--nesterov" in runner.algorithm_flags("squarm")
+    # NAME+overlap: the same run with train --overlap (dpsgd and Moniqua on D-PSGD only)
+    assert runner.algorithm_flags("moniqua-1bit+overlap") == \
+        ["--algorithm", "moniqua", "--bits", "1", "--overlap"]
+    assert "dpsgd+overlap" in runner.known_algorithms()
+    assert "choco-sign+overlap" not in runner.known_algorithms()
 
 
 def test_time_to_target_reads_the_first_evaluation_at_or_above_it():

@@ -96,6 +96,21 @@ def test_resume_refuses_another_world_size_and_other_bits(checkpoints):
     _assert_refused(res, "--bits 2 (now 4)")
 
 
+def _older_flags(folder, _):
+    """As written before --overlap existed: its args have no "overlap"."""
+    for r in (0, 1):
+        state = torch.load(folder / f"rank{r}.pt", weights_only=True)
+        del state["args"]["overlap"]
+        torch.save(state, folder / f"rank{r}.pt")
+
+
+def test_resume_takes_a_flag_newer_than_the_checkpoint_at_its_default(checkpoints, tmp_path):
+    folder = _broken(checkpoints, tmp_path, _older_flags)
+    assert all(rc == 0 for rc, _ in _resume_from(folder))
+    _assert_refused(_resume_from(_broken(checkpoints, tmp_path / "b", _older_flags),
+                                 extra=["--overlap"]), "--overlap None (now True)")
+
+
 def test_ranks_with_other_flags_are_refused_before_training(tmp_path):
     """A rank with another --steps would leave the others waiting at the end; another
     --lr would train something else.  Refused by the flag handshake, every rank."""

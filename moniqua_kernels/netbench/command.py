@@ -81,7 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="length of each link's TCP measurement (default 2; 0.6 with --quick)")
     t = p.add_argument_group("training (the same for every algorithm)")
     t.add_argument("--algorithms", default=",".join(DEFAULT_ALGORITHMS),
-                   help="comma-separated configurations (names as in `demo --list`)")
+                   help="comma-separated configurations (names as in `demo --list`); "
+                        "NAME+overlap runs dpsgd or moniqua with train --overlap (x_t "
+                        "exchanged while its gradient is computed)")
     t.add_argument("--model", choices=("mlp", "resnet20"), default="mlp")
     t.add_argument("--hidden", type=_positive_int, default=None,
                    help="MLP hidden width (default 32768: 2.46M parameters on digits; "
@@ -126,6 +128,12 @@ def _settings(args) -> dict:
                             args.limit) for r in rates]
     names = [a.strip() for a in args.algorithms.split(",") if a.strip()]
     known = runner.known_algorithms()
+    for a in names:
+        base = a[:-len(runner.OVERLAP_SUFFIX)]
+        if a.endswith(runner.OVERLAP_SUFFIX) and base in known:
+            problem = runner.overlap_refusal(base)
+            if problem:
+                raise UsageError(problem)
     unknown = [a for a in names if a not in known]
     if unknown or not names:
         raise UsageError(f"unknown algorithm(s) {', '.join(unknown) or '(none)'}; choose from "

@@ -45,9 +45,31 @@ class TrainSpec:
     data_dir: Optional[str] = None
 
 
-def algorithm_flags(name: str) -> list[str]:
-    """train's flags for a named configuration of ``simulate.CONFIGS``."""
+OVERLAP_SUFFIX = "+overlap"
+
+
+def overlap_refusal(name: str) -> Optional[str]:
+    """Why ``name`` + OVERLAP_SUFFIX cannot run (train --overlap), or None."""
     from .. import simulate
+    from ..train import OVERLAP
+    cfg = simulate.CONFIGS[simulate.ALIASES.get(name, name)]
+    if cfg.algorithm in OVERLAP and cfg.kwargs.get("variant", "dpsgd") == "dpsgd":
+        return None
+    return (f"{name}{OVERLAP_SUFFIX}: train --overlap applies to "
+            f"{' and '.join(OVERLAP)} (Moniqua's dpsgd variant) only")
+
+
+def algorithm_flags(name: str) -> list[str]:
+    """train's flags for a named configuration of ``simulate.CONFIGS``; a name ending in
+    OVERLAP_SUFFIX runs that configuration with train --overlap (the exchange of x_t
+    during its gradient's computation)."""
+    from .. import simulate
+    if name.endswith(OVERLAP_SUFFIX):
+        base = name[:-len(OVERLAP_SUFFIX)]
+        problem = overlap_refusal(base)
+        if problem:
+            raise ValueError(problem)
+        return algorithm_flags(base) + ["--overlap"]
     cfg = simulate.CONFIGS[simulate.ALIASES.get(name, name)]
     flags = ["--algorithm", cfg.algorithm]
     for key, value in cfg.kwargs.items():
@@ -70,7 +92,8 @@ def algorithm_flags(name: str) -> list[str]:
 
 
 def known_algorithms() -> list[str]:
-    """Configurations that train can run (those with a flag for every argument)."""
+    """Configurations that train can run (those with a flag for every argument), and
+    those that can overlap with OVERLAP_SUFFIX."""
     from .. import simulate
     names = []
     for name in simulate.CONFIGS:
@@ -79,7 +102,7 @@ def known_algorithms() -> list[str]:
         except ValueError:
             continue
         names.append(name)
-    return names
+    return names + [n + OVERLAP_SUFFIX for n in names if overlap_refusal(n) is None]
 
 
 def _train_argv(spec: TrainSpec, name: str, rank: int, folder: str) -> list[str]:
