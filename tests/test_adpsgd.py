@@ -141,15 +141,19 @@ N_CHECK = 1000
 
 
 def test_a_check_sends_one_way_and_both_ends_agree():
-    """|x_i - x_j| is the same from both ends, so the active sends its values and the
-    passive answers with the number: the active's running spread is the exact float32
-    max |x_0 - x_1|, and the passive sent no values (its 8-bit payload, the 8-byte
-    answer and nothing model-sized else)."""
+    """|x_i - x_j| is the same from both ends, so one side sends its values and the other
+    measures: the passive sends its max |x| and 8-bit codes at the modulus the active
+    asks for, here one look from the bound max|x_0| + max|x_1| = 0.3 (theta's first
+    check), and the active's running spread is what it read plus the look's resolution,
+    within two resolutions above the true 0.3."""
+    from moniqua_kernels.gossip import theta as theta_mod
     (running, exchanges, sent0), (_, _, sent1) = run_ranks(_one_check, 2, timeout=60)
-    assert running == {1: float(torch.tensor(0.3))} and exchanges == 1
-    header = 4 * 8   # the active's check, request and goodbye headers: 4 int64 each
-    assert sent0 == 3 * header + 4 * N_CHECK + N_CHECK   # float32 values, one 8-bit payload
-    assert sent1 == N_CHECK + 8                          # one payload and the answer
+    resolution = 2 * 0.3 * theta_mod.FINE_HEADROOM * theta_mod.CHECK_RESOLUTION
+    assert exchanges == 1 and set(running) == {1}
+    assert 0.3 - 1e-6 <= running[1] <= 0.3 + 2 * resolution + 1e-6, running
+    header, scalar = 4 * 8, 8   # the active's check, request and goodbye headers
+    assert sent0 == 3 * header + 2 * scalar + N_CHECK   # the modulus, "done", a payload
+    assert sent1 == scalar + N_CHECK + N_CHECK          # max |x|, the codes, a payload
 
 
 def _peer_dies(rank, world):

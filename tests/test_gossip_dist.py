@@ -93,24 +93,27 @@ def test_bytes_sent_equal_the_formulas(runs):
     }
     for name, total in expect.items():
         assert runs[name][0].bytes_sent == [total] * n, name
-    # Moniqua with its theta checks at steps 0-8: a check sends every value as float32
-    # ("fine": the first one, one after identical models, one after codes that read near
-    # their range) or as 8-bit codes ("coarse") over each neighbour pair once (on a ring:
-    # to the successor only); each look ends with a 2-float max all-reduce.  So the
-    # extra bytes are a fine + b coarse looks, a >= 1, b < checks, a + b >= checks.
+    # Moniqua with its theta checks at steps 0-8: a check looks at 8-bit codes over each
+    # neighbour pair once (on a ring: to the successor only), each look ending with a
+    # 2-float max all-reduce: one look at 32 theta, or (the first check, one after
+    # identical models, one whose codes read near their range) looks from a bound on the
+    # spread (theta.bound_look_spread), after a max |x| all-reduce where no look of the
+    # check gave it.  So the extra bytes are L looks and F such all-reduces, L >= checks,
+    # 1 <= F <= checks.
     checks = [t for t in range(steps) if t < 8 or t & (t - 1) == 0]
     reduce = math.ceil(2 * (n - 1) * 8 / n)
-    fine, coarse = 4 * n_params + reduce, n_params + reduce
+    look, scale_reduce = n_params + reduce, math.ceil(2 * (n - 1) * 4 / n)
 
     def looks(extra):
-        return [(a, b) for b in range(len(checks)) for a in range(1, 2 * len(checks))
-                if a * fine + b * coarse == extra and a + b >= len(checks)]
+        return [(ls, f) for f in range(1, len(checks) + 1)
+                for ls, rest in [divmod(extra - f * scale_reduce, look)]
+                if rest == 0 and ls >= len(checks)]
     for bits in (1, 2):
         for b in runs[f"moniqua-{bits}bit"][0].bytes_sent:
             assert looks(b - deg * packed_nbytes(n_params, bits) * steps), (bits, b)
     # AD-PSGD: at most one partner per step (and per check)
     for b in runs["moniqua-adpsgd-1bit"][0].bytes_sent:
-        assert b <= packed_nbytes(n_params, 1) * steps + len(checks) * (fine + coarse)
+        assert b <= packed_nbytes(n_params, 1) * steps + len(checks) * (4 * look + scale_reduce)
     # SQuARM (H=2): flags and, when triggered, the composed payload, every 2nd step
     comp = Compose(TopK(0.1), QSGD(4))
     per_sync = deg * (1 + comp.nbytes(n_params))

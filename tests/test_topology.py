@@ -211,3 +211,29 @@ def test_compare_peers_orients_each_pair_once(make, steps):
 _PETAL = np.zeros((7, 7), dtype=bool)
 for _i, _j in [(0, 1), (0, 2), (1, 2), (0, 3), (0, 4), (3, 4), (4, 5), (4, 6)]:
     _PETAL[_i, _j] = _PETAL[_j, _i] = True
+
+
+@pytest.mark.parametrize("true,scale", [(0.3, 0.3), (1e-3, 2.0), (5e-6, 2.0), (0.0, 1.0),
+                                        (0.0, 0.0), (4.0, 2.0)])
+def test_bound_look_spread_never_wraps_and_resolves_an_eighth(true, scale):
+    """Looks from the bound 2 max|x| (theta.bound_look_spread): every modulus asked for is
+    above twice the true spread plus the codes' rounding (no wrap), the answer is within
+    its resolution of the truth, the resolution is at most an eighth of the spread
+    unless the modulus hit its floor (identical models: FINE_FLOOR x max|x|), and it
+    takes at most three looks."""
+    from moniqua_kernels.gossip import theta as theta_mod
+    rng = np.random.default_rng(0)
+    asked = []
+
+    def look(modulus):   # what 8-bit codes read: the truth to within modulus / 512
+        asked.append(modulus)
+        assert true + modulus / 512 < modulus / 2
+        return max(0.0, true + modulus / 512 * rng.uniform(-1, 1))
+    spread, resolution = theta_mod.bound_look_spread(2 * scale, scale, look)
+    assert len(asked) <= 3 and abs(spread - true) <= resolution
+    if scale == 0:
+        assert asked == [] and (spread, resolution) == (0.0, 0.0)
+    elif asked[-1] > theta_mod.FINE_FLOOR * scale:
+        assert resolution <= spread / 8
+    else:
+        assert resolution == theta_mod.FINE_FLOOR * scale / 512

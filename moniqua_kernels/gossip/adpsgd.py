@@ -33,10 +33,10 @@ How this module runs it on torch.distributed:
 - With Moniqua's quantized exchange (``Moniqua(variant="adpsgd")``) each side sends
   its model at b bits against a theta both know: the active's, carried in the request.
   Theta adapts per pair: at a pair's exchanges 0-7, 8, 16, ... then every 64 the active
-  first measures the pair's spread over every coordinate (the active sends float32 the
-  first time, then 8-bit codes at 32 theta, as the synchronous check does; the passive
-  measures and answers with the number, so both sides hold the same spread), and the
-  pair's theta becomes margin x a running max of those spreads.  (One theta per
+  first measures the pair's spread over every coordinate (the passive sends 8-bit codes
+  at 32 theta, or the first time at moduli from a bound on the spread, as the
+  synchronous check does; one direction, the active measures), and the pair's theta
+  becomes margin x a running max of those spreads.  (One theta per
   active, from whichever neighbour it last checked, let a pair with a lagging passive
   exceed it and the models drift apart: measured, 4 ranks, a 20 ms straggler.)
 - ``close()`` stops the thread: an active finishes its exchange and tells its passive
@@ -295,8 +295,7 @@ class AsyncPairwise:
             if kind == _BYE:
                 waiting.discard(peer)
             elif kind == _CHECK:
-                self._check(peer, k, active=False, theta=_i2f(int(header[2])),
-                            coarse=bool(int(header[3])))
+                self._check(peer, k, active=False)
             else:
                 self._exchange(peer, k, _i2f(int(header[2])), active=False)
 
@@ -343,67 +342,80 @@ class AsyncPairwise:
             self.theta = self._pair_theta[peer]
         return self.theta
 
-    def _check(self, peer, k, active: bool, theta: float = 0.0, coarse: bool = False):
-        """Measure the pair's spread over every coordinate; both ends end with the same
-        number, and the active's pair theta follows it.  As the synchronous check
-        (Moniqua._measure_spread): the active sends its values, 8-bit codes at
-        CHECK_MODULUS x the pair's theta, float32 when there is none yet, when the last
-        check found identical models, or when the codes read above a quarter of their
-        range; the passive measures and answers with the number (|x_i - x_j| is the same
-        from both ends, so one direction is enough)."""
-        if active:
-            theta = self._pair_theta.get(peer, 0.0)
-            coarse = theta > 0 and self._running.get(peer, 0.0) > 0
-            self._send_header(peer, torch.tensor([_CHECK, k, _f2i(theta), int(coarse)],
-                                                 dtype=torch.int64))
+    def _check(self, peer, k, active: bool):
+        """Measure the pair's spread over every coordinate; the active's pair theta
+        follows it.  As the synchronous check (Moniqua._measure_spread), with the active
+        measuring: the passive sends its max |x|, then its values as 8-bit codes at each
+        modulus the active asks for (CHECK_MODULUS x the pair's theta; where there is no
+        theta yet, the last check found identical models, or the codes read above a
+        quarter of their range, looks from the bound |x_a - x_p| <= max|x_a| + max|x_p|,
+        theta.bound_look_spread), until the active asks for modulus 0.  |x_a - x_p| is the
+        same from both ends, so one direction is enough."""
         mine = self._belief()
-        modulus = CHECK_MODULUS * theta
-        spread = self._measure(peer, mine, coarse, modulus, active)
-        if coarse and spread > CHECK_MODULUS / 4 * theta:   # a wrap is plausible
-            coarse = False
-            spread = self._measure(peer, mine, coarse, modulus, active)
-        spread += modulus / 512 if coarse else 0.0
-        if not math.isfinite(spread):
+        if not active:
+            scale = max((float(x.abs().max()) for x in mine), default=0.0)
+            self._send_scalar(peer, scale)
+            while True:
+                modulus = self._recv_scalar(peer)
+                if modulus == 0:
+                    return
+                for b, x in zip(self.alg.buckets, mine):
+                    wire = ops.moniqua_encode(x, modulus, 8, "nearest")
+                    self.net.send(peer, wire, _TAG_STAT + 8 * (b.index + 1),
+                                  "an AD-PSGD check").wait()
+                    self._count(wire.numel())
+        theta = self._pair_theta.get(peer, 0.0)
+        self._send_header(peer, torch.tensor([_CHECK, k, 0, 0], dtype=torch.int64))
+        scale = max((float(x.abs().max()) for x in mine), default=0.0)
+        theirs = self._recv_scalar(peer)
+        if not (math.isfinite(scale) and math.isfinite(theirs)):
+            self._send_scalar(peer, 0.0)
             raise FloatingPointError(f"rank {self.rank}: non-finite model at an AD-PSGD check "
                                      f"with {peer} (diverged)")
-        if active:
-            # The pair's exchanges since its last check used that check's theta; right
-            # after a check none used a theta that was not just measured.
-            n = self._pair_count.get(peer, 0)
-            if self.monitor is not None and peer in self._pair_theta and \
-                    n - self._last_check.get(peer, -1) > 1:
-                self.monitor.record(k, spread, self._pair_theta[peer], self.rank, speak=True)
-            self._last_check[peer] = n
-            held = 0.5 * self._running.get(peer, 0.0)
-            self._running[peer] = max(spread, held)
-            scale = max(float(x.abs().max()) for x in mine) if mine else 0.0
-            self._pair_theta[peer] = max(self.margin * self._running[peer], scale * 2.0 ** -20,
-                                         1e-30)
+        spread = None
+        if theta > 0 and self._running.get(peer, 0.0) > 0:
+            modulus = CHECK_MODULUS * theta
+            spread = self._look(peer, mine, modulus)
+            resolution = modulus * theta_mod.CHECK_RESOLUTION
+            if spread > CHECK_MODULUS / 4 * theta:   # a wrap is plausible
+                spread = None
+        if spread is None:
+            spread, resolution = theta_mod.bound_look_spread(
+                scale + theirs, max(scale, theirs), lambda m: self._look(peer, mine, m))
+        self._send_scalar(peer, 0.0)
+        spread += resolution
+        # The pair's exchanges since its last check used that check's theta; right after a
+        # check none used a theta that was not just measured.
+        n = self._pair_count.get(peer, 0)
+        if self.monitor is not None and peer in self._pair_theta and \
+                n - self._last_check.get(peer, -1) > 1:
+            self.monitor.record(k, spread, self._pair_theta[peer], self.rank, speak=True)
+        self._last_check[peer] = n
+        held = 0.5 * self._running.get(peer, 0.0)
+        self._running[peer] = max(spread, held)
+        self._pair_theta[peer] = max(self.margin * self._running[peer], scale * 2.0 ** -20,
+                                     1e-30)
 
-    def _measure(self, peer, mine, coarse: bool, modulus: float, active: bool) -> float:
-        """The pair's max |x_i - x_j|: the active sends, the passive decodes against its
-        own values and sends the number back."""
+    def _look(self, peer, mine, modulus: float) -> float:
+        """Active: ask the passive for its codes at ``modulus`` and read the max
+        difference from its own values."""
+        self._send_scalar(peer, modulus)
         spread = 0.0
         for b, x in zip(self.alg.buckets, mine):
-            tag = _TAG_STAT + 8 * (b.index + 1)
-            if active:
-                wire = (ops.moniqua_encode(x, modulus, 8, "nearest") if coarse
-                        else x.float().contiguous().view(torch.uint8))
-                self.net.send(peer, wire, tag, "an AD-PSGD check").wait()
-                self._count(wire.numel())
-                continue
-            nbytes = packed_nbytes(b.numel, 8) if coarse else 4 * b.numel
-            got = self.net.recv(peer, nbytes, tag, "an AD-PSGD check").wait()
-            theirs = (ops.moniqua_decode(got, x, modulus, 8, "nearest") if coarse
-                      else got.view(torch.float32))
+            got = self.net.recv(peer, packed_nbytes(b.numel, 8), _TAG_STAT + 8 * (b.index + 1),
+                                "an AD-PSGD check").wait()
+            theirs = ops.moniqua_decode(got, x, modulus, 8, "nearest")
             spread = max(spread, float((theirs.float() - x.float()).abs().max()))
-        if active:
-            return float(self.net.recv(peer, 8, _TAG_STAT, "an AD-PSGD check").wait()
-                         .view(torch.float64)[0])
-        self.net.send(peer, torch.tensor([spread], dtype=torch.float64).view(torch.uint8),
+        return spread
+
+    def _send_scalar(self, peer, value: float) -> None:
+        self.net.send(peer, torch.tensor([value], dtype=torch.float64).view(torch.uint8),
                       _TAG_STAT, "an AD-PSGD check").wait()
         self._count(8)
-        return spread
+
+    def _recv_scalar(self, peer) -> float:
+        return float(self.net.recv(peer, 8, _TAG_STAT, "an AD-PSGD check").wait()
+                     .view(torch.float64)[0])
 
 
 def _f2i(value: float) -> int:

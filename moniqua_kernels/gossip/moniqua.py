@@ -269,42 +269,57 @@ class Moniqua(GossipAlgorithm):
         against its own values exactly while |x_i - x_j| < CHECK_MODULUS / 2 x theta, to
         within CHECK_MODULUS / 512 x theta, and a larger spread still reads as above theta
         (wrapped, it lands anywhere in +-CHECK_MODULUS / 2 x theta).  The first check (no
-        theta yet) and a check that reads above CHECK_MODULUS / 4 x theta (a wrap is then
-        plausible) send float32.  |x_i - x_j| is the same seen from either end, so each
-        pair of neighbours compares once (``Topology.compare_peers``: on a ring each worker
-        sends to its successor only), half the bytes of sending to every neighbour.
-        Cost: one byte per element per pair per check.  Measured with netbench (4 ranks
-        on a ring, 100 Mbit/s links, 2.46M parameters): sending both ways, the checks took
-        half of 1-bit Moniqua's 10.6 s to 92% accuracy; one way, it took 7.2 s.
+        theta yet), one after identical models and one that reads above CHECK_MODULUS / 4
+        x theta (a wrap is then plausible) look at a modulus no spread can wrap instead,
+        from |x_i - x_j| <= 2 max|x| and tightened look by look
+        (``theta.bound_look_spread``; 1-2 bytes per element where float32 took 4).
+        |x_i - x_j| is the same seen from either end, so each pair of neighbours compares
+        once (``Topology.compare_peers``: on a ring each worker sends to its successor
+        only), half the bytes of sending to every neighbour.  Cost: one byte per element
+        per pair per look.  Measured with netbench (4 ranks on a ring, 100 Mbit/s links,
+        2.46M parameters): sending both ways, the checks took half of 1-bit Moniqua's
+        10.6 s to 92% accuracy; one way, it took 7.2 s.
         """
         peers = self.topology.compare_peers(self.rank, t)
-        spread = None
         # Codes at a multiple of theta say nothing when theta was set from identical
-        # models (the first step of begin()-before-backward): go straight to float32.
+        # models (the first step of begin()-before-backward): look from the bound at once.
         if self.theta is not None and self._last_spread:
-            spread, scale = self._spread_of(t, peers, coarse=True)
-            # Above a quarter of the check's range a wrapped coordinate is plausible
-            # (early steps, when the spread grows by orders of magnitude): look again at
-            # full precision.
-            if spread > CHECK_MODULUS / 4 * self.theta:
-                spread = None
-        if spread is None:
-            spread, scale = self._spread_of(t, peers, coarse=False)
-            self._last_spread = spread
-            return spread, 0.0, scale
-        self._last_spread = spread
-        # nearest rounding at 8 bits: |decode - x| <= 2^-9 x modulus
-        return spread, CHECK_MODULUS * self.theta / 512, scale
-
-    def _spread_of(self, t, peers, coarse: bool) -> tuple[float, float]:
-        sends, recvs = peers
-        if coarse:
             modulus = CHECK_MODULUS * self.theta
-            wire = torch.cat([ops.moniqua_encode(b.tensor, modulus, 8, "nearest")
-                              for b in self.buckets])
+            spread, scale = self._look(t, peers, modulus)
+            # Above a quarter of the check's range a wrapped coordinate is plausible
+            # (early steps, when the spread grows by orders of magnitude): look again
+            # from the bound.
+            if spread <= CHECK_MODULUS / 4 * self.theta:
+                self._last_spread = spread
+                return spread, modulus * theta_mod.CHECK_RESOLUTION, scale
         else:
-            wire = torch.cat([b.tensor.detach().reshape(-1).float() for b in self.buckets]
-                             ).view(torch.uint8)
+            scale = self._max_abs(t)
+        spread, resolution = theta_mod.bound_look_spread(
+            2 * scale, scale, lambda modulus: self._look(t, peers, modulus)[0])
+        self._last_spread = spread
+        return spread, resolution, scale
+
+    def _max_abs(self, t: int) -> float:
+        """max |x| over every coordinate of every worker (one max all-reduce)."""
+        local = torch.zeros(1, dtype=torch.float32, device=self.buckets[0].tensor.device)
+        for b in self.buckets:
+            local = torch.maximum(local, b.tensor.detach().abs().max().float())
+        self._raise_if_not_finite(local, t)
+        self.transport.all_reduce_(local, "max")
+        self._count_collective(local.numel() * local.element_size())
+        return float(local)
+
+    def _raise_if_not_finite(self, values, t: int) -> None:
+        if not torch.isfinite(values).all():
+            raise FloatingPointError(f"rank {self.rank}: the model holds non-finite values at "
+                                     f"step {t} (diverged)")
+
+    def _look(self, t, peers, modulus: float) -> tuple[float, float]:
+        """One look: 8-bit codes at ``modulus`` over each pair (sends, receives); returns
+        (the max difference read, max |x|), all-reduced."""
+        sends, recvs = peers
+        wire = torch.cat([ops.moniqua_encode(b.tensor, modulus, 8, "nearest")
+                          for b in self.buckets])
         got = self._wait(self._exchange([(k, wire) for k in sends],
                                         [(j, wire.numel()) for j in recvs],
                                         tag=_MONITOR_TAG))
@@ -313,20 +328,13 @@ class Moniqua(GossipAlgorithm):
         for b in self.buckets:
             stats[1] = torch.maximum(stats[1], b.tensor.detach().abs().max().float())
         for j in recvs:
-            if coarse:
-                start = 0
-                for b in self.buckets:
-                    q = got[j][start:start + b.numel]
-                    start += b.numel
-                    theirs = ops.moniqua_decode(q, b.tensor.detach(), modulus, 8, "nearest")
-                    stats[0] = torch.maximum(stats[0], (theirs - b.tensor).abs().max().float())
-            else:
-                mine = wire.view(torch.float32)
-                stats[0] = torch.maximum(stats[0],
-                                         (got[j].view(torch.float32) - mine).abs().max())
-        if not torch.isfinite(stats).all():
-            raise FloatingPointError(f"rank {self.rank}: the model holds non-finite values at "
-                                     f"step {t} (diverged)")
+            start = 0
+            for b in self.buckets:
+                q = got[j][start:start + b.numel]
+                start += b.numel
+                theirs = ops.moniqua_decode(q, b.tensor.detach(), modulus, 8, "nearest")
+                stats[0] = torch.maximum(stats[0], (theirs - b.tensor).abs().max().float())
+        self._raise_if_not_finite(stats, t)
         self.transport.all_reduce_(stats, "max")
         self._count_collective(stats.numel() * stats.element_size())
         spread, scale = stats.tolist()

@@ -12,7 +12,8 @@ paper's bound on the model spread is proportional to the learning rate: Lu & De 
 
 Checks: at steps 0-7, 8, 16, 32, ... (the spread grows fastest from the common start)
 and then every ``every`` steps, all of a worker's values, 8-bit Moniqua codes at a 32 x
-theta modulus, go over each neighbour pair once (|x_i - x_j| is the same from both ends;
+theta modulus (the first check: at moduli from a bound, ``bound_look_spread``), go over
+each neighbour pair once (|x_i - x_j| is the same from both ends;
 Moniqua._measure_spread); the max difference over every coordinate and edge is
 max-all-reduced, so every worker sees the same number (and Adaptive gives the same theta
 everywhere).
@@ -48,7 +49,7 @@ from .. import ops
 
 __all__ = ["Constant", "LRProportional", "Adaptive", "as_schedule", "ThetaMonitor",
            "ThetaViolation", "ThetaViolationError", "default_gamma", "default_margin",
-           "check_steps"]
+           "check_steps", "bound_look_spread"]
 
 
 class ThetaViolation(UserWarning):
@@ -76,6 +77,44 @@ def check_steps(step: int, every: int) -> bool:
     if step < every:
         return step & (step - 1) == 0
     return step % every == 0
+
+
+# Looks at 8-bit codes, nearest rounding: a coordinate decodes to within modulus / 512
+# (CHECK_RESOLUTION), and cannot wrap while |x_i - x_j| + modulus / 512 < modulus / 2.
+CHECK_RESOLUTION = 1 / 512
+# bound_look_spread: a modulus 2 x bound x FINE_HEADROOM leaves modulus / 130 between
+# the bound and the wrap, above the codes' modulus / 512.
+FINE_HEADROOM = 1 + 2 ** -6
+# ... and no modulus below FINE_FLOOR x max|x|: x / modulus then stays below 2^8, where
+# float32 keeps 2^-15 of the fraction, well inside the codes' 2^-9 (at 2^-20, the floor
+# of Adaptive's theta, x / modulus reaches 2^20 and the fraction keeps 2^-3).
+FINE_FLOOR = 2.0 ** -8
+
+
+def bound_look_spread(bound: float, scale: float,
+                      look: Callable[[float], float]) -> tuple[float, float]:
+    """(spread, resolution): max |x_i - x_j| over every coordinate and edge, given a
+    ``bound`` it cannot exceed (2 max|x| where nothing better is known: |x_i - x_j| <=
+    |x_i| + |x_j|) and ``scale`` = max|x|, all the same on every worker.
+
+    ``look(modulus)`` compares 8-bit codes at ``modulus`` and returns the max difference
+    read (the same on every worker).  A modulus above twice the bound cannot wrap, so
+    each look is exact to its resolution, and the spread read plus that resolution is a
+    bound again, tighter: look until the resolution is at most an eighth of the spread
+    (a check at CHECK_MODULUS x theta, theta = 2-4 x the spread, resolves 1/8-1/4 of it)
+    or the modulus reaches FINE_FLOOR x scale.  Each look shrinks the modulus 28x or
+    more, so at most three looks (one or two where the models differ); this replaces
+    sending float32 values, 4 bytes per element, with 1 byte per look."""
+    if scale == 0:
+        return 0.0, 0.0   # every model is all zeros
+    floor = FINE_FLOOR * scale
+    while True:
+        modulus = max(2 * bound * FINE_HEADROOM, floor)
+        spread = look(modulus)
+        resolution = modulus * CHECK_RESOLUTION
+        if spread >= 8 * resolution or modulus == floor:
+            return spread, resolution
+        bound = spread + resolution
 
 
 def _check_every(every) -> int:
