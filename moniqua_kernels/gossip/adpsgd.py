@@ -271,7 +271,7 @@ class AsyncPairwise:
             n = self._pair_count.get(peer, 0)
             if self.codec.needs_theta and self.theta_schedule is None and \
                     theta_mod.check_steps(n, self.check_every):
-                self._check(peer, k, active=True)
+                self._check(peer, k)
             theta = self._theta_now(peer)
             header = torch.tensor([_REQ, k, _f2i(theta), 0], dtype=torch.int64)
             self._send_header(peer, header)
@@ -295,7 +295,7 @@ class AsyncPairwise:
             if kind == _BYE:
                 waiting.discard(peer)
             elif kind == _CHECK:
-                self._check(peer, k, active=False)
+                self._answer_check(peer)
             else:
                 self._exchange(peer, k, _i2f(int(header[2])), active=False)
 
@@ -342,31 +342,19 @@ class AsyncPairwise:
             self.theta = self._pair_theta[peer]
         return self.theta
 
-    def _check(self, peer, k, active: bool):
-        """Measure the pair's spread over every coordinate; the active's pair theta
+    def _check(self, peer, k):
+        """Active: measure the pair's spread over every coordinate; the pair's theta
         follows it.  As the synchronous check (Moniqua._measure_spread), with the active
-        measuring: the passive sends its max |x|, then its values as 8-bit codes at each
-        modulus the active asks for (CHECK_MODULUS x the pair's theta; where there is no
-        theta yet, the last check found identical models, or the codes read above a
-        quarter of their range, looks from the bound |x_a - x_p| <= max|x_a| + max|x_p|,
-        theta.bound_look_spread), until the active asks for modulus 0.  |x_a - x_p| is the
-        same from both ends, so one direction is enough."""
+        measuring: the passive (``_answer_check``) sends its max |x|, then its values as
+        8-bit codes at each modulus the active asks for (CHECK_MODULUS x the pair's theta;
+        where there is no theta yet, the last check found identical models, or the codes
+        read above a quarter of their range, looks from the bound |x_a - x_p| <= max|x_a|
+        + max|x_p|, theta.bound_look_spread), until the active asks for modulus 0.
+        |x_a - x_p| is the same from both ends, so one direction is enough."""
         mine = self._belief()
-        if not active:
-            scale = max((float(x.abs().max()) for x in mine), default=0.0)
-            self._send_scalar(peer, scale)
-            while True:
-                modulus = self._recv_scalar(peer)
-                if modulus == 0:
-                    return
-                for b, x in zip(self.alg.buckets, mine):
-                    wire = ops.moniqua_encode(x, modulus, 8, "nearest")
-                    self.net.send(peer, wire, _TAG_STAT + 8 * (b.index + 1),
-                                  "an AD-PSGD check").wait()
-                    self._count(wire.numel())
         theta = self._pair_theta.get(peer, 0.0)
         self._send_header(peer, torch.tensor([_CHECK, k, 0, 0], dtype=torch.int64))
-        scale = max((float(x.abs().max()) for x in mine), default=0.0)
+        scale = _max_abs(mine)
         theirs = self._recv_scalar(peer)
         if not (math.isfinite(scale) and math.isfinite(theirs)):
             self._send_scalar(peer, 0.0)
@@ -396,6 +384,20 @@ class AsyncPairwise:
         self._pair_theta[peer] = max(self.margin * self._running[peer], scale * 2.0 ** -20,
                                      1e-30)
 
+    def _answer_check(self, peer) -> None:
+        """Passive: the other end of the active's ``_check``."""
+        mine = self._belief()
+        self._send_scalar(peer, _max_abs(mine))
+        while True:
+            modulus = self._recv_scalar(peer)
+            if modulus == 0:
+                return
+            for b, x in zip(self.alg.buckets, mine):
+                wire = ops.moniqua_encode(x, modulus, 8, "nearest")
+                self.net.send(peer, wire, _TAG_STAT + 8 * (b.index + 1),
+                              "an AD-PSGD check").wait()
+                self._count(wire.numel())
+
     def _look(self, peer, mine, modulus: float) -> float:
         """Active: ask the passive for its codes at ``modulus`` and read the max
         difference from its own values."""
@@ -416,6 +418,10 @@ class AsyncPairwise:
     def _recv_scalar(self, peer) -> float:
         return float(self.net.recv(peer, 8, _TAG_STAT, "an AD-PSGD check").wait()
                      .view(torch.float64)[0])
+
+
+def _max_abs(tensors) -> float:
+    return max((float(x.abs().max()) for x in tensors), default=0.0)
 
 
 def _f2i(value: float) -> int:

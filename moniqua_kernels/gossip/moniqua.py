@@ -302,13 +302,15 @@ class Moniqua(GossipAlgorithm):
 
     def _max_abs(self, t: int) -> float:
         """max |x| over every coordinate of every worker (one max all-reduce)."""
-        local = torch.zeros(1, dtype=torch.float32, device=self.buckets[0].tensor.device)
-        for b in self.buckets:
-            local = torch.maximum(local, b.tensor.detach().abs().max().float())
+        local = self._local_max_abs().reshape(1)
         self._raise_if_not_finite(local, t)
         self.transport.all_reduce_(local, "max")
         self._count_collective(local.numel() * local.element_size())
         return float(local)
+
+    def _local_max_abs(self) -> torch.Tensor:
+        """max |x| over this worker's buckets (a float32 scalar on the model's device)."""
+        return torch.stack([b.tensor.detach().abs().max().float() for b in self.buckets]).max()
 
     def _raise_if_not_finite(self, values, t: int) -> None:
         if not torch.isfinite(values).all():
@@ -324,10 +326,8 @@ class Moniqua(GossipAlgorithm):
         got = self._wait(self._exchange([(k, wire) for k in sends],
                                         [(j, wire.numel()) for j in recvs],
                                         tag=_MONITOR_TAG))
-        device = self.buckets[0].tensor.device
-        stats = torch.zeros(2, dtype=torch.float32, device=device)
-        for b in self.buckets:
-            stats[1] = torch.maximum(stats[1], b.tensor.detach().abs().max().float())
+        stats = torch.zeros(2, dtype=torch.float32, device=self.buckets[0].tensor.device)
+        stats[1] = self._local_max_abs()
         for j in recvs:
             start = 0
             for b in self.buckets:
