@@ -420,10 +420,11 @@ def test_qsgd_buckets_of_several_scale_pieces(backend, device, norm):
 
 
 @pytest.mark.skipif(("cpu", "cpu") not in BACKENDS, reason="the native CPU kernels are not built")
-@pytest.mark.parametrize("bucket_size", (128, 512, 4096, 1000))
+@pytest.mark.parametrize("bucket_size", (16, 128, 512, 4096, 1000, 8))
 def test_qsgd_cpu_one_pass_for_any_thread_count(bucket_size):
-    """The CPU encodes QSGD in one pass over chunks of whole buckets (a block of 8
-    buckets at 128, of 2 at 512; a bucket of 4 blocks at 4096; 1000 keeps two passes):
+    """The CPU encodes QSGD in one pass over chunks of whole buckets (a block of 64
+    buckets at 16, 8 at 128, 2 at 512; a bucket of 4 blocks at 4096; 1000 and 8 keep two
+    passes):
     the reference's bytes from 1, 3 and 7 threads, the last chunk partial; l2 the same
     bytes for every thread count; the Elias stream, which codes the same way, too."""
     n = (1 << 18) + 5

@@ -90,7 +90,7 @@ void qsgd_decode(const float* scales, const uint8_t* payload, int64_t n, int bit
                  int64_t bucket_size, float* out, int64_t blk0, int64_t blk1);
 
 // QSGD in one pass where a bucket is a run of whole blocks or a block holds whole
-// buckets: 128 <= d <= 65536 with d dividing kBlock or kBlock dividing d.  A chunk is
+// buckets: 16 <= d <= 65536 with d dividing kBlock or kBlock dividing d.  A chunk is
 // max(d, kBlock) elements (d = 512: one block of 2 buckets; 4096: a bucket of 4
 // blocks); chunk c is blocks [c * chunk_blocks, (c + 1) * chunk_blocks).
 // qsgd_encode_chunks takes a chunk's buckets' scales, then its codes from the cached
@@ -101,9 +101,11 @@ void qsgd_decode(const float* scales, const uint8_t* payload, int64_t n, int bit
 // runs: d = 128 1.00-1.06x, 256 1.07-1.10x, 512 1.04-1.12x, 4096 0.98-1.05x, 65536
 // 1.03-1.08x.  The gain is the second read of x from DRAM and shrinks when memory is
 // idle (the copy beside it at 2.8 ms instead of 4 ms): the encode is bound by Philox.
-// No gain measured below 128 (16: 0.93x, 64: 1.02x), where the per-bucket loops bind,
-// nor at 384 (lcm(384, 1024) = 3 blocks: 0.96-1.02x).  0: the two passes serve.
-constexpr int64_t kOnePassMinBucket = 128;
+// Not at 384 (lcm(384, 1024) = 3 blocks: 0.96-1.02x).  Below 128 the per-bucket loops
+// bound both ways until the codes ran over whole blocks (qsgd_cpu.cpp); since then, two
+// runs: 16 1.15-1.18x, 32 1.19-1.22x, 64 1.20x, 128 1.19-1.22x, 8 1.04x, 4 0.98x, 2 0.93x, 1 0.89x.
+// 0: the two passes serve.
+constexpr int64_t kOnePassMinBucket = 16;
 inline int64_t qsgd_chunk_blocks(int64_t bucket_size) {
   if (bucket_size < kOnePassMinBucket || bucket_size > kScalePiece) return 0;
   if (kBlock % bucket_size == 0) return 1;

@@ -11,6 +11,48 @@ namespace moniqua_kernels {
 namespace cpu {
 namespace {
 
+// Into *stat: max |v| or (l2) the float32 squares summed in double, of elements
+// [begin, end); returns their non-finite count.  The sum propagates NaN/inf, so only a
+// non-finite sum is counted element by element; the comparison skips a NaN, so the max
+// counts in its own loop (in int32, the float loop's vector factor, not int64's).
+template <typename T>
+MK_INLINE int64_t range_stat(const T* x, int64_t begin, int64_t end, bool l2, double* stat) {
+  if (l2) {
+    // The float32 squares (as the spec rounds them) summed in double; the spec's own
+    // float32 sum has an unspecified order, so scales agree to float32 rounding.
+    double acc = 0.0;
+#pragma omp simd reduction(+ : acc)
+    for (int64_t i = begin; i < end; ++i) {
+      const float v = load_float(x, i);
+      acc += static_cast<double>(v * v);
+    }
+    *stat = acc;
+    if (std::isfinite(acc)) return 0;
+    int64_t bad = 0;
+    for (int64_t i = begin; i < end; ++i) bad += not_finite(load_float(x, i));
+    return bad;
+  }
+  float m = 0.0f;  // max is exact in any order; +0 for an all-zero range
+  int32_t bad = 0;
+  if (end - begin < 16) {  // the simd loop's set-up: d = 8 40 -> 21 ms, 1 214 -> 42 ms
+    for (int64_t i = begin; i < end; ++i) {
+      const float a = MK_FABS(load_float(x, i));
+      m = a > m ? a : m;
+      bad += !(a < __builtin_inff());
+    }
+    *stat = m;
+    return bad;
+  }
+#pragma omp simd reduction(max : m) reduction(+ : bad)
+  for (int64_t i = begin; i < end; ++i) {
+    const float a = MK_FABS(load_float(x, i));
+    m = a > m ? a : m;
+    bad += !(a < __builtin_inff());
+  }
+  *stat = m;
+  return bad;
+}
+
 // The pieces [p0, p1): piece p is elements
 // [q*d + c*kScalePiece, min(q*d + (c+1)*kScalePiece, (q+1)*d, n)) of bucket
 // q = p / pieces, c = p % pieces.  Returns the non-finite count (with check).
@@ -19,42 +61,50 @@ MK_INLINE int64_t piece_stats(const T* x, int64_t n, int64_t d, bool l2, double*
                               float* scales, bool check, int64_t p0, int64_t p1) {
   const int64_t pieces = qsgd_scale_pieces(d);
   int64_t bad = 0;
+  // Piece p is bucket p, walked without a division per bucket.  With the int32 count:
+  // scales at d = 512 5.6-7.2 -> 4.5-5.3 ms (--split, 12 alternating runs).
+  if (pieces == 1) {
+    for (int64_t q = p0, begin = p0 * d; q < p1; ++q, begin += d) {
+      double acc;
+      bad += range_stat(x, begin, begin + d < n ? begin + d : n, l2, &acc);
+      scales[q] = qsgd_scale(acc, l2);
+    }
+    return check ? bad : 0;
+  }
   for (int64_t p = p0; p < p1; ++p) {
     const int64_t q = p / pieces, bucket_end = q * d + d < n ? q * d + d : n;
     const int64_t begin = q * d + (p - q * pieces) * kScalePiece;
     const int64_t end = begin + kScalePiece < bucket_end ? begin + kScalePiece : bucket_end;
-    if (l2) {
-      // The float32 squares (as the spec rounds them) summed in double; the spec's own
-      // float32 sum has an unspecified order, so scales agree to float32 rounding.
-      double acc = 0.0;
-#pragma omp simd reduction(+ : acc)
-      for (int64_t i = begin; i < end; ++i) {
-        const float v = load_float(x, i);
-        acc += static_cast<double>(v * v);
-      }
-      if (pieces == 1) scales[q] = qsgd_scale(acc, true);
-      else stat[p] = acc;
-      // The sum propagates NaN/inf, so only a piece with a non-finite sum is counted
-      // element by element.
-      if (check && !std::isfinite(acc))
-        for (int64_t i = begin; i < end; ++i) bad += not_finite(load_float(x, i));
-    } else {
-      // max is exact in any order; +0 for an all-zero piece.  (The comparison skips a
-      // NaN, so the max path counts non-finite elements in the same loop.)
-      float m = 0.0f;
-      int64_t piece_bad = 0;
-#pragma omp simd reduction(max : m) reduction(+ : piece_bad)
-      for (int64_t i = begin; i < end; ++i) {
-        const float a = MK_FABS(load_float(x, i));
-        m = a > m ? a : m;
-        piece_bad += !(a < __builtin_inff());
-      }
-      if (pieces == 1) scales[q] = m;
-      else stat[p] = m;
-      bad += check ? piece_bad : 0;
-    }
+    bad += range_stat(x, begin, end, l2, &stat[p]);
   }
-  return bad;
+  return check ? bad : 0;
+}
+
+// f(q, i, end) for each bucket segment [i, end) of the block of len elements starting
+// at element begin (q: the segment's bucket).
+template <typename F>
+MK_INLINE void for_each_bucket_segment(int64_t begin, int64_t len, int64_t d, F&& f) {
+  int64_t q = begin / d;
+  for (int64_t i = 0; i < len; ++q) {
+    const int64_t end = (q + 1) * d - begin < len ? (q + 1) * d - begin : len;
+    f(q, i, end);
+    i = end;
+  }
+}
+
+// per_bucket(q) into out[k] for each element k of the block, so that an element loop can
+// run over the whole block for any d.  Loops per bucket segment ran scalar where a
+// segment is shorter than GCC's vector factor (32 for the uint8 codes at 256 bits).
+// Measured with benchmarks/qsgd_cpu_passes.cpp --split (2^24 float32, 4 bits, max
+// norm, 2 threads of the CI box), encode / decode: d = 16 34 / 64 ms per segment, 14 /
+// 7 ms over the block; d = 32 12 / 5 ms either way.
+template <typename F>
+MK_INLINE void bucket_values(int64_t begin, int64_t len, int64_t d, F&& per_bucket,
+                             float* out) {
+  for_each_bucket_segment(begin, len, d, [&](int64_t q, int64_t i, int64_t end) MK_LAMBDA_INLINE {
+    const float v = per_bucket(q);
+    for (int64_t k = i; k < end; ++k) out[k] = v;
+  });
 }
 
 // PACK: packed codes into payload (the fixed-width coding); else one code per byte at
@@ -63,21 +113,16 @@ template <int BITS, bool PACK, typename T>
 MK_INLINE void encode_blocks(const T* x, int64_t n, int64_t d, const float* scales, Stream s,
                              uint8_t* payload, int64_t blk0, int64_t blk1) {
   alignas(64) float u[kBlock];
+  alignas(64) float ratio[kBlock];
   alignas(64) uint8_t codes[kBlock];
   for (int64_t blk = blk0; blk < blk1; ++blk) {
     const BlockRange r = block_range(blk, n);
     uniforms_block(s, r.begin, r.len, u);
+    const auto ratio_of = [&](int64_t q) MK_LAMBDA_INLINE { return qsgd_ratio(BITS, scales[q]); };
+    bucket_values(r.begin, r.len, d, ratio_of, ratio);
     const T* xb = x + r.begin;
-    int64_t i = 0;
-    while (i < r.len) {  // one bucket segment per pass
-      const int64_t q = (r.begin + i) / d;
-      const int64_t seg_end_abs = (q + 1) * d;
-      const int64_t end = seg_end_abs - r.begin < r.len ? seg_end_abs - r.begin : r.len;
-      const float ratio = qsgd_ratio(BITS, scales[q]);
-      for (int64_t k = i; k < end; ++k)
-        codes[k] = static_cast<uint8_t>(qsgd_code<BITS>(load_float(xb, k), ratio, u[k]));
-      i = end;
-    }
+    for (int64_t k = 0; k < r.len; ++k)
+      codes[k] = static_cast<uint8_t>(qsgd_code<BITS>(load_float(xb, k), ratio[k], u[k]));
     if (!PACK) {
       std::memcpy(payload + r.begin, codes, static_cast<size_t>(r.len));
       continue;
@@ -87,23 +132,30 @@ MK_INLINE void encode_blocks(const T* x, int64_t n, int64_t d, const float* scal
   }
 }
 
+// The decode reads a bucket's scale once per segment where segments are long: the
+// per-element scales cost 1.05-1.10x at d = 512 (6 alternating runs of the two builds,
+// --split), not measurable in the encode, which Philox binds.
+constexpr int64_t kDecodePerSegment = 64;
+
 template <int BITS>
 MK_INLINE void decode_blocks(const float* scales, const uint8_t* payload, int64_t n, int64_t d,
                              float* out, int64_t blk0, int64_t blk1) {
   alignas(64) uint8_t codes[kBlock];
+  alignas(64) float scale[kBlock];
   for (int64_t blk = blk0; blk < blk1; ++blk) {
     const BlockRange r = block_range(blk, n);
     unpack_block<BITS>(payload + r.begin * BITS / 8, r.len, codes);
     float* o = out + r.begin;
-    int64_t i = 0;
-    while (i < r.len) {
-      const int64_t q = (r.begin + i) / d;
-      const int64_t seg_end_abs = (q + 1) * d;
-      const int64_t end = seg_end_abs - r.begin < r.len ? seg_end_abs - r.begin : r.len;
-      const float scale = scales[q];
-      for (int64_t k = i; k < end; ++k) o[k] = qsgd_value<BITS>(codes[k], scale);
-      i = end;
+    if (d >= kDecodePerSegment) {
+      const auto segment = [&](int64_t q, int64_t i, int64_t end) MK_LAMBDA_INLINE {
+        const float sc = scales[q];
+        for (int64_t k = i; k < end; ++k) o[k] = qsgd_value<BITS>(codes[k], sc);
+      };
+      for_each_bucket_segment(r.begin, r.len, d, segment);
+      continue;
     }
+    bucket_values(r.begin, r.len, d, [&](int64_t q) MK_LAMBDA_INLINE { return scales[q]; }, scale);
+    for (int64_t k = 0; k < r.len; ++k) o[k] = qsgd_value<BITS>(codes[k], scale[k]);
   }
 }
 

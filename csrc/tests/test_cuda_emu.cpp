@@ -305,7 +305,7 @@ static void test_sign(std::mt19937_64& rng) {
         static_cast<long long>(flag[0]));
 }
 
-// The CPU's one-pass QSGD (chunks of whole buckets: d = 512, 1024 and 4096 here)
+// The CPU's one-pass QSGD (chunks of whole buckets: d = 16, 64, 512, 1024 and 4096 here)
 // against its two passes: the same scales, packed codes, codes a byte each, and
 // non-finite count.
 static void check_qsgd_chunks(const char* name, const void* x, DType dt, int64_t n, int bits,
