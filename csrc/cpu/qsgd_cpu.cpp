@@ -1,7 +1,8 @@
 // Bucketed QSGD on the CPU (DESIGN.md section 6): scales per bucket (from pieces of at
-// most kScalePiece elements), then codes per element block; a block walks its bucket
-// segments so the inner loop has one ratio.  Where chunks of a few blocks hold whole
-// buckets (kernels.h, qsgd_chunk_blocks), both steps run chunk by chunk, reading x once.
+// most kScalePiece elements), then codes per element block, each element's ratio filled
+// from its bucket's so that the loops run over whole blocks for any bucket size.  Where
+// chunks of a few blocks hold whole buckets (kernels.h, qsgd_chunk_blocks), both steps
+// run chunk by chunk, reading x once.
 #include <cmath>
 #include <cstring>
 
@@ -73,7 +74,8 @@ MK_INLINE int64_t piece_stats(const T* x, int64_t n, int64_t d, bool l2, double*
   const int64_t pieces = qsgd_scale_pieces(d);
   int64_t bad = 0;
   // Piece p is bucket p, walked without a division per bucket.  With the int32 count:
-  // scales at d = 512 5.6-7.2 -> 4.5-5.3 ms (--split, 12 alternating runs).
+  // scales at d = 512 5.3-5.7 -> 4.5-5.3 ms (--split, the two builds alternating, 6 runs
+  // each).
   if (pieces == 1) {
     for (int64_t q = p0, begin = p0 * d; q < p1; ++q, begin += d) {
       double acc;
