@@ -33,15 +33,18 @@ BACKEND_NAMES = ("reference", "cpu", "cuda", "triton")
 ENV_VAR = "MONIQUA_BACKEND"
 
 _AUTO_ORDER = {"cpu": ("cpu", "reference"), "cuda": ("triton", "cuda", "reference")}
-# auto on CUDA, per op: the faster GPU backend first.  Measured on an H100 (benchmarks/
-# results/NVIDIA_H100_80GB_HBM3/run2, n = 2^26, % of copy bandwidth, Triton / CUDA C++):
-# encode 1-bit dither fp32 91 / 90, bf16 58 / 54, 8-bit bf16 83 / 74; decode 1-bit
-# dither fp32 99 / 87, nearest 97 / 78; mix 1-bit dither fp32 58 / 48, nearest 93 / 72;
-# sign 81 / 80; QSGD 4-bit 57 / 24; philox 106 / 92.  Triton is as fast or faster for
-# every op timed, so every op keeps _AUTO_ORDER["cuda"]; an op the CUDA kernels serve
-# faster on some card gets an entry here, with its measurement.  Since run 2 both QSGD
-# encodes were rewritten (CUDA's in one pass, Triton's full buckets unmasked) and the
-# CUDA decode and mix got warp-striped tiles: they await the next GPU run's numbers.
+# auto on CUDA, per op: the faster GPU backend first.  Measured at n = 2^26, % of copy
+# bandwidth, Triton / CUDA C++:
+# - H100 (benchmarks/results/NVIDIA_H100_80GB_HBM3/run2): encode 1-bit dither fp32 91 / 90,
+#   bf16 58 / 54; decode 1-bit dither fp32 99 / 87; mix 1-bit dither fp32 58 / 48; sign
+#   81 / 80; QSGD 4-bit 57 / 24; philox 106 / 92.
+# - H200 (benchmarks/results/NVIDIA_H200/run3, after the CUDA one-pass QSGD encode and the
+#   CUDA decode and mix tiles): CUDA C++ faster in 2 of 43 cases, by 1.01x and 1.08x
+#   (encode 1-bit dither fp32 73 / 74, decode 8-bit dither fp32 86 / 93); median CUDA /
+#   Triton per op 0.62-0.98 (mix 0.72, QSGD encode 0.71, decode 0.86).
+# Per op, Triton is as fast or faster on both cards (the two H200 exceptions are single
+# cases, within 8 %), so every op keeps _AUTO_ORDER["cuda"]; an op the CUDA kernels serve faster on some card gets an entry
+# here, with its measurement.
 AUTO_CUDA: dict[str, tuple[str, ...]] = {}
 
 # Where each backend's kernels come from, and the fix when they cannot load.

@@ -4,11 +4,16 @@
 # first failure: every phase runs under its own timeout and logs into OUTDIR, and the
 # whole run keeps to a global budget (default 400 s), so it returns inside a lease.
 #
-#   bash scripts/gpu_check.sh [--dry-run] [--budget SECONDS] [--phases LIST] [OUTDIR]
+#   bash scripts/gpu_check.sh [--dry-run] [--budget SECONDS] [--phases LIST]
+#                             [--pack DIR] [OUTDIR]
 #
 # --phases: a comma list of the phases to run (env build tests_triton tests_gpu bench
 # bench_group_layout bench_other ncu bench_baselines tuning), the others are skipped
 # and say so: a second call after a fix re-runs what the fix touched, inside the lease.
+# --pack DIR: at the end, write two files into DIR: summary.md and OUTDIR as one
+# <name>.tar.gz (the Nsight report left out: ncu_details.txt and ncu_raw.csv carry it).
+# The lent GPU machine returns at most 8 files: GPU run 3 wrote 23 into $OUT and lost
+# 15 of them, the summary and the Triton test results among them.
 # --dry-run: the same script on a machine without a GPU (CI does this): the CUDA phases
 # print why they are skipped, the benchmark runs on the CPU at a tiny size.
 # Nothing is downloaded (the GPU machine has no network): the extension is built with
@@ -19,12 +24,14 @@ DRY=0
 BUDGET=400
 SELECTED=""
 OUTDIR=""
+PACK=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --dry-run) DRY=1 ;;
     --budget) BUDGET=$2; shift ;;
     --phases) SELECTED=",$2,"; shift ;;
-    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+    --pack) PACK=$2; shift ;;
+    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
     -*) echo "gpu_check.sh: unknown option $1" >&2; exit 2 ;;
     *) OUTDIR=$1 ;;
   esac
@@ -43,6 +50,14 @@ ROOT=$(pwd)
 OUTDIR=${OUTDIR:-$ROOT/gpu_check_out}
 mkdir -p "$OUTDIR" || exit 2
 OUTDIR=$(cd "$OUTDIR" && pwd)
+if [ -n "$PACK" ]; then
+  mkdir -p "$PACK" || exit 2
+  PACK=$(cd "$PACK" && pwd)
+  case "$PACK/" in "$OUTDIR"/*)
+    echo "gpu_check.sh: --pack $PACK lies inside OUTDIR $OUTDIR (it would pack itself)" >&2
+    exit 2 ;;
+  esac
+fi
 PY=${PYTHON:-python3}
 export PY OUTDIR PYTHONUNBUFFERED=1 PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 START=$(date +%s)
@@ -81,6 +96,15 @@ skip() {
 }
 summary() {
   "$PY" scripts/gpu_summary.py "$OUTDIR" || true
+  if [ -n "$PACK" ]; then
+    local name; name=$(basename "$OUTDIR")
+    if mkdir -p "$PACK" && cp "$OUTDIR/summary.md" "$PACK/summary.md" &&
+       tar -czf "$PACK/$name.tar.gz" --exclude='*.ncu-rep' -C "$(dirname "$OUTDIR")" "$name"; then
+      log "packed: $PACK/summary.md, $PACK/$name.tar.gz ($(du -k "$PACK/$name.tar.gz" | cut -f1) KiB)"
+    else
+      log "packing into $PACK failed: the results are only in $OUTDIR"
+    fi
+  fi
   log "done; everything is in $OUTDIR"
 }
 trap summary EXIT

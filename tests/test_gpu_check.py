@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 
@@ -21,10 +22,19 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.mark.skipif(shutil.which("timeout") is None, reason="needs coreutils' timeout")
 def test_dry_run_writes_phases_and_summary(tmp_path):
     env = dict(os.environ, PYTHON=sys.executable)
+    pack = tmp_path.parent / f"{tmp_path.name}_pack"
     out = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_check.sh"), "--dry-run",
-                          "--budget", "300", str(tmp_path)], env=env, capture_output=True,
-                         text=True, timeout=600)
+                          "--budget", "300", "--pack", str(pack), str(tmp_path)], env=env,
+                         capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    # --pack: two files, the summary and the whole OUTDIR (what a runner that returns few
+    # files brings back)
+    assert sorted(p.name for p in pack.iterdir()) == ["summary.md", f"{tmp_path.name}.tar.gz"]
+    with tarfile.open(pack / f"{tmp_path.name}.tar.gz") as tar:
+        names = set(tar.getnames())
+    assert {f"{tmp_path.name}/{f}" for f in ("summary.md", "phases.tsv", "junit_gpu.xml",
+                                              "bench.log")} <= names
+    assert (pack / "summary.md").read_text() == (tmp_path / "summary.md").read_text()
     assert out.stdout.rstrip().endswith(f"everything is in {tmp_path}")
     assert "## Phases" in out.stdout  # the summary is printed last
     phases = {}
@@ -52,6 +62,13 @@ def test_refuses_bad_arguments():
     out = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_check.sh"), "--bogus"],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "unknown option" in out.stderr
+
+
+def test_refuses_a_pack_folder_inside_the_output(tmp_path):
+    out = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_check.sh"), "--dry-run",
+                          "--pack", str(tmp_path / "packed"), str(tmp_path)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "it would pack itself" in out.stderr
 
 
 _SESSION = '''

@@ -98,7 +98,7 @@ def on(t, device):
 
 
 def same(got, want):
-    got = on(got, "cpu")
+    got, want = on(got, "cpu"), on(want, "cpu")  # both may come from a GPU backend
     if isinstance(want, (tuple, list)):
         return all(same(g, w) for g, w in zip(got, want))
     if want.is_floating_point():  # bit patterns: -0.0 and NaN payloads count
