@@ -8,7 +8,7 @@
 #                             [--pack DIR] [OUTDIR]
 #
 # --phases: a comma list of the phases to run (env build tests_triton tests_gpu bench
-# bench_group_layout bench_other ncu bench_baselines tuning), the others are skipped
+# ncu bench_baselines bench_other tuning), the others are skipped
 # and say so: a second call after a fix re-runs what the fix touched, inside the lease.
 # --pack DIR: at the end, write two files into DIR: summary.md and OUTDIR as one
 # <name>.tar.gz (the Nsight report left out: ncu_details.txt and ncu_raw.csv carry it).
@@ -38,7 +38,7 @@ while [ $# -gt 0 ]; do
   shift
 done
 case "$BUDGET" in ''|*[!0-9]*) echo "gpu_check.sh: --budget takes whole seconds" >&2; exit 2 ;; esac
-ALL_PHASES=",env,build,tests_triton,tests_gpu,bench,bench_group_layout,bench_other,ncu,bench_baselines,tuning,"
+ALL_PHASES=",env,build,tests_triton,tests_gpu,bench,bench_other,ncu,bench_baselines,tuning,"
 for p in ${SELECTED//,/ }; do
   if [[ "$ALL_PHASES" != *",$p,"* ]]; then
     echo "gpu_check.sh: unknown phase '$p' in --phases (known: ${ALL_PHASES:1:-1})" >&2; exit 2
@@ -220,17 +220,6 @@ else
   phase bench 70 "$PY" -m moniqua_kernels bench --device cuda --sizes 2^22,2^26 \
     --ops moniqua_encode,moniqua_decode,moniqua_mix --bits 1,8 --dtypes fp32,bf16 \
     --roundings dither,nearest --baseline-sizes none --out "$OUTDIR/bench" --budget-s 60
-  # The CUDA decode and mix with the warp-striped tiles off (MONIQUA_CUDA_TILES=0,
-  # csrc/cuda/device.cuh): the layout GPU run 2 measured, beside the tiles just timed.
-  phase bench_group_layout 30 env MONIQUA_CUDA_TILES=0 "$PY" -m moniqua_kernels bench \
-    --device cuda --sizes 2^26 --ops moniqua_decode,moniqua_mix --bits 1 --dtypes fp32,bf16 \
-    --roundings dither,nearest --backends cuda --baseline-sizes none \
-    --out "$OUTDIR/bench_group_layout" --budget-s 20
-  # qsgd_encode_whole: one bucket of 2^26 (the scale reduced in pieces on both backends).
-  phase bench_other 50 "$PY" -m moniqua_kernels bench --device cuda --sizes 2^26 \
-    --ops sign_encode,qsgd_encode,qsgd_decode,philox_uniform,moniqua_encode,qsgd_encode_whole \
-    --bits 2,4,8 --dtypes fp32 --roundings dither --baseline-sizes none \
-    --out "$OUTDIR/bench_other" --budget-s 40
 fi
 
 # 7. Nsight Compute -----------------------------------------------------------------------
@@ -248,7 +237,7 @@ else
     ncu --import "$OUTDIR/ncu.ncu-rep" --csv --page raw > "$OUTDIR/ncu_raw.csv"
     ncu --import "$OUTDIR/ncu.ncu-rep" --page details > "$OUTDIR/ncu_details.txt"
   }
-  phase ncu 70 ncu_phase
+  phase ncu 90 ncu_phase
 fi
 
 # 8. the baselines at one size: eager, torch.compile(reference), the obvious torch code
@@ -257,6 +246,12 @@ if [ "$DRY" = 0 ]; then
   phase bench_baselines 90 "$PY" -m moniqua_kernels bench --device cuda --sizes 2^26 \
     --ops moniqua_encode,moniqua_mix,sign_encode,moniqua_decode --bits 1 --dtypes fp32 \
     --roundings dither --baseline-sizes 2^26 --out "$OUTDIR/bench_baselines" --budget-s 70
+  # the other ops (GPU run 3 had them before ncu and the baselines, and its budget ran out
+  # before those); qsgd_encode_whole: one bucket of 2^26 (the scale reduced in pieces)
+  phase bench_other 50 "$PY" -m moniqua_kernels bench --device cuda --sizes 2^26 \
+    --ops sign_encode,qsgd_encode,qsgd_decode,philox_uniform,moniqua_encode,qsgd_encode_whole \
+    --bits 2,4,8 --dtypes fp32 --roundings dither --baseline-sizes none \
+    --out "$OUTDIR/bench_other" --budget-s 40
   # 9. Triton launch shapes (block x warps), what the budget leaves
   phase tuning 60 "$PY" benchmarks/gpu_tuning.py --out "$OUTDIR" --budget-s 45
 fi

@@ -129,32 +129,9 @@ def bench(out: Path) -> list[str]:
     return lines
 
 
-def layout_ab(out: Path) -> list[str]:
-    """The CUDA decode and mix with warp-striped tiles (the bench phase) against the group
-    layout (bench_group_layout, MONIQUA_CUDA_TILES=0), case by case."""
-    def rows(folder):
-        found = {}
-        for path in sorted((out / folder).glob("ops_*.json")):
-            for r in json.loads(path.read_text())["results"]:
-                if r.get("provider") == "cuda" and r.get("seconds"):
-                    found[(r["op"], r["bits"], r["rounding"], r["dtype"], r["n"])] = r
-        return found
-    tiles, group = rows("bench"), rows("bench_group_layout")
-    common = sorted(set(tiles) & set(group), key=str)
-    if not common:
-        return []
-    lines = ["| op | bits | rounding | dtype | n | tiles GB/s | group GB/s | tiles / group |",
-             "|---|---|---|---|---|---|---|---|"]
-    for key in common:
-        t, g = tiles[key]["gbps"], group[key]["gbps"]
-        lines.append("| " + " | ".join(str(k) for k in key) + f" | {t:.0f} | {g:.0f} | "
-                     f"{t / g:.2f} |")
-    return lines
-
-
 def backend_choice(out: Path) -> list[str]:
     """Triton against CUDA C++, case by case at each bench file's largest n (the bench and
-    bench_other phases; bench_group_layout times CUDA alone), and per op the backend that
+    bench_other phases), and per op the backend that
     wins more cases: what backends.AUTO_CUDA should say (auto tries Triton first)."""
     cases = {}
     for path in sorted(out.glob("bench*/ops_*.json")):
@@ -275,9 +252,6 @@ def main(argv=None) -> int:
     b = bench(out)
     if b:
         doc += ["## Bandwidth at the largest size (% of y.copy_(x) in the same run)", ""] + b
-    ab = layout_ab(out)
-    if ab:
-        doc += ["## CUDA decode and mix: warp-striped tiles against the group layout", ""] + ab + [""]
     choice = backend_choice(out)
     if choice:
         doc += ["## Triton or CUDA C++ per op (auto's order, backends.AUTO_CUDA)", ""] + \

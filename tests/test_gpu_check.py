@@ -137,26 +137,6 @@ def test_progress_log_survives_a_killed_session(tmp_path):
 
 
 
-def test_summary_sets_the_cuda_layouts_side_by_side(tmp_path):
-    """gpu_summary pairs each CUDA row of the bench phase (warp-striped tiles) with the
-    same case of bench_group_layout (MONIQUA_CUDA_TILES=0) and gives their ratio."""
-    def doc(gbps):
-        case = {"op": "moniqua_mix", "bits": 1, "rounding": "dither", "dtype": "fp32",
-                "n": 2 ** 26, "seconds": 1e-3}
-        return {"results": [dict(case, provider="cuda", gbps=gbps),
-                            dict(case, provider="triton", gbps=9.0),
-                            dict(case, provider="copy", gbps=2900.0)]}
-
-    for folder, gbps in (("bench", 1500.0), ("bench_group_layout", 1200.0)):
-        (tmp_path / folder).mkdir()
-        (tmp_path / folder / "ops_x.json").write_text(json.dumps(doc(gbps)))
-    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "gpu_summary.py"),
-                          str(tmp_path)], capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
-    assert ("| moniqua_mix | 1 | dither | fp32 | 67108864 | 1500 | 1200 | 1.25 |"
-            in out.stdout), out.stdout
-
-
 def test_summary_says_which_backend_wins_each_op(tmp_path):
     """gpu_summary sets Triton beside CUDA C++ per case (the largest n of each bench file
     only) and names, per op, the backend that wins more cases: the data for AUTO_CUDA."""

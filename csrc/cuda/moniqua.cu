@@ -127,7 +127,7 @@ template <int BITS, int ROUND, typename T>
 __global__ void __launch_bounds__(kThreads) decode_kernel(const uint8_t* __restrict__ payload,
                                                           const T* __restrict__ y, int64_t n,
                                                           float b, float inv_b, Stream stream,
-                                                          T* __restrict__ out, bool tiles,
+                                                          T* __restrict__ out,
                                                           int64_t* __restrict__ flag) {
   constexpr int V = vec_elems<T>(), kChunks = kEPT / V;
   StreamVals s;
@@ -139,7 +139,7 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(const uint8_t* __restr
   const bool vec_p = aligned_to(payload, chunk_code_bytes<BITS, V>());
   int64_t bad = 0;
   MK_GRID_STRIDE(g, whole) {
-    const Chunks at = chunks_of<V>(g, lane, whole, tiles);
+    const Chunks at = chunks_of<V>(g, lane, whole);
     ChunkWord<BITS, V> words[kChunks];
     float yv[kEPT], xh[kEPT];
 #pragma unroll
@@ -188,7 +188,7 @@ __device__ __forceinline__ int64_t keep_bad(const float* xv, float* result, int 
 template <int BITS, int ROUND, typename T>
 __global__ void __launch_bounds__(kThreads) mix_kernel(T* __restrict__ x, int64_t n,
                                                        const MixPayloads p, float b,
-                                                       float inv_b, float gamma, bool tiles,
+                                                       float inv_b, float gamma,
                                                        int64_t* __restrict__ flag) {
   constexpr int V = vec_elems<T>(), kChunks = kEPT / V;
   using Word = ChunkWord<BITS, V>;
@@ -204,7 +204,7 @@ __global__ void __launch_bounds__(kThreads) mix_kernel(T* __restrict__ x, int64_
   const bool vec_x = aligned_to(x, 16);
   int64_t bad = 0;
   MK_GRID_STRIDE(g, whole) {
-    const Chunks at = chunks_of<V>(g, lane, whole, tiles);
+    const Chunks at = chunks_of<V>(g, lane, whole);
     Word own[kChunks], next[kChunks];
     float xv[kEPT], dself[kEPT], dj[kEPT], acc[kEPT], result[kEPT];
 #pragma unroll
@@ -295,8 +295,7 @@ cudaError_t moniqua_decode(const uint8_t* payload, const void* y, DType dt, int6
       return dispatch_rounding(m.rounding, [&](auto round) {
         constexpr int kBits = decltype(bits)::value, kRound = decltype(round)::value;
         MK_LAUNCH(grid_of(n), kThreads, st, decode_kernel<kBits, kRound, T>)(
-            payload, static_cast<const T*>(y), n, m.b, m.inv_b, s, static_cast<T*>(out),
-            striped_tiles(), flag);
+            payload, static_cast<const T*>(y), n, m.b, m.inv_b, s, static_cast<T*>(out), flag);
         MK_LAUNCH_CHECK();
         return cudaSuccess;
       });
@@ -314,7 +313,7 @@ cudaError_t moniqua_mix(void* x, DType dt, int64_t n, const MixPayloads& p, Modu
       return dispatch_rounding(m.rounding, [&](auto round) {
         constexpr int kBits = decltype(bits)::value, kRound = decltype(round)::value;
         MK_LAUNCH(grid_of(n), kThreads, st, mix_kernel<kBits, kRound, T>)(
-            static_cast<T*>(x), n, p, m.b, m.inv_b, gamma, striped_tiles(), flag);
+            static_cast<T*>(x), n, p, m.b, m.inv_b, gamma, flag);
         MK_LAUNCH_CHECK();
         return cudaSuccess;
       });
