@@ -289,7 +289,7 @@ def test_non_finite_counted_exactly(backend, device):
     """Every op that checks its data counts the non-finite elements exactly: NaN, inf and
     -inf in different Triton programs (blocks of 4096, the last one masked; buckets of
     512, and of 100 on the scale-then-pack path), and no other element; clean data raises
-    nothing.  Triton finds them by the sum of v * 0 per program and only then counts
+    nothing.  Triton finds them by the sum of v per program and only then counts
     (flag_non_finite); the mix leaves them as they were."""
     n = 2 * 4096 + 100
     bad_at = [5, 4096 + 7, 2 * 4096 + 99]
@@ -323,6 +323,29 @@ def test_non_finite_counted_exactly(backend, device):
         mk.check_errors()
     got = on(mixed, "cpu")[bad_at]
     assert torch.isnan(got[0]) and got[1] == float("inf") and got[2] == -float("inf")
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS, ids=IDS)
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning",
+                            "ignore:invalid value encountered:RuntimeWarning")
+def test_large_finite_values_are_not_counted(backend, device):
+    """Finite values whose sum over a Triton program overflows (Triton's probe is that
+    sum, flag_non_finite: an overflowed probe only makes the program count exactly) are
+    not counted, and give the reference's bytes."""
+    n = 4096 + 100
+    x = (sample(n, scale=1.0).sign() * 1e38).to(device)
+    x[: n // 2] = 3e38
+    for name, call in {
+        "moniqua_encode": lambda v: mk.moniqua_encode(v, 4.0, 2, "dither", 3, 0),
+        "moniqua_decode": lambda v: mk.moniqua_decode(mk.moniqua_encode(v, 4.0, 2, "dither", 3,
+                                                                        0), v, 4.0, 2, "dither",
+                                                      3, 0),
+        "qsgd_encode d=512": lambda v: mk.qsgd_encode(v, 4, 512, "max", 1, 0),
+        "sign_encode": lambda v: mk.sign_encode(v),
+    }.items():
+        got = run(backend, call, x)
+        mk.check_errors()
+        assert same(got, reference(("large finite", name), lambda: call(x.cpu()))), name
 
 
 @pytest.mark.parametrize("backend,device", BACKENDS, ids=IDS)

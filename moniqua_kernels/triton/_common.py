@@ -255,19 +255,28 @@ def count_bad(flag_ptr, bad, SLOT: tl.constexpr):
 
 @triton.jit
 def flag_non_finite(flag_ptr, v, inside):
-    """Add the number of non-finite v where inside to the NON_FINITE slot.  The sum of
-    v * 0 over the program is NaN when any v is NaN or inf and 0 otherwise (a multiply and
-    an add an element); only then are they counted, element by element.  sm_90
-    instructions an element over the kernel with no check body (Triton 3.6, the cases of
-    benchmarks/sass_static.py, clean data): counting in every program (a compare, a
-    select, an add and an integer reduction) 4.5-8; this probe 2.5-5 (its reduction
-    across the program's warps is most of it).  A NaN-keeping max (tl.reduce with
-    tl.maximum(propagate_nan=ALL): one FMNMX.NAN an element) saves one more compiled,
-    but Triton's interpreter runs a custom reduction element by element, ~100x slower
-    at 4096 elements, which made the CPU test lane 150 s longer."""
-    probe = tl.sum(v * 0.0, axis=0)
-    if not (probe == 0.0):
-        count_bad(flag_ptr, ~(tl.abs(v) < float("inf")) & inside, NON_FINITE)
+    """Add the number of non-finite v where inside to the NON_FINITE slot.  The sum of v
+    over the program is inf or NaN when any v is (one add an element); only then are they
+    counted, element by element (v - v is NaN exactly where v is inf or NaN).  A sum of
+    finite values that overflows only sends its program to that exact count, which adds
+    nothing.  The count's test is not written |v| < inf: the encode's `finite` is that
+    expression, and sharing it made the compiler test every element in integer form on
+    the clean path (one more instruction an element).
+    sm_90 instructions an element that a program with clean data runs beyond the
+    unchecked kernel (the encode and decode cases of benchmarks/sass_static.py, counted
+    up to the probe's exit): counting in every program (a compare, a select, an add and
+    an integer reduction) 4.5-8 (Triton 3.6); the sum of v * 0 (a multiply and an add an
+    element) 2.4-3.8, and this sum 1.5-2.1 (Triton 3.9): about one add an element, the
+    rest the reduction across the program's threads and warps.  That cost is what the default check adds
+    where a kernel is issue-bound: GPU run 3 (H200) timed the public encode with the sum
+    of v * 0 at 1.0-1.33x its unchecked time (1.33x at 1 bit, nearest, bf16, about 15
+    instructions an element unchecked).  A NaN-keeping max (tl.reduce with
+    tl.maximum(propagate_nan=ALL): one FMNMX.NAN an element) is no cheaper than this sum,
+    and Triton's interpreter runs a custom reduction element by element, ~100x slower at
+    4096 elements, which made the CPU test lane 150 s longer."""
+    probe = tl.sum(v, axis=0)
+    if not (tl.abs(probe) < float("inf")):
+        count_bad(flag_ptr, ~(v - v == 0.0) & inside, NON_FINITE)
 
 
 @triton.jit
