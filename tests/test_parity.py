@@ -351,6 +351,29 @@ def test_large_finite_values_are_not_counted(backend, device):
 @pytest.mark.parametrize("backend,device", BACKENDS, ids=IDS)
 @pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning",
                             "ignore:invalid value encountered:RuntimeWarning")
+def test_mix_result_overflowing_keeps_x(backend, device):
+    """Finite x whose mixed result overflows: those elements are counted and keep x (Triton
+    reads x again for them, moniqua_mix_'s kernel), in a full and in a masked program."""
+    n = 4096 + 100
+    x = torch.full((n,), 3.3e38)
+    x[::3] = 1.0
+    near_max = torch.full((n,), 3.39e38)
+    near_max[::3] = 1.5
+    own, theirs = (run(backend, mk.moniqua_encode, v.to(device), 1e38, 8, "nearest",
+                       check_finite=False) for v in (x, near_max))
+    mixed = x.to(device)
+    with pytest.raises(ValueError, match=rf"\b{n - len(x[::3])} non-finite"):
+        run(backend, mk.moniqua_mix_, mixed, [theirs], [10.0], own, 1e38, 8, "nearest", 1.0)
+        mk.check_errors()
+    got = on(mixed, "cpu")
+    overflowed = torch.ones(n, dtype=torch.bool)
+    overflowed[::3] = False
+    assert torch.equal(got[overflowed], x[overflowed]) and torch.isfinite(got).all()
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS, ids=IDS)
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning",
+                            "ignore:invalid value encountered:RuntimeWarning")
 def test_moniqua_non_finite_gives_code_zero(backend, device):
     """With the finite check off, NaN/inf (and overflow of x * invB) encode as z = 0."""
     x = torch.tensor([float("nan"), float("inf"), -float("inf"), 3e38, 1.0] + [0.3] * 11)

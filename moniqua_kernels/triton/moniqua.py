@@ -15,10 +15,11 @@ import triton
 import triton.language as tl
 
 from ..reference.moniqua import modulus_constants
-from ._common import (BLOCK, DITHER, LAUNCH, NEAREST, ROUNDING_IDS, block_range, check_padding,
-                      f32, flag_non_finite, jit, load_block, load_codes, pack_codes,
-                      philox_block, round_to, split_launch, store_block, store_bytes,
-                      stream_args, stream_of, tuple_halves, uniform_from_words, unpack_half)
+from ._common import (BLOCK, DITHER, LAUNCH, NEAREST, ROUNDING_IDS, all_finite, block_range,
+                      check_padding, count_non_finite, f32, flag_non_finite, jit, load_block,
+                      load_codes, pack_codes, philox_block, round_to, split_launch, store_block,
+                      store_bytes, stream_args, stream_of, tuple_halves, uniform_from_words,
+                      unpack_half)
 
 
 def _constants(modulus: float) -> tuple[float, float]:
@@ -152,8 +153,12 @@ def _moniqua_mix_kernel(x_ptr, payloads, weights, own_ptr, n, nbytes, b32, inv_b
         acc = acc + weights[j] * (d_j - d_self)
     result = x + gamma * acc
     if flag_ptr is not None:
-        flag_non_finite(flag_ptr, result, (i < n) if MASKED else True)
-        result = tl.where(tl.abs(result) < float("inf"), result, x)
+        if not all_finite(result):  # flag_non_finite, with the elements keeping x
+            count_non_finite(flag_ptr, result, (i < n) if MASKED else True)
+            # x read again: live across the probe's reduction it took sm_90 registers
+            # (1-bit nearest fp32 mix 48 -> 43, 1-bit dither bf16 92 -> 80)
+            x = load_block(x_ptr, i, n, MASKED).to(tl.float32)
+            result = tl.where(result - result == 0.0, result, x)
     store_block(x_ptr, i, round_to(result, x_raw.dtype), n, ok, MASKED)
 
 
