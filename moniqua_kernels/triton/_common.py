@@ -263,11 +263,12 @@ def flag_non_finite(flag_ptr, v, inside):
     expression, and sharing it made the compiler test every element in integer form on
     the clean path (one more instruction an element).
     sm_90 instructions an element that a program with clean data runs beyond the
-    unchecked kernel (the encode and decode cases of benchmarks/sass_static.py, counted
-    up to the probe's exit): counting in every program (a compare, a select, an add and
-    an integer reduction) 4.5-8 (Triton 3.6); the sum of v * 0 (a multiply and an add an
-    element) 2.4-3.8, and this sum 1.5-2.1 (Triton 3.9): about one add an element, the
-    rest the reduction across the program's threads and warps.  That cost is what the default check adds
+    unchecked kernel (the 1-bit encode and decode cases of benchmarks/sass_static.py,
+    counted up to the probe's exit): counting in every program (a compare, a select, an
+    add and an integer reduction) 4.5-8; the sum of v * 0 (a multiply and an add an
+    element) 3.7-5.6 with Triton 3.6 (the GPU runs' version), 2.4-3.8 with 3.9; this sum
+    2.75-3.8 and 1.5-2.1: about one add an element, the rest the reduction across the
+    program's threads and warps.  That cost is what the default check adds
     where a kernel is issue-bound: GPU run 3 (H200) timed the public encode with the sum
     of v * 0 at 1.0-1.33x its unchecked time (1.33x at 1 bit, nearest, bf16, about 15
     instructions an element unchecked).  A NaN-keeping max (tl.reduce with
