@@ -351,6 +351,34 @@ def test_large_finite_values_are_not_counted(backend, device):
 @pytest.mark.parametrize("backend,device", BACKENDS, ids=IDS)
 @pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning",
                             "ignore:invalid value encountered:RuntimeWarning")
+def test_bfloat16_results_keep_nan_unchecked(backend, device):
+    """check_finite=False: a bfloat16 decode or mix whose result is NaN stores NaN (on the
+    GPU Triton rounds with cvt.rn and puts NaN back by a select, round_to), and every other
+    element the reference's bytes.  NaN payloads are not compared: a GPU's float
+    arithmetic makes its NaN canonical."""
+    n = 4096 + 100
+    y = sample(n, scale=1.0).to(torch.bfloat16)
+    y[[3, 4096 + 5]] = torch.tensor([float("nan"), -float("nan")], dtype=torch.bfloat16)
+    payload = run(backend, mk.moniqua_encode, sample(n, seed=2, scale=1.0).to(device), 4.0,
+                  1, "nearest", check_finite=False)
+    decode = run(backend, mk.moniqua_decode, payload, y.to(device), 4.0, 1, "nearest",
+                 check_finite=False)
+    mixed = y.to(device)
+    run(backend, mk.moniqua_mix_, mixed, [payload], [0.5], payload, 4.0, 1, "nearest", 1.0,
+        check_finite=False)
+    with mk.use_backend("reference"):
+        want_decode = mk.moniqua_decode(payload.cpu(), y, 4.0, 1, "nearest", check_finite=False)
+        want_mixed = mk.moniqua_mix_(y.clone(), [payload.cpu()], [0.5], payload.cpu(), 4.0, 1,
+                                     "nearest", 1.0, check_finite=False)
+    for got, want in ((on(decode, "cpu"), want_decode), (on(mixed, "cpu"), want_mixed)):
+        nan = torch.isnan(want)
+        assert nan.sum() == 2 and torch.equal(torch.isnan(got), nan)
+        assert same(got[~nan], want[~nan])
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS, ids=IDS)
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning",
+                            "ignore:invalid value encountered:RuntimeWarning")
 def test_mix_result_overflowing_keeps_x(backend, device):
     """Finite x whose mixed result overflows: those elements are counted and keep x (Triton
     reads x again for them, moniqua_mix_'s kernel), in a full and in a masked program."""

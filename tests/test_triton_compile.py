@@ -216,6 +216,7 @@ def compile_all() -> list[dict]:
             sqrt_approx=len(re.findall(r"\bsqrt\.approx\.", ptx)),
             rcp_approx=len(re.findall(r"\brcp\.approx\.", ptx)),
             ld_v4=len(re.findall(r"\bld\.global(\.\w+)*\.v4\.", ptx)),
+            cvt_bf16=len(re.findall(r"\bcvt\.rn\.bf16(x2)?\.f32\b", ptx)),
         )
         report.append(row)
     # Control: the same mix kernel with fusion on must contract, or fma=0 proves nothing.
@@ -292,6 +293,8 @@ def test_kernels_compile_for_sm90_without_fma_or_approximate_division():
         if row["name"].startswith(("moniqua_", "qsgd_encode")) and "masked" not in row["name"] \
                 and "stream" not in row["name"]:
             assert row["ld_v4"] > 0, row  # full blocks: unmasked, 128-bit loads
+        if row["name"].startswith(("moniqua_decode bf16", "moniqua_mix bf16")):
+            assert row["cvt_bf16"] > 0, row  # round_to: the GPU's conversion
 
 
 if __name__ == "__main__":

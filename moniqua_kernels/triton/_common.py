@@ -41,12 +41,16 @@ ROUNDING_IDS = {"stochastic": 0, "nearest": 1, "dither": 2}  # stochastic: the d
 NEAREST: tl.constexpr = tl.constexpr(1)
 DITHER: tl.constexpr = tl.constexpr(2)
 
-# Philox's 32x32 -> 64-bit products as one mul.wide.u32 (inline PTX) instead of the
-# mul.hi and mul.lo that tl.randint4x emits.  Counted in the sm_90 SASS of the 1-bit
-# dither fp32 encode (Triton 3.9): 40.0 instructions per element with randint4x, 35.5
-# with mul.wide; the 2-neighbour bf16 mix 130.5 -> 116.5.  The interpreter (CPU tests)
-# cannot run PTX and keeps umulhi.
-PHILOX_MUL_WIDE: tl.constexpr = tl.constexpr(os.environ.get("TRITON_INTERPRET") != "1")
+# COMPILED: the kernels are compiled for the GPU, not run by Triton's interpreter (the CPU
+# tests).  Two paths take the GPU's own instructions then, with the same bits as the
+# interpreter's path (the GPU script's parity tests check them):
+# - Philox's 32x32 -> 64-bit products as one mul.wide.u32 (inline PTX) instead of the
+#   mul.hi and mul.lo that tl.randint4x emits.  Counted in the sm_90 SASS of the 1-bit
+#   dither fp32 encode (Triton 3.9): 40.0 instructions per element with randint4x, 35.5
+#   with mul.wide; the 2-neighbour bf16 mix 130.5 -> 116.5.  The interpreter cannot
+#   run PTX and keeps umulhi.
+# - bfloat16 rounding (round_to) by cvt.rn.bf16x2.f32, two elements an instruction.
+COMPILED: tl.constexpr = tl.constexpr(os.environ.get("TRITON_INTERPRET") != "1")
 PHILOX_M0: tl.constexpr = tl.constexpr(0xD2511F53)
 PHILOX_M1: tl.constexpr = tl.constexpr(0xCD9E8D57)
 PHILOX_W0: tl.constexpr = tl.constexpr(0x9E3779B9)
@@ -198,7 +202,7 @@ def stream_of(k0, k1, c0, c1, stream_ptr, flag_ptr):
 @triton.jit
 def _mulhilo(a, M: tl.constexpr, ASM: tl.constexpr):
     """(hi, lo) 32-bit halves of the 64-bit product a * M (a uint32); ASM: the PTX."""
-    if PHILOX_MUL_WIDE:
+    if COMPILED:
         return tl.inline_asm_elementwise(asm=ASM, constraints="=r,=r,r", args=[a],
                                          dtype=(tl.uint32, tl.uint32), is_pure=True, pack=1)
     else:
@@ -343,14 +347,23 @@ def store_bytes(out_ptr, packed, start, nbytes, ok, BITS: tl.constexpr, BLOCK: t
 
 @triton.jit
 def round_to(x, dtype: tl.constexpr):
-    """float32 x rounded to nearest even in dtype (float32, float16 or bfloat16).
+    """float32 x rounded to nearest even in dtype (float32, float16 or bfloat16).  NaN
+    stays a quiet NaN with x's sign and high payload bits, as the reference and convert.h
+    keep it.
 
-    bfloat16 is rounded with integer arithmetic: the GPU's cvt.rn.bf16 gives the same
-    bits, but Triton's interpreter truncates (triton 3.9 interpreter's fp32 -> bf16 cast
-    drops the low half), and the tests run there.  NaN stays a quiet NaN.
+    bfloat16 on the GPU: cvt.rn.bf16x2.f32 (or .bf16.f32), which rounds finite x to
+    nearest even but is not specified to keep a NaN's sign and payload, so NaN is put
+    back by a select.  sm_90 SASS instructions an element, unchecked, Triton 3.6, before
+    (integer rounding) -> after: decode 1 bit nearest 24.4 -> 21.2, dither 38.7 -> 35.3;
+    2-neighbour mix 1 bit nearest 57.4 -> 54.2, dither 100.1 -> 97.1.  In Triton's
+    interpreter, integer arithmetic: its fp32 -> bf16 cast truncates (Triton 3.9's drops
+    the low half).
     """
     if dtype == tl.bfloat16:
         bits = x.to(tl.uint32, bitcast=True)
+        if COMPILED:
+            quiet = ((bits >> 16) | 0x40).to(tl.uint16).to(tl.bfloat16, bitcast=True)
+            return tl.where(x != x, quiet, x.to(tl.bfloat16, fp_downcast_rounding="rtne"))
         rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
         half = tl.where(x != x, (bits >> 16) | 0x40, rounded)
         return half.to(tl.uint16).to(tl.bfloat16, bitcast=True)
