@@ -349,6 +349,38 @@ def test_large_finite_values_are_not_counted(backend, device):
 
 
 @pytest.mark.parametrize("backend,device", BACKENDS, ids=IDS)
+@pytest.mark.parametrize("dtype,big,modulus", [(torch.float16, 65000.0, 2e4),
+                                               (torch.bfloat16, 3.38e38, 1e38)])
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning",
+                            "ignore:invalid value encountered:RuntimeWarning")
+def test_results_overflowing_their_dtype_are_counted(backend, device, dtype, big, modulus):
+    """A decoded or mixed result that is finite in float32 but not in its own dtype (it
+    rounds to inf when stored) counts as not finite, as the reference counts it, and the
+    mix keeps x there."""
+    n = 4096 + 100
+    y = torch.full((n,), big).to(dtype)
+    y[::3] = 1.0
+    sender = torch.full((n,), 3.4e38 if dtype == torch.bfloat16 else 71000.0)
+    sender[::3] = 1.5
+    payload = run(backend, mk.moniqua_encode, sender.to(device), modulus, 8, "nearest",
+                  check_finite=False)
+    own = run(backend, mk.moniqua_encode, y.float().to(device), modulus, 8, "nearest",
+              check_finite=False)
+    overflowed = n - len(y[::3])
+    with pytest.raises(ValueError, match=rf"\b{overflowed} non-finite"):
+        run(backend, mk.moniqua_decode, payload, y.to(device), modulus, 8, "nearest")
+        mk.check_errors()
+    mixed = y.to(device)
+    with pytest.raises(ValueError, match=rf"\b{overflowed} non-finite"):
+        run(backend, mk.moniqua_mix_, mixed, [payload], [1.0], own, modulus, 8, "nearest", 1.0)
+        mk.check_errors()
+    got = on(mixed, "cpu")
+    kept = torch.ones(n, dtype=torch.bool)
+    kept[::3] = False
+    assert torch.equal(got[kept], y[kept]) and torch.isfinite(got).all()
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS, ids=IDS)
 @pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning",
                             "ignore:invalid value encountered:RuntimeWarning")
 def test_bfloat16_results_keep_nan_unchecked(backend, device):

@@ -11,8 +11,8 @@ namespace moniqua_kernels {
 namespace cpu {
 
 // Decoded float32 values of one block against the float32 reference yf; returns how
-// many are not finite when check.
-template <int BITS, int ROUND>
+// many are not finite when check (stored as T: not_finite_as).
+template <int BITS, int ROUND, typename T>
 MK_INLINE int64_t decode_row(const uint8_t* payload, const float* yf, BlockRange r,
                              ModulusParams m, Stream s, float* out, bool check) {
   alignas(64) uint8_t codes[kBlock];
@@ -26,7 +26,7 @@ MK_INLINE int64_t decode_row(const uint8_t* payload, const float* yf, BlockRange
       const float c = ROUND == kDither ? moniqua_dither_offset(u[i]) : 0.0f;
       const float v = moniqua_value<BITS>(codes[i], c, yf[i], b, inv_b);
       out[i] = v;
-      bad += not_finite(v);
+      bad += not_finite_as<T>(v);
     }
     return bad;
   }

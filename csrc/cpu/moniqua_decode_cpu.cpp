@@ -15,11 +15,11 @@ MK_INLINE int64_t decode_blocks(const uint8_t* payload, const T* y, int64_t n, M
   for (int64_t blk = blk0; blk < blk1; ++blk) {
     const BlockRange r = block_range(blk, n);
     if (std::is_same<T, float>::value) {  // read y and write out directly
-      bad += decode_row<BITS, ROUND>(payload, reinterpret_cast<const float*>(y) + r.begin, r,
-                                     m, s, reinterpret_cast<float*>(out) + r.begin, check);
+      bad += decode_row<BITS, ROUND, T>(payload, reinterpret_cast<const float*>(y) + r.begin,
+                                        r, m, s, reinterpret_cast<float*>(out) + r.begin, check);
     } else {
       load_row(y, r, yf);
-      bad += decode_row<BITS, ROUND>(payload, yf, r, m, s, xh, check);
+      bad += decode_row<BITS, ROUND, T>(payload, yf, r, m, s, xh, check);
       store_row(out, r, xh);
     }
   }

@@ -23,20 +23,20 @@ MK_INLINE int64_t mix_blocks(T* x, int64_t n, const MixArgs& a, int64_t blk0, in
     float* xf = x_scratch;
     if constexpr (kFloat) xf = x + r.begin;
     else load_row(x, r, xf);
-    decode_row<BITS, ROUND>(a.own, xf, r, a.m, a.streams[a.npayloads], dself, false);
+    decode_row<BITS, ROUND, T>(a.own, xf, r, a.m, a.streams[a.npayloads], dself, false);
     // acc starts at +0 (0 + v is not folded away without -ffast-math, so signed zeros
     // match the spec too).
     for (int64_t i = 0; i < r.len; ++i) acc[i] = 0.0f;
     for (int64_t j = 0; j < a.npayloads; ++j) {
-      decode_row<BITS, ROUND>(a.payloads[j], xf, r, a.m, a.streams[j], dj, false);
+      decode_row<BITS, ROUND, T>(a.payloads[j], xf, r, a.m, a.streams[j], dj, false);
       const float w = a.weights[j];
       for (int64_t i = 0; i < r.len; ++i) acc[i] = mix_accumulate(acc[i], w, dj[i], dself[i]);
     }
-    if (a.check) {  // write only finite results; count the others
+    if (a.check) {  // write only results finite in T; count the others
       int64_t block_bad = 0;
       for (int64_t i = 0; i < r.len; ++i) {
         const float v = mix_result(xf[i], gamma, acc[i]);
-        const bool skip = not_finite(v);
+        const bool skip = not_finite_as<T>(v);
         block_bad += skip;
         xf[i] = skip ? xf[i] : v;
       }

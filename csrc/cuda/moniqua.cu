@@ -114,10 +114,21 @@ __device__ __forceinline__ void decode_word(const typename CodeWord<BITS>::type&
   decode_codes<BITS, ROUND, kEPT>(k, s, base, y, b, inv_b, out);
 }
 
+// Any of a group's results not finite once stored as T (not_finite_as), as one predicate
+// (a compare an element), and the count of those within valid.
+template <typename T>
+__device__ __forceinline__ bool any_bad(const float* v) {
+  bool any = false;
+#pragma unroll
+  for (int j = 0; j < kEPT; ++j) any |= not_finite_as<T>(v[j]);
+  return any;
+}
+
+template <typename T>
 __device__ __forceinline__ int64_t count_bad(const float* v, int valid) {
   int64_t bad = 0;
 #pragma unroll
-  for (int j = 0; j < kEPT; ++j) bad += j < valid && not_finite(v[j]);
+  for (int j = 0; j < kEPT; ++j) bad += j < valid && not_finite_as<T>(v[j]);
   return bad;
 }
 
@@ -150,12 +161,7 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(const uint8_t* __restr
     decode_chunks<BITS, ROUND, V>(words, s, at, yv, b, inv_b, xh);
 #pragma unroll
     for (int c = 0; c < kChunks; ++c) store_chunk(out, at.at(c), vec_o, xh + c * V);
-    if (flag != nullptr) {
-      float probe = 0.0f;
-#pragma unroll
-      for (int j = 0; j < kEPT; ++j) probe = probe_add(probe, xh[j]);
-      if (probe != probe) bad += count_bad(xh, kEPT);
-    }
+    if (flag != nullptr && any_bad<T>(xh)) bad += count_bad<T>(xh, kEPT);
   }
   if (n % kEPT && blockIdx.x == gridDim.x - 1 && threadIdx.x == 0) {
     const auto word = load_code_tail<BITS>(payload, whole, packed_nbytes(n, BITS));
@@ -163,17 +169,18 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(const uint8_t* __restr
     load_tail(y, whole * kEPT, n, yv);
     decode_word<BITS, ROUND>(word, s, whole * kEPT, yv, b, inv_b, xh);
     store_tail(out, whole * kEPT, n, xh);
-    if (flag != nullptr) bad += count_bad(xh, static_cast<int>(n % kEPT));
+    if (flag != nullptr) bad += count_bad<T>(xh, static_cast<int>(n % kEPT));
   }
   if (bad) flag_add(flag, kNonFinite, bad);
 }
 
 // Keep x where the result is not finite; count those elements.
+template <typename T>
 __device__ __forceinline__ int64_t keep_bad(const float* xv, float* result, int valid) {
   int64_t bad = 0;
 #pragma unroll
   for (int e = 0; e < kEPT; ++e) {
-    if (not_finite(result[e])) {
+    if (not_finite_as<T>(result[e])) {
       result[e] = xv[e];
       bad += e < valid;
     }
@@ -232,12 +239,7 @@ __global__ void __launch_bounds__(kThreads) mix_kernel(T* __restrict__ x, int64_
     }
 #pragma unroll
     for (int e = 0; e < kEPT; ++e) result[e] = mix_result(xv[e], gamma, acc[e]);
-    if (flag != nullptr) {
-      float probe = 0.0f;
-#pragma unroll
-      for (int e = 0; e < kEPT; ++e) probe = probe_add(probe, result[e]);
-      if (probe != probe) bad += keep_bad(xv, result, kEPT);
-    }
+    if (flag != nullptr && any_bad<T>(result)) bad += keep_bad<T>(xv, result, kEPT);
 #pragma unroll
     for (int c = 0; c < kChunks; ++c) store_chunk(x, at.at(c), vec_x, result + c * V);
   }
@@ -258,7 +260,7 @@ __global__ void __launch_bounds__(kThreads) mix_kernel(T* __restrict__ x, int64_
     }
 #pragma unroll
     for (int e = 0; e < kEPT; ++e) result[e] = mix_result(xv[e], gamma, acc[e]);
-    if (flag != nullptr) bad += keep_bad(xv, result, static_cast<int>(n % kEPT));
+    if (flag != nullptr) bad += keep_bad<T>(xv, result, static_cast<int>(n % kEPT));
     store_tail(x, whole * kEPT, n, result);
   }
   if (bad) flag_add(flag, kNonFinite, bad);

@@ -104,9 +104,10 @@ def _moniqua_decode_kernel(payload_ptr, y_ptr, out_ptr, n, nbytes, b32, inv_b, k
     y_raw = load_block(y_ptr, i, n, MASKED)
     xh = _decode_block(payload_ptr, y_raw.to(tl.float32), start, nbytes, b32, inv_b, seed,
                        counter, BITS, ROUNDING, BLOCK, MASKED)
-    store_block(out_ptr, i, round_to(xh, y_raw.dtype), n, ok, MASKED)
-    if flag_ptr is not None:
-        flag_non_finite(flag_ptr, xh, (i < n) if MASKED else True)
+    stored = round_to(xh, y_raw.dtype)
+    store_block(out_ptr, i, stored, n, ok, MASKED)
+    if flag_ptr is not None:  # the result as stored: float16/bfloat16 overflow is counted
+        flag_non_finite(flag_ptr, stored.to(tl.float32), (i < n) if MASKED else True)
 
 
 def moniqua_decode_triton(payload, reference, modulus, bits, rounding, seed, offset, stream,
@@ -151,15 +152,18 @@ def _moniqua_mix_kernel(x_ptr, payloads, weights, own_ptr, n, nbytes, b32, inv_b
         d_j = _decode_block(payloads[j], x, start, nbytes, b32, inv_b, seed_j, counter_j, BITS,
                             ROUNDING, BLOCK, MASKED)
         acc = acc + weights[j] * (d_j - d_self)
-    result = x + gamma * acc
+    result = round_to(x + gamma * acc, x_raw.dtype)
     if flag_ptr is not None:
-        if not all_finite(result):  # flag_non_finite, with the elements keeping x
-            count_non_finite(flag_ptr, result, (i < n) if MASKED else True)
-            # x read again: live across the probe's reduction it took sm_90 registers
-            # (1-bit dither bf16 mix 89 -> 80 with Triton 3.6, 92 -> 80 with 3.9)
-            x = load_block(x_ptr, i, n, MASKED).to(tl.float32)
-            result = tl.where(result - result == 0.0, result, x)
-    store_block(x_ptr, i, round_to(result, x_raw.dtype), n, ok, MASKED)
+        # flag_non_finite on the result as stored (a float16/bfloat16 overflow counts), and
+        # the elements that are not finite keep x, read again: live across the probe's
+        # reduction, x took sm_90 registers (1-bit dither bf16 mix 89 -> 80 with Triton
+        # 3.6, 92 -> 80 with 3.9)
+        as_float = result.to(tl.float32)
+        if not all_finite(as_float):
+            count_non_finite(flag_ptr, as_float, (i < n) if MASKED else True)
+            result = tl.where(as_float - as_float == 0.0, result,
+                              load_block(x_ptr, i, n, MASKED))
+    store_block(x_ptr, i, result, n, ok, MASKED)
 
 
 def moniqua_mix_triton(x, payloads, weights, own_payload, modulus, bits, rounding, gamma, seeds,

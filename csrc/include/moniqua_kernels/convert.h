@@ -53,4 +53,21 @@ MK_HD MK_INLINE void from_float(float& d, float v) { d = v; }
 MK_HD MK_INLINE void from_float(Half16& d, float v) { d.bits = float_to_half(v); }
 MK_HD MK_INLINE void from_float(BFloat16& d, float v) { d.bits = float_to_bf16(v); }
 
+// The smallest magnitude that rounds to inf when stored as T (nearest even): float16
+// 65520, halfway between 65504 and 2^16; bfloat16 halfway between 0x7F7F and inf.
+template <typename T>
+MK_HD MK_INLINE float overflow_threshold();
+template <>
+MK_HD MK_INLINE float overflow_threshold<float>() { return bits_float(0x7F800000u); }
+template <>
+MK_HD MK_INLINE float overflow_threshold<Half16>() { return bits_float(0x477FF000u); }
+template <>
+MK_HD MK_INLINE float overflow_threshold<BFloat16>() { return bits_float(0x7F7F8000u); }
+
+// v is NaN, or +-inf once stored as T: a decoded or mixed result counts as not finite in
+// its own dtype, as the reference counts it (a float32 result at or above T's threshold
+// is stored as inf).
+template <typename T>
+MK_HD MK_INLINE bool not_finite_as(float v) { return !(MK_FABS(v) < overflow_threshold<T>()); }
+
 }  // namespace moniqua_kernels
