@@ -49,7 +49,11 @@ def _moniqua_encode_kernel(x_ptr, out_ptr, n, nbytes, inv_b, k0, k1, c0, c1, str
         codes = tl.where(i < n, codes, 0)  # the unused high bits of the last byte are zero
     store_bytes(out_ptr, pack_codes(codes, BITS, BLOCK), start, nbytes, ok, BITS, BLOCK, MASKED)
     if flag_ptr is not None:
-        flag_non_finite(flag_ptr, t, True)  # masked lanes loaded 0: finite
+        if not all_finite(t):  # flag_non_finite, with t computed again for the count
+            # live across the probe's reduction, t took sm_90 registers (Triton 3.6: 1-bit
+            # dither encode 47 -> 32 for float32, 39 -> 32 for bfloat16)
+            t = load_block(x_ptr, i, n, MASKED).to(tl.float32) * inv_b
+            count_non_finite(flag_ptr, t, True)  # masked lanes loaded 0: finite
 
 
 def moniqua_encode_triton(x, modulus, bits, rounding, seed, offset, stream, out, flag) -> None:
