@@ -194,6 +194,69 @@ static void run_case(const Case& c, std::mt19937_64& rng) {
   }
 }
 
+// Decoded and mixed results finite in float32 but not in their float16/bfloat16 dtype
+// (they round to inf when stored) are counted, and the mix keeps x there, as the CPU
+// kernels and the reference do: two of every three elements overflow, over whole warp
+// tiles, a partial group and the tail.
+static void test_overflow_in_dtype() {
+  const int64_t n = 1000 + 3;
+  for (DType dt : {DType::kFloat16, DType::kBFloat16}) {
+    const bool half = dt == DType::kFloat16;
+    const float big = half ? 65000.0f : 3.38e38f, beyond = half ? 71000.0f : 3.4e38f;
+    const float b = half ? 2e4f : 1e38f;
+    const mk::ModulusParams m{b, 1.0f / b, 8, mk::kNearest};
+    const mk::Stream s{7, 0, nullptr};
+    const int64_t blocks = mk::cpu::num_blocks(n);
+    const size_t xbytes = 2 * static_cast<size_t>(n), nbytes = static_cast<size_t>(n);
+    std::vector<float> sender(n);
+    Buffer y(xbytes, 0);
+    for (int64_t i = 0; i < n; ++i) {
+      sender[i] = i % 3 ? beyond : 1.5f;
+      store_elem(y.data(), dt, i, i % 3 ? big : 1.0f);
+    }
+    Buffer theirs(nbytes, 0), own(nbytes, 0);
+    mk::cpu::moniqua_encode(sender.data(), DType::kFloat32, n, m, s, theirs.data(), false, 0,
+                            blocks);
+    mk::cpu::moniqua_encode(y.data(), dt, n, m, s, own.data(), false, 0, blocks);
+    const int64_t overflowed = n - (n + 2) / 3;
+    std::vector<uint8_t> dec_want(xbytes);
+    const int64_t want_bad = mk::cpu::moniqua_decode(theirs.data(), y.data(), dt, n, m, s,
+                                                     dec_want.data(), true, 0, blocks);
+    CHECK(want_bad == overflowed, "cpu decode %s: %lld counted, want %lld", dt_name(dt),
+          static_cast<long long>(want_bad), static_cast<long long>(overflowed));
+    Buffer dec_got(xbytes, 0);
+    int64_t dflag[3] = {0, 0, 0};
+    mk::cuda::moniqua_decode(theirs.data(), y.data(), dt, n, m, s, dec_got.data(), dflag, nullptr);
+    size_t at = 0;
+    CHECK(same_bytes(dec_want.data(), dec_got.data(), xbytes, &at) && dflag[mk::kNonFinite] ==
+          want_bad, "decode %s: byte %zu, %lld counted", dt_name(dt), at,
+          static_cast<long long>(dflag[mk::kNonFinite]));
+    const uint8_t* ptrs[] = {theirs.data()};
+    const float weights[] = {1.0f};
+    const mk::Stream streams[] = {s, s};
+    std::vector<uint8_t> mix_want(y.data(), y.data() + xbytes);
+    const mk::cpu::MixArgs a{m, 1, ptrs, weights, own.data(), 1.0f, streams, true};
+    const int64_t mix_bad = mk::cpu::moniqua_mix(mix_want.data(), dt, n, a, 0, blocks);
+    CHECK(mix_bad == overflowed && std::memcmp(mix_want.data() + 2, y.data() + 2, 2) == 0,
+          "cpu mix %s: %lld counted, want %lld, or x not kept", dt_name(dt),
+          static_cast<long long>(mix_bad), static_cast<long long>(overflowed));
+    mk::cuda::MixPayloads p{};
+    p.count = 1;
+    p.payload[0] = theirs.data();
+    p.weight[0] = 1.0f;
+    p.stream[0] = s;
+    p.own = own.data();
+    p.own_stream = s;
+    Buffer mix_got(xbytes, 0);
+    std::memcpy(mix_got.data(), y.data(), xbytes);
+    int64_t mflag[3] = {0, 0, 0};
+    mk::cuda::moniqua_mix(mix_got.data(), dt, n, p, m, 1.0f, mflag, nullptr);
+    CHECK(same_bytes(mix_want.data(), mix_got.data(), xbytes, &at) && mflag[mk::kNonFinite] ==
+          mix_bad, "mix %s: byte %zu, %lld counted", dt_name(dt), at,
+          static_cast<long long>(mflag[mk::kNonFinite]));
+  }
+}
+
 // A stream tensor whose offset is not a multiple of 4 is flagged once and nothing is
 // written; a payload with bits set above its last code is flagged.
 static void test_refusals() {
@@ -499,6 +562,7 @@ int main(int argc, char** argv) {
     for (int bits : {1, 8})
       run_case(Case{DType::kFloat32, bits, mk::kDither, (1 << 17) + 5, 0, 0, true}, rng);
     test_refusals();
+    test_overflow_in_dtype();
   }
   if (wanted("basic")) test_basic(rng);
   if (wanted("sign")) test_sign(rng);
