@@ -366,18 +366,11 @@ def test_results_overflowing_their_dtype_are_counted(backend, device, dtype, big
                   check_finite=False)
     own = run(backend, mk.moniqua_encode, y.float().to(device), modulus, 8, "nearest",
               check_finite=False)
-    overflowed = n - len(y[::3])
-    with pytest.raises(ValueError, match=rf"\b{overflowed} non-finite"):
+    with pytest.raises(ValueError, match=rf"\b{n - len(y[::3])} non-finite"):
         run(backend, mk.moniqua_decode, payload, y.to(device), modulus, 8, "nearest")
         mk.check_errors()
-    mixed = y.to(device)
-    with pytest.raises(ValueError, match=rf"\b{overflowed} non-finite"):
-        run(backend, mk.moniqua_mix_, mixed, [payload], [1.0], own, modulus, 8, "nearest", 1.0)
-        mk.check_errors()
-    got = on(mixed, "cpu")
-    kept = torch.ones(n, dtype=torch.bool)
-    kept[::3] = False
-    assert torch.equal(got[kept], y[kept]) and torch.isfinite(got).all()
+    assert_mix_keeps_x_where_every_third_is_finite(backend, device, y, payload, own, modulus,
+                                                   1.0)
 
 
 @pytest.mark.parametrize("backend,device", BACKENDS, ids=IDS)
@@ -421,9 +414,18 @@ def test_mix_result_overflowing_keeps_x(backend, device):
     near_max[::3] = 1.5
     own, theirs = (run(backend, mk.moniqua_encode, v.to(device), 1e38, 8, "nearest",
                        check_finite=False) for v in (x, near_max))
+    assert_mix_keeps_x_where_every_third_is_finite(backend, device, x, theirs, own, 1e38, 10.0)
+
+
+def assert_mix_keeps_x_where_every_third_is_finite(backend, device, x, theirs, own, modulus,
+                                                   weight):
+    """Mixing theirs into x (8 bits, nearest) overflows every element but each third one
+    (x[::3]): those are counted, keep x, and every result is finite."""
+    n = x.numel()
     mixed = x.to(device)
     with pytest.raises(ValueError, match=rf"\b{n - len(x[::3])} non-finite"):
-        run(backend, mk.moniqua_mix_, mixed, [theirs], [10.0], own, 1e38, 8, "nearest", 1.0)
+        run(backend, mk.moniqua_mix_, mixed, [theirs], [weight], own, modulus, 8, "nearest",
+            1.0)
         mk.check_errors()
     got = on(mixed, "cpu")
     overflowed = torch.ones(n, dtype=torch.bool)
