@@ -16,6 +16,16 @@ import moniqua_kernels as mk
 B = 2.0
 
 
+def in_parts(fn, parts):
+    """fn() with Triton's mix looping over its block in `parts` parts."""
+    from moniqua_kernels.triton import moniqua as tm
+    saved, tm.MIX_SUB = tm.MIX_SUB, parts
+    try:
+        return fn()
+    finally:
+        tm.MIX_SUB = saved
+
+
 def calls(n):
     """(label, backend, thunk) of every profiled launch."""
     out = []
@@ -47,6 +57,11 @@ def calls(n):
             out += [(f"encode {tag}", backend, enc),
                     (f"encode {tag} checked", backend, lambda enc=enc: enc(check=True)),
                     (f"decode {tag}", backend, dec), (f"mix {tag}", backend, mix)]
+            if backend == "triton" and rounding == "dither":
+                # the mix in parts (moniqua.MIX_SUB): fewer registers, more warps, a few
+                # more instructions; occupancy and issue say which wins
+                out += [(f"mix {tag} in {parts} parts", backend,
+                         lambda mix=mix, parts=parts: in_parts(mix, parts)) for parts in (2, 4)]
         dst = torch.empty_like(x)
         out.append((f"copy {str(dtype)[6:]}", "torch", lambda dst=dst, x=x: dst.copy_(x)))
     return out

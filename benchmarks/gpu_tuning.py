@@ -1,10 +1,14 @@
-"""Launch-shape sweep of the Triton Moniqua kernels on a GPU (block size x warps).
+"""Launch-shape sweep of the Triton Moniqua kernels on a GPU (block size x warps, and the
+mix's loop over parts of its block).
 
-The kernels' BLOCK (elements per program) and num_warps were chosen without a GPU
-(triton/_common.py).  This times the compiled kernels themselves, launched directly with
-each shape, at one size that fills the chip, beside y.copy_(x) in the same run, and
-checks every shape's bytes against the default shape's (a shape must not change the
-result).  Output: a JSON file and a Markdown table; the table also prints.
+The kernels' BLOCK (elements per program), num_warps and the mix's parts (MIX_SUB) were
+chosen without a GPU (triton/_common.py, triton/moniqua.py).  This times the compiled
+kernels themselves, launched directly with each variant and the finite check on (the
+public op's default), at one size that fills the chip, beside y.copy_(x) in the same
+run, and checks every variant's bytes against the default's (a shape must not change
+the result).  The mix comes first: it is furthest from its goal and register-limited
+(GPU run 4, H200: 96 registers, 24 % occupancy).  Output: a JSON file and a Markdown
+table; the table also prints.
 
     python benchmarks/gpu_tuning.py --out OUTDIR [--n 2^26] [--budget-s 60]
 """
@@ -23,13 +27,21 @@ from moniqua_kernels.reference.packing import packed_nbytes
 from moniqua_kernels.triton import _common as common
 from moniqua_kernels.triton import moniqua as tm
 
-SHAPES = ((1024, 4), (2048, 8), (4096, 8), (4096, 16), (8192, 16))
+# (BLOCK, warps, parts): the launchers' default first (every other variant's bytes are
+# compared with it), then what sass_static.py counts as fewer registers for the mix
+# (parts of 2048 and 1024: 64 and 55 registers against 96 for the 1-bit dithered fp32 mix),
+# then the block and warps shapes.  parts applies to the mix only.
+DEFAULT = (common.BLOCK, common.NUM_WARPS, tm.MIX_SUB)
+MIX_VARIANTS = (DEFAULT, (4096, 8, 2), (4096, 8, 4), (2048, 8, 1), (4096, 16, 1),
+                (8192, 16, 2))
+SHAPES = (DEFAULT, (1024, 4, 1), (2048, 8, 1), (4096, 16, 1), (8192, 16, 1))
 B, SEED, OFFSET = 2.0, 1234, 0
 
 
-def launch(op, x, payloads, bits, rounding, block, warps):
-    """One launch of op's kernel with the given shape (n a multiple of every block:
-    full blocks only, checks off): (output, compiled kernel)."""
+def launch(op, x, out, payloads, flag, bits, rounding, block, warps, parts):
+    """One launch of op's kernel with the given variant into out (the mix: x mixed in
+    place in out, which holds x's values; n a multiple of every block: full blocks only;
+    the finite check on, into flag): the compiled kernel."""
     n = x.numel()
     nbytes = packed_nbytes(n, bits)
     b32, inv_b = tm._constants(B)
@@ -38,22 +50,24 @@ def launch(op, x, payloads, bits, rounding, block, warps):
                 num_warps=warps, enable_fp_fusion=False)
     grid = (n // block,)
     if op == "encode":
-        out = torch.empty(nbytes, dtype=torch.uint8, device=x.device)
-        k = tm._moniqua_encode_kernel[grid](x, out, n, nbytes, inv_b, *halves, None, None, 0,
-                                            **meta)
-        return out, k
+        return tm._moniqua_encode_kernel[grid](x, out, n, nbytes, inv_b, *halves, None, flag, 0,
+                                               **meta)
     if op == "decode":
-        out = torch.empty_like(x)
-        k = tm._moniqua_decode_kernel[grid](payloads[0], x, out, n, nbytes, b32, inv_b, *halves,
-                                            None, None, 0, **meta)
-        return out, k
-    xm = x.clone()
+        return tm._moniqua_decode_kernel[grid](payloads[0], x, out, n, nbytes, b32, inv_b,
+                                               *halves, None, flag, 0, **meta)
     # the mix's stream halves travel packed for its tuple arguments, as the op passes them
     packed = common.tuple_halves(SEED, OFFSET)
-    k = tm._moniqua_mix_kernel[grid](xm, tuple(payloads[:2]), (0.25, 0.25), payloads[2], n,
-                                     nbytes, b32, inv_b, 1.0, *((h,) * 3 for h in packed), None,
-                                     None, 0, **meta)
-    return xm, k
+    return tm._moniqua_mix_kernel[grid](out, tuple(payloads[:2]), (0.25, 0.25), payloads[2],
+                                        n, nbytes, b32, inv_b, 1.0,
+                                        *((h,) * 3 for h in packed), None, flag, 0, SUB=parts,
+                                        **meta)
+
+
+def output(op, x, bits):
+    """A fresh output for op: the mix's holds x's values."""
+    if op == "encode":
+        return torch.empty(packed_nbytes(x.numel(), bits), dtype=torch.uint8, device=x.device)
+    return x.clone() if op == "mix" else torch.empty_like(x)
 
 
 def op_bytes(op, n, esize, bits):
@@ -72,54 +86,62 @@ def main(argv=None):
     deadline = time.monotonic() + args.budget_s
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
-    # Most telling first (the budget may cut the tail): 1-bit dither in both dtypes,
-    # then 8-bit nearest (no Philox: the memory-bound case).
-    cases = [(op, dt, bits, r) for bits, r, dts in ((1, "dither", ("fp32", "bf16")),
-                                                    (8, "nearest", ("fp32",)))
-             for dt in dts for op in ("encode", "decode", "mix")]
+    # Most telling first (the budget may cut the tail): the 1-bit dithered mix in both
+    # dtypes, then encode and decode, then 8-bit nearest (no Philox: memory-bound).
+    cases = [("mix", "fp32", 1, "dither"), ("mix", "bf16", 1, "dither")]
+    cases += [(op, dt, 1, "dither") for dt in ("fp32", "bf16") for op in ("encode", "decode")]
+    cases += [(op, "fp32", 8, "nearest") for op in ("mix", "encode", "decode")]
     dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
     for op, dname, bits, rounding in cases:
         x = torch.randn(n, device="cuda").to(dtypes[dname])
         payloads = [torch.randint(0, 256, (packed_nbytes(n, bits),), dtype=torch.uint8,
                                   device="cuda") for _ in range(3)]
+        flag = torch.zeros(3, dtype=torch.int64, device="cuda")
         dst = torch.empty_like(x)
         copy_ms = triton.testing.do_bench(lambda: dst.copy_(x), warmup=10, rep=40,
                                           return_mode="median")
         copy_gbps = 2 * n * x.element_size() / copy_ms / 1e6
-        want, _ = launch(op, x, payloads, bits, rounding, common.BLOCK, common.NUM_WARPS)
-        for block, warps in SHAPES:
+        want = output(op, x, bits)
+        launch(op, x, want, payloads, flag, bits, rounding, *DEFAULT)
+        # timed into one buffer: the mix mixes it again each launch (finite: the flag says)
+        work = output(op, x, bits)
+        for block, warps, parts in (MIX_VARIANTS if op == "mix" else SHAPES):
             row = {"op": op, "dtype": dname, "bits": bits, "rounding": rounding, "n": n,
-                   "block": block, "warps": warps, "copy_gbps": copy_gbps}
+                   "block": block, "warps": warps, "parts": parts, "copy_gbps": copy_gbps}
             if time.monotonic() > deadline:
                 row["note"] = "not run: budget spent"
                 rows.append(row)
                 continue
             try:
-                got, compiled = launch(op, x, payloads, bits, rounding, block, warps)
+                variant = (bits, rounding, block, warps, parts)
+                got = output(op, x, bits)
+                compiled = launch(op, x, got, payloads, flag, *variant)
                 row["regs"] = getattr(compiled, "n_regs", None)
                 row["spills"] = getattr(compiled, "n_spills", None)
                 row["same_bytes"] = bool(torch.equal(got.view(torch.uint8),
                                                      want.view(torch.uint8)))
                 ms = triton.testing.do_bench(
-                    lambda: launch(op, x, payloads, bits, rounding, block, warps),
-                    warmup=10, rep=40, return_mode="median")
+                    lambda: launch(op, x, work, payloads, flag, *variant), warmup=10, rep=40,
+                    return_mode="median")
                 gbps = op_bytes(op, n, x.element_size(), bits) / ms / 1e6
-                row.update(us=ms * 1e3, gbps=gbps, pct_copy=100 * gbps / copy_gbps)
+                row.update(us=ms * 1e3, gbps=gbps, pct_copy=100 * gbps / copy_gbps,
+                           flagged=int(flag.sum()))
             except Exception as exc:
                 row["note"] = f"failed: {type(exc).__name__}: {exc}"[:300]
             rows.append(row)
-        del x, payloads, dst
+        del x, payloads, dst, want, work
         torch.cuda.empty_cache()
     name = torch.cuda.get_device_name()
     (args.out / "triton_tuning.json").write_text(json.dumps(
         {"device": name, "triton": triton.__version__, "torch": torch.__version__,
          "rows": rows}, indent=1))
     lines = [f"# Triton launch shapes on {name} (n = {n}, medians)", "",
-             "| op | dtype | bits | rounding | BLOCK | warps | regs | us | GB/s | % copy | "
-             "same bytes |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| op | dtype | bits | rounding | BLOCK | warps | parts | regs/spills | us | GB/s "
+             "| % copy | same bytes |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['op']} | {r['dtype']} | {r['bits']} | {r['rounding']} | "
-                     f"{r['block']} | {r['warps']} | {r.get('regs')}/{r.get('spills')} | "
+                     f"{r['block']} | {r['warps']} | {r['parts']} | "
+                     f"{r.get('regs')}/{r.get('spills')} | "
                      f"{r.get('us', 0):.1f} | "
                      f"{r.get('gbps', 0):.0f} | {r.get('pct_copy', 0):.0f} | "
                      f"{r.get('same_bytes', r.get('note', ''))} |")

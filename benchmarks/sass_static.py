@@ -17,7 +17,9 @@ is the measurement.
 * Triton: each kernel compiled for sm_90 with the package's launch options and full
   blocks (MASKED=False; QSGD: a full bucket, with the warps its launcher gives it), no
   loop: every instruction divided by the elements a thread takes (BLOCK / (32 *
-  num_warps)).  Registers from ptxas -v on Triton's PTX.  "unchecked": the same kernel
+  num_warps)).  "mix, N parts": the mix looping over its block in N parts (its SUB,
+  moniqua.MIX_SUB), the loop's body counted N times.  Registers from ptxas -v on
+  Triton's PTX.  "unchecked": the same kernel
   compiled without its data checks (flag_ptr None, check_finite=False); the checked
   count includes the branch that counts non-finite elements, which a program runs only
   when it holds one.
@@ -44,6 +46,7 @@ ARCH = 90
 CASES = [(bits, rounding, dtype) for bits, rounding in ((1, "dither"), (1, "nearest"),
                                                         (8, "dither"))
          for dtype in ("fp32", "bf16")]
+MIX_PART_CASES = [(1, "dither", "fp32"), (1, "dither", "bf16"), (1, "nearest", "fp32")]
 QSGD_BUCKET = 512
 QSGD_CASES = [(bits, dtype) for bits, dtype in ((4, "fp32"), (4, "bf16"), (2, "fp32"),
                                                 (8, "fp32"))]
@@ -189,7 +192,8 @@ def triton_rows(tmp: Path) -> list[dict]:
         return {"x_ptr": f"*{dtype}", "payloads": ("*u8",) * 2, "weights": ("fp32",) * 2,
                 "own_ptr": "*u8", "n": "i64", "nbytes": "i64", "b32": "fp32", "inv_b": "fp32",
                 "gamma": "fp32", **halves, "streams_ptr": E, "flag_ptr": "*i64",
-                "first_block": "i32", "BITS": E, "ROUNDING": E, "MASKED": E, "BLOCK": E}
+                "first_block": "i32", "BITS": E, "ROUNDING": E, "MASKED": E, "BLOCK": E,
+                "SUB": E}
 
     def aligned(sig):  # pointers 16-byte aligned, as the launcher specialises tensors
         attrs = {}
@@ -214,7 +218,12 @@ def triton_rows(tmp: Path) -> list[dict]:
         ptx.write_text(compiled.asm["ptx"])
         cubin.write_bytes(compiled.asm["cubin"])
         ins = next(iter(sass_functions(cubin).values()))
-        return ptx, collections.Counter(opcode(i) for _, i in ins)
+        counter = collections.Counter(opcode(i) for _, i in ins)
+        parts = constexprs.get("SUB", 1)
+        if parts > 1:  # the mix's loop over the parts of its block: its body `parts` times
+            for _ in range(parts - 1):
+                counter.update(loop_body(ins, loops(ins)[0]))
+        return ptx, counter
 
     def row(fn, sig, constexprs, warps, per_thread, **key):
         ptx, counter = compile_counts(fn, sig, constexprs, warps)
@@ -233,11 +242,23 @@ def triton_rows(tmp: Path) -> list[dict]:
     rows = []
     for op, fn in kernels.items():
         for bits, rounding, dtype in CASES:
-            stream = "streams_ptr" if op == "mix" else "stream_ptr"
+            extra = {"streams_ptr": None, "SUB": tm.MIX_SUB} if op == "mix" else {
+                "stream_ptr": None}
             rows.append(row(fn, signature(op, dtype), {
-                stream: None, "BITS": bits, "ROUNDING": ROUNDING_ID[rounding],
+                **extra, "BITS": bits, "ROUNDING": ROUNDING_ID[rounding],
                 "MASKED": False, "BLOCK": BLOCK}, NUM_WARPS, BLOCK / (32 * NUM_WARPS), op=op,
                 bits=bits, rounding=rounding, dtype=dtype))
+    # The mix in parts (moniqua.MIX_SUB other than the launcher's): fewer registers for
+    # more instructions; the checked count has the rare branch once a part.
+    for parts in (2, 4):
+        if parts == tm.MIX_SUB:
+            continue
+        for bits, rounding, dtype in MIX_PART_CASES:
+            rows.append(row(tm._moniqua_mix_kernel, signature("mix", dtype), {
+                "streams_ptr": None, "SUB": parts, "BITS": bits,
+                "ROUNDING": ROUNDING_ID[rounding], "MASKED": False, "BLOCK": BLOCK},
+                NUM_WARPS, BLOCK / (32 * NUM_WARPS), op=f"mix, {parts} parts", bits=bits,
+                rounding=rounding, dtype=dtype))
     warps = tq._bucket_warps(QSGD_BUCKET)
     for bits, dtype in QSGD_CASES:
         sig = {"x_ptr": f"*{dtype}", "scales_ptr": "*fp32", "out_ptr": "*u8", "n": "i64",

@@ -256,6 +256,10 @@ def main(argv=None) -> int:
     if choice:
         doc += ["## Triton or CUDA C++ per op (auto's order, backends.AUTO_CUDA)", ""] + \
             choice + [""]
+    tuning = out / "triton_tuning.md"  # benchmarks/gpu_tuning.py: its table, heading off
+    if tuning.exists():
+        doc += ["## Triton launch variants (check on, medians)", ""] + \
+            tuning.read_text().splitlines()[2:] + [""]
     n = ncu(out)
     if n:
         doc += ["## Nsight Compute", ""] + n + [""]

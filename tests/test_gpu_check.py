@@ -151,6 +151,8 @@ def test_summary_says_which_backend_wins_each_op(tmp_path):
         row("sign_encode", "triton", 2000.0), row("sign_encode", "cuda", 1800.0),
         row("sign_encode", "triton", 10.0, n=2 ** 20), row("sign_encode", "cuda", 99.0, n=2 ** 20),
         row("philox_uniform", "triton", 3000.0)]}))
+    (tmp_path / "triton_tuning.md").write_text(  # gpu_tuning.py's table comes along
+        "# Triton launch shapes on X\n\n| op | parts |\n|---|---|\n| mix | 2 |\n")
     out = subprocess.run([sys.executable, str(ROOT / "scripts" / "gpu_summary.py"),
                           str(tmp_path)], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
@@ -160,6 +162,8 @@ def test_summary_says_which_backend_wins_each_op(tmp_path):
     assert ("- sign_encode: CUDA faster in 0 of 1 cases, median CUDA / Triton 0.90: "
             "Triton first") in out.stdout, out.stdout
     assert "philox_uniform:" not in out.stdout  # one backend only: nothing to choose
+    assert "## Triton launch variants (check on, medians)\n\n| op | parts |\n|---|---|\n" \
+        "| mix | 2 |\n" in out.stdout
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is here: run the real script")
@@ -186,3 +190,34 @@ def test_phases_selects_what_runs(tmp_path):
                           "env,bogus", str(tmp_path / "x")], capture_output=True, text=True,
                          timeout=60)
     assert bad.returncode == 2 and "unknown phase 'bogus'" in bad.stderr
+
+
+def test_tuning_variants_give_the_default_bytes():
+    """benchmarks/gpu_tuning.py's launches, run here by Triton's interpreter: every launch
+    variant it will time on a GPU (block, warps, the mix's parts) calls its kernel with the
+    kernel's current arguments and writes the default variant's bytes (what a GPU run
+    would otherwise find out only in its tuning phase, the last it has)."""
+    pytest.importorskip("triton")
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("runs the kernels on CPU tensors through Triton's interpreter")
+    spec = importlib.util.spec_from_file_location("gpu_tuning",
+                                                  ROOT / "benchmarks" / "gpu_tuning.py")
+    tuning = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tuning)
+    n = 16384  # a multiple of every variant's block
+    x = torch.randn(n)
+    for bits, rounding in ((1, "dither"), (8, "nearest")):
+        g = torch.Generator().manual_seed(bits)
+        payloads = [torch.randint(0, 256, (n * bits // 8,), dtype=torch.uint8, generator=g)
+                    for _ in range(3)]
+        for op, variants in (("mix", tuning.MIX_VARIANTS), ("encode", tuning.SHAPES),
+                             ("decode", tuning.SHAPES)):
+            flag = torch.zeros(3, dtype=torch.int64)
+            want = tuning.output(op, x, bits)
+            tuning.launch(op, x, want, payloads, flag, bits, rounding, *tuning.DEFAULT)
+            assert op != "mix" or not torch.equal(want, x)  # the mix moved x
+            for variant in variants:
+                got = tuning.output(op, x, bits)
+                tuning.launch(op, x, got, payloads, flag, bits, rounding, *variant)
+                assert torch.equal(got.view(torch.uint8), want.view(torch.uint8)), (op, variant)
+            assert int(flag.sum()) == 0

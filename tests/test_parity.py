@@ -244,6 +244,58 @@ def test_moniqua_mix_large(backend, device):
     assert_decoded(x, want, x0, 2.0, backend, device, "mix", factor=4)
 
 
+TRITON = [(b, d) for b, d in BACKENDS if b == "triton"]
+
+
+@pytest.mark.parametrize("backend,device", TRITON, ids=[f"{b}_{d}" for b, d in TRITON])
+@pytest.mark.parametrize("sub", (2, 4))
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning",
+                            "ignore:invalid value encountered:RuntimeWarning")
+def test_moniqua_mix_in_parts(backend, device, sub, monkeypatch):
+    """Triton's mix looping over its block in `sub` parts (MIX_SUB, a launch choice left
+    to a GPU measurement) gives the reference's results: full and masked programs, stream
+    tensors, results that overflow (counted, x kept), and a refused stream tensor
+    (flagged once, nothing written)."""
+    from moniqua_kernels.triton import moniqua as tm
+    monkeypatch.setattr(tm, "MIX_SUB", sub)
+    n, modulus = TRITON_BLOCK + 1029, 2.0
+    x0 = sample(n, seed=11)
+    for bits, rounding, dtype in ((1, "dither", torch.float32), (8, "nearest", torch.bfloat16),
+                                  (2, "stochastic", torch.float16)):
+        xd = x0.to(dtype)
+        seeds, offsets = [3, -(2 ** 62) - 12345, 12345], [8, 4, 2 ** 40 + 4]
+        key = ("mix-parts", bits, rounding, dtype)
+        payloads = reference(key + ("p",), lambda: [
+            mk.moniqua_encode(near(xd, 0.4, seed=j), modulus, bits, rounding, seeds[j],
+                              offsets[j]) for j in range(2)])
+        own = reference(key + ("own",), lambda: mk.moniqua_encode(xd, modulus, bits, rounding,
+                                                                  seeds[2], offsets[2]))
+
+        def mixed():
+            x = xd.clone()
+            mk.moniqua_mix_(x, payloads, [0.3, 0.2], own, modulus, bits, rounding, 0.9, seeds,
+                            offsets)
+            return x
+        want = reference(key, mixed)
+        T = lambda v: torch.tensor(v, dtype=torch.int64, device=device)  # noqa: E731
+        for s, o in ((seeds, offsets), (T(seeds), T(offsets))):
+            x = xd.to(device, copy=True)
+            run(backend, mk.moniqua_mix_, x, on(payloads, device), [0.3, 0.2],
+                own.to(device), modulus, bits, rounding, 0.9, s, o)
+            assert_decoded(x, want, xd, modulus, backend, device,
+                           f"{bits}b {rounding} {dtype}", factor=4)
+    assert_mix_overflowing_near_max_keeps_x(backend, device, n)
+    # one neighbour's stream offset not a multiple of 4: flagged once, x unchanged
+    x = x0.to(device, copy=True)
+    pay = run(backend, mk.moniqua_encode, x, modulus, 1, "dither", 5, 0)
+    seeds, offsets = torch.tensor([1, 5], device=device), torch.tensor([6, 0], device=device)
+    with pytest.raises(mk.KernelInputError, match=r"not a multiple of 4 \(1 call"):
+        run(backend, mk.moniqua_mix_, x, [pay], [0.5], pay, modulus, 1, "dither", 1.0, seeds,
+            offsets)
+        mk.check_errors()
+    assert torch.equal(x.cpu(), x0)
+
+
 @pytest.mark.parametrize("backend,device", BACKENDS, ids=IDS)
 @pytest.mark.parametrize("bits,rounding", [(1, "dither"), (4, "stochastic"), (8, "nearest")])
 def test_moniqua_non_contiguous_and_views(backend, device, bits, rounding):
@@ -407,7 +459,12 @@ def test_bfloat16_results_keep_nan_unchecked(backend, device):
 def test_mix_result_overflowing_keeps_x(backend, device):
     """Finite x whose mixed result overflows: those elements are counted and keep x (Triton
     reads x again for them, moniqua_mix_'s kernel), in a full and in a masked program."""
-    n = 4096 + 100
+    assert_mix_overflowing_near_max_keeps_x(backend, device, 4096 + 100)
+
+
+def assert_mix_overflowing_near_max_keeps_x(backend, device, n):
+    """x near float32's maximum, but every third element 1.0, mixed with a neighbour
+    nearer the maximum: all but every third result overflow (as below)."""
     x = torch.full((n,), 3.3e38)
     x[::3] = 1.0
     near_max = torch.full((n,), 3.39e38)

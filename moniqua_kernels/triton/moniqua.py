@@ -129,45 +129,71 @@ def moniqua_decode_triton(payload, reference, modulus, bits, rounding, seed, off
 def _moniqua_mix_kernel(x_ptr, payloads, weights, own_ptr, n, nbytes, b32, inv_b, gamma,
                         k0s, k1s, c0s, c1s, streams_ptr, flag_ptr, first_block,
                         BITS: tl.constexpr, ROUNDING: tl.constexpr, MASKED: tl.constexpr,
-                        BLOCK: tl.constexpr):
+                        BLOCK: tl.constexpr, SUB: tl.constexpr):
     """x <- x + gamma * sum_j w_j (d_j - d_self); payloads, weights and the stream
     halves are tuples (one kernel specialisation per neighbour count), the own stream
     last.  x is read once and written once; each payload byte is read once.  With
-    flags, an element whose result is not finite keeps x and is counted."""
-    start, i = block_range(first_block, BLOCK)
+    flags, an element whose result is not finite keeps x and is counted.
+
+    SUB: the program's BLOCK elements in SUB consecutive parts, one loop iteration each
+    (MIX_SUB, below, says why it exists and what it is)."""
+    start0, _ = block_range(first_block, BLOCK)
     NSELF: tl.constexpr = len(payloads)
+    PART: tl.constexpr = BLOCK // SUB
+    tl.static_assert(BLOCK % (8 * SUB) == 0, "each part must hold whole payload bytes")
     check_padding(own_ptr, n, nbytes, flag_ptr, BITS, MASKED)
     for j in tl.static_range(len(payloads)):
         check_padding(payloads[j], n, nbytes, flag_ptr, BITS, MASKED)
-    row = streams_ptr + 2 * NSELF if streams_ptr is not None else None
+    own_row = streams_ptr + 2 * NSELF if streams_ptr is not None else None
     seed, counter, ok = stream_of(unpack_half(k0s[NSELF]), unpack_half(k1s[NSELF]),
-                                  unpack_half(c0s[NSELF]), unpack_half(c1s[NSELF]), row, flag_ptr)
-    x_raw = load_block(x_ptr, i, n, MASKED)
-    x = x_raw.to(tl.float32)
-    d_self = _decode_block(own_ptr, x, start, nbytes, b32, inv_b, seed, counter, BITS, ROUNDING,
-                           BLOCK, MASKED)
-    acc = tl.zeros((BLOCK,), dtype=tl.float32)
-    for j in tl.static_range(len(payloads)):  # left to right from 0, as the reference
+                                  unpack_half(c0s[NSELF]), unpack_half(c1s[NSELF]), own_row,
+                                  flag_ptr)
+    for j in tl.static_range(len(payloads)):  # each refused stream flagged once
         row = streams_ptr + 2 * j if streams_ptr is not None else None
-        seed_j, counter_j, ok_j = stream_of(unpack_half(k0s[j]), unpack_half(k1s[j]),
-                                            unpack_half(c0s[j]), unpack_half(c1s[j]), row,
-                                            flag_ptr)
-        ok = ok & ok_j
-        d_j = _decode_block(payloads[j], x, start, nbytes, b32, inv_b, seed_j, counter_j, BITS,
-                            ROUNDING, BLOCK, MASKED)
-        acc = acc + weights[j] * (d_j - d_self)
-    result = round_to(x + gamma * acc, x_raw.dtype)
-    if flag_ptr is not None:
-        # flag_non_finite on the result as stored (a float16/bfloat16 overflow counts), and
-        # the elements that are not finite keep x, read again: live across the probe's
-        # reduction, x took sm_90 registers (1-bit dither bf16 mix 89 -> 80 with Triton
-        # 3.6, 92 -> 80 with 3.9)
-        as_float = result.to(tl.float32)
-        if not all_finite(as_float):
-            count_non_finite(flag_ptr, as_float, (i < n) if MASKED else True)
-            result = tl.where(as_float - as_float == 0.0, result,
-                              load_block(x_ptr, i, n, MASKED))
-    store_block(x_ptr, i, result, n, ok, MASKED)
+        ok = ok & stream_of(unpack_half(k0s[j]), unpack_half(k1s[j]), unpack_half(c0s[j]),
+                            unpack_half(c1s[j]), row, flag_ptr)[2]
+    for part in range(SUB):
+        start = start0 + part * PART
+        i = start + tl.arange(0, PART)
+        x_raw = load_block(x_ptr, i, n, MASKED)
+        x = x_raw.to(tl.float32)
+        d_self = _decode_block(own_ptr, x, start, nbytes, b32, inv_b, seed, counter, BITS,
+                               ROUNDING, PART, MASKED)
+        acc = tl.zeros((PART,), dtype=tl.float32)
+        for j in tl.static_range(len(payloads)):  # left to right from 0, as the reference
+            # (a name of its own: one assigned before the loop would be carried by it)
+            row_j = streams_ptr + 2 * j if streams_ptr is not None else None
+            seed_j, counter_j, ok_j = stream_of(unpack_half(k0s[j]), unpack_half(k1s[j]),
+                                                unpack_half(c0s[j]), unpack_half(c1s[j]),
+                                                row_j, None)  # ok_j: in ok, above
+            d_j = _decode_block(payloads[j], x, start, nbytes, b32, inv_b, seed_j, counter_j,
+                                BITS, ROUNDING, PART, MASKED)
+            acc = acc + weights[j] * (d_j - d_self)
+        result = round_to(x + gamma * acc, x_raw.dtype)
+        if flag_ptr is not None:
+            # flag_non_finite on the result as stored (a float16/bfloat16 overflow counts),
+            # and the elements that are not finite keep x, read again: live across the
+            # probe's reduction, x took sm_90 registers (1-bit dither bf16 mix 89 -> 80 with
+            # Triton 3.6, 92 -> 80 with 3.9)
+            as_float = result.to(tl.float32)
+            if not all_finite(as_float):
+                count_non_finite(flag_ptr, as_float, (i < n) if MASKED else True)
+                result = tl.where(as_float - as_float == 0.0, result,
+                                  load_block(x_ptr, i, n, MASKED))
+        store_block(x_ptr, i, result, n, ok, MASKED)
+
+
+# The mix's loop over parts of its block (SUB).  Its registers grow with the elements a
+# thread holds at once: at BLOCK 4096 on 8 warps, 16 an iteration, the 2-neighbour 1-bit
+# dithered float32 mix took 96 registers (unchecked; GPU run 4 on an H200: 24 %
+# occupancy, 67 % issue, 40 % of DRAM bandwidth), the one case furthest from its goal.
+# In parts of 2048 (8 a thread) sm_90 SASS takes 64 registers for 97.1 instructions an
+# element instead of 92.5 (benchmarks/sass_static.py, Triton 3.6; 4 parts: 55 and 97.1),
+# where a block of 2048 without the loop takes 56 and 103: what the more warps gain
+# against the 5 % more instructions is a GPU measurement (benchmarks/gpu_tuning.py), not
+# made yet.  1 until then: the loop folds away, leaving the registers and instruction
+# count of the kernel GPU run 4 timed.
+MIX_SUB = 1
 
 
 def moniqua_mix_triton(x, payloads, weights, own_payload, modulus, bits, rounding, gamma, seeds,
@@ -180,4 +206,5 @@ def moniqua_mix_triton(x, payloads, weights, own_payload, modulus, bits, roundin
     split_launch(_moniqua_mix_kernel, n, BLOCK, x, tuple(payloads), tuple(f32(w) for w in weights),
                  own_payload, n, own_payload.numel(), b32, inv_b, f32(gamma),
                  *(tuple(h) for h in halves), streams, flag, BITS=bits,
-                 ROUNDING=ROUNDING_IDS[rounding], masked_only=streams is not None, **LAUNCH)
+                 ROUNDING=ROUNDING_IDS[rounding], SUB=MIX_SUB, masked_only=streams is not None,
+                 **LAUNCH)
