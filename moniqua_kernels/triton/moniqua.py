@@ -188,11 +188,11 @@ def _moniqua_mix_kernel(x_ptr, payloads, weights, own_ptr, n, nbytes, b32, inv_b
 # dithered float32 mix took 96 registers (unchecked; GPU run 4 on an H200: 24 %
 # occupancy, 67 % issue, 40 % of DRAM bandwidth), the one case furthest from its goal.
 # In parts of 2048 (8 a thread) sm_90 SASS takes 64 registers for 97.1 instructions an
-# element instead of 92.5 (benchmarks/sass_static.py, Triton 3.6; 4 parts: 55 and 97.1),
-# where a block of 2048 without the loop takes 56 and 103: what the more warps gain
-# against the 5 % more instructions is a GPU measurement (benchmarks/gpu_tuning.py), not
-# made yet.  1 until then: the loop folds away, leaving the registers and instruction
-# count of the kernel GPU run 4 timed.
+# element instead of 92.5, in 4 parts 55 (with the finite check: 72 and 58 against 94;
+# benchmarks/sass_static.py, Triton 3.6), where a block of 2048 without the loop takes
+# 56 and 103.  What the more warps gain against the 5 % more instructions is a GPU
+# measurement (benchmarks/gpu_tuning.py), not made yet.  1 until then: the loop folds
+# away, leaving the registers and instruction count of the kernel GPU run 4 timed.
 MIX_SUB = 1
 
 
