@@ -28,7 +28,13 @@ Bandwidth = (bytes the op must read + bytes it must write) / median time.  GPU t
 ``torch.utils.benchmark`` (median of blocked_autorange, thread count recorded).  The
 baselines (eager, compile, torch, torch-compile) run only at --baseline-sizes: they are
 slow and compiling them costs seconds each.  --budget-s stops timing when the budget is
-spent (the rows left over say so), so a run on a lent GPU always returns.
+spent (the rows left over say so), so a run on a lent GPU always returns; the results
+files are written again after every case, so a run killed mid-way keeps what it timed.
+--compile-timeout bounds each torch.compile: torch 2.13's inductor did not finish
+compiling the reference Moniqua encode (1 bit, dither, 2^16 elements) in 15 minutes on
+this project's 2-core CPU machine, where py-spy found it deep in the recursion of its
+pointwise lowering (make_pointwise's inner_fn, one level per operation of the ten Philox
+rounds it fuses), so without a bound one case takes a whole GPU lease.
 
 Results: ``<out>/ops_<device>[-quick].{json,md,png}`` (default out:
 benchmarks/results under the current folder).  Run ``python -m moniqua_kernels bench
@@ -318,9 +324,47 @@ def op_roundings(op: str, bits: int, roundings: list[str]) -> list[str]:
 
 # ---------------------------------------------------------------------------- timing
 
-def time_median(fn: Callable[[], object], device: str, quick: bool) -> float:
-    """Median seconds per call."""
-    fn()  # warm-up: compilation, autotuning, allocator
+class CompileTimeout(Exception):
+    pass
+
+
+def _first_call(fn: Callable[[], object], limit_s: Optional[float]) -> None:
+    """fn() once (compilation, autotuning, allocation), raising CompileTimeout after
+    limit_s seconds (SIGALRM: the main thread on POSIX; elsewhere unbounded)."""
+    import signal
+    import threading
+    if not limit_s or not hasattr(signal, "SIGALRM") or \
+            threading.current_thread() is not threading.main_thread():
+        fn()
+        return
+
+    def expire(signum, frame):
+        raise CompileTimeout(f"compiling took more than {limit_s:g} s (--compile-timeout)")
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, limit_s)
+    try:
+        fn()
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _compile_timeout_in(exc: BaseException) -> Optional[CompileTimeout]:
+    """The CompileTimeout behind exc (inductor wraps what its lowering raises), or None."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, CompileTimeout):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def time_median(fn: Callable[[], object], device: str, quick: bool,
+                first_call_limit_s: Optional[float] = None) -> float:
+    """Median seconds per call; the first call (the warm-up) bounded by
+    first_call_limit_s."""
+    _first_call(fn, first_call_limit_s)  # warm-up: compilation, autotuning, allocator
     if device == "cuda":
         import triton.testing
         return triton.testing.do_bench(fn, warmup=5 if quick else 10, rep=20 if quick else 40,
@@ -575,6 +619,9 @@ def parse_args(argv):
     p.add_argument("--compile", dest="compile", action="store_true", default=None,
                    help="time torch.compile(reference) (default: on unless --quick)")
     p.add_argument("--no-compile", dest="compile", action="store_false")
+    p.add_argument("--compile-timeout", type=float, default=300.0,
+                   help="seconds each torch.compile may take before its row records that "
+                        "it did not finish (default 300)")
     p.add_argument("--threads", type=int,
                    help="torch CPU threads (default: torch's choice); recorded in the JSON")
     p.add_argument("--include-interpreter", action="store_true",
@@ -590,6 +637,8 @@ def parse_args(argv):
                 f"{getattr(args, name)!r}")
     if args.budget_s is not None and not args.budget_s > 0:
         p.error(f"--budget-s must be > 0, got {args.budget_s}")
+    if not args.compile_timeout > 0:
+        p.error(f"--compile-timeout must be > 0, got {args.compile_timeout}")
     for name, allowed in (("ops", OPS), ("dtypes", tuple(DTYPES)), ("roundings", ROUNDINGS)):
         for item in (getattr(args, name) or "").split(","):
             if item and item not in allowed:
@@ -629,6 +678,13 @@ def main(argv=None) -> dict:
     deadline = time.monotonic() + args.budget_s if args.budget_s else None
 
     env = environment(device)
+    config = {"sizes": sizes, "bits": bits, "dtypes": dtypes, "roundings": roundings,
+              "ops": ops, "quick": args.quick, "compile": use_compile,
+              "compile_timeout_s": args.compile_timeout, "baseline_sizes": baseline_sizes,
+              "modulus": MODULUS, "qsgd_bucket": QSGD_BUCKET}
+    args.out.mkdir(parents=True, exist_ok=True)
+    tag = device if device == "cpu" else re.sub(r"[^A-Za-z0-9]+", "_", env["device_name"])
+    stem = args.out / f"ops_{tag}{'-quick' if args.quick else ''}"
     results = []
     for op in ops:
         for b in op_bits(op, bits):
@@ -638,22 +694,22 @@ def main(argv=None) -> dict:
                         results += _time_case(op, b, rounding, dname, n, device, args,
                                               use_compile, n in baseline_sizes, wanted,
                                               deadline)
-    add_ratios(results)
-    doc = {"environment": env, "config": {"sizes": sizes, "bits": bits, "dtypes": dtypes,
-                                          "roundings": roundings, "ops": ops,
-                                          "quick": args.quick, "compile": use_compile,
-                                          "baseline_sizes": baseline_sizes,
-                                          "modulus": MODULUS, "qsgd_bucket": QSGD_BUCKET},
-           "results": results}
-    args.out.mkdir(parents=True, exist_ok=True)
-    tag = device if device == "cpu" else re.sub(r"[^A-Za-z0-9]+", "_", env["device_name"])
-    stem = args.out / f"ops_{tag}{'-quick' if args.quick else ''}"
-    stem.with_suffix(".json").write_text(json.dumps(doc, indent=1) + "\n")
-    stem.with_suffix(".md").write_text(markdown(env, results))
+                        _write(stem, env, config, results)  # a killed run keeps these
+    doc = _write(stem, env, config, results)
     doc["files"] = [str(stem.with_suffix(s)) for s in (".json", ".md")]
     if plot(env, results, stem.with_suffix(".png")):
         doc["files"].append(str(stem.with_suffix(".png")))
     print("wrote " + ", ".join(doc["files"]))
+    return doc
+
+
+def _write(stem: Path, env: dict, config: dict, results: list[dict]) -> dict:
+    """The JSON and Markdown results so far (ratios added to copies of the rows)."""
+    rows = [dict(r) for r in results]
+    add_ratios(rows)
+    doc = {"environment": env, "config": config, "results": rows}
+    stem.with_suffix(".json").write_text(json.dumps(doc, indent=1) + "\n")
+    stem.with_suffix(".md").write_text(markdown(env, rows))
     return doc
 
 
@@ -680,11 +736,19 @@ def _time_case(op, b, rounding, dname, n, device, args, use_compile, baselines, 
         if fn is not None and deadline is not None and time.monotonic() > deadline:
             fn, reason = None, "not run: --budget-s spent"
         if fn is not None:
+            compiled = name in ("compile", "torch-compile")
             try:
-                sec = time_median(fn, device, args.quick)
+                sec = time_median(fn, device, args.quick,
+                                  args.compile_timeout if compiled else None)
                 row.update(seconds=sec, gbps=nbytes / sec / 1e9)
             except Exception as exc:  # a provider failing is a result too
-                row.update(seconds=None, reason=f"failed: {type(exc).__name__}: {exc}"[:300])
+                timeout = _compile_timeout_in(exc)
+                if timeout is not None:
+                    row.update(seconds=None, reason=f"not run: {timeout}")
+                    torch._dynamo.reset()  # what the interrupted compile left half-built
+                else:
+                    row.update(seconds=None,
+                               reason=f"failed: {type(exc).__name__}: {exc}"[:300])
         else:
             row.update(seconds=None, reason=reason)
         rows.append(row)

@@ -51,3 +51,44 @@ def test_bench_quick_writes_bandwidth_and_copy(tmp_path):
                    for r in triton_rows)
         assert any(r["provider"] == "numpy.packbits" and r.get("gbps") for r in rows)
     assert "| provider |" in next(tmp_path.glob("*.md")).read_text()
+
+
+def test_compile_timeout_bounds_the_first_call():
+    """--compile-timeout: a first call (where torch.compile compiles) that runs past its
+    bound raises CompileTimeout, found also behind the error inductor wraps it in, and
+    the alarm is cleared after (a later call runs unbounded)."""
+    import time
+    bench = _load_bench()
+    t0 = time.monotonic()
+    with pytest.raises(bench.CompileTimeout, match="more than 0.2 s"):
+        bench._first_call(lambda: time.sleep(30), 0.2)
+    assert time.monotonic() - t0 < 5
+    bench._first_call(lambda: time.sleep(0.4), None)  # no alarm left behind
+    try:
+        try:
+            bench._first_call(lambda: time.sleep(30), 0.1)
+        except bench.CompileTimeout as inner:
+            raise RuntimeError("InductorError: lowering failed") from inner
+    except RuntimeError as wrapped:
+        assert isinstance(bench._compile_timeout_in(wrapped), bench.CompileTimeout)
+    assert bench._compile_timeout_in(RuntimeError("other")) is None
+
+
+def test_results_are_written_after_every_case(tmp_path, monkeypatch):
+    """A run killed after its first case (a phase timeout on a lent GPU) leaves that
+    case's rows on disk."""
+    bench = _load_bench()
+    real, calls = bench._time_case, []
+
+    def time_case(*args, **kwargs):
+        calls.append(args[0])
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # the kill, as the second case starts
+        return real(*args, **kwargs)
+    monkeypatch.setattr(bench, "_time_case", time_case)
+    with pytest.raises(KeyboardInterrupt):
+        bench.main(["--quick", "--sizes", "1024", "--ops", "moniqua_encode,sign_encode",
+                    "--bits", "1", "--roundings", "dither", "--out", str(tmp_path)])
+    rows = json.loads(next(tmp_path.glob("*.json")).read_text())["results"]
+    assert {r["op"] for r in rows} == {"moniqua_encode"}
+    assert any(r["provider"] == "copy" and r.get("frac_of_copy") for r in rows)
