@@ -252,14 +252,16 @@ fi
 # 8. the baselines at one size: eager, torch.compile(reference), the obvious torch code
 #    and its compile, cupy.packbits.  Each torch.compile is bounded (--compile-timeout):
 #    in GPU runs 3 and 4 this phase was killed inside the first one, the reference
-#    encode's, which inductor did not finish in 15 minutes on a CPU either (bench.py's
-#    notes), and its results files with it (only the log kept the rows timed before).  The scaled sign first: its reference compiles, and its
-#    goal is against cupy.packbits --------------------------------------------------------
+#    encode's, and lost its results files (the log kept the rows timed before).  Inductor
+#    did not finish that compile in 15 minutes on a CPU either (bench.py's notes), while
+#    the nearest-rounding references (no Philox) compiled in seconds there: nearest
+#    comes first, so torch.compile(reference) has rows to compare with.  The scaled sign
+#    leads: its goal is against cupy.packbits ----------------------------------------------
 if [ "$DRY" = 0 ]; then
-  phase bench_baselines 120 "$PY" -m moniqua_kernels bench --device cuda --sizes 2^26 \
+  phase bench_baselines 150 "$PY" -m moniqua_kernels bench --device cuda --sizes 2^26 \
     --ops sign_encode,moniqua_encode,moniqua_mix,moniqua_decode --bits 1 --dtypes fp32 \
-    --roundings dither --baseline-sizes 2^26 --compile-timeout 25 \
-    --out "$OUTDIR/bench_baselines" --budget-s 100
+    --roundings nearest,dither --baseline-sizes 2^26 --compile-timeout 20 \
+    --out "$OUTDIR/bench_baselines" --budget-s 130
   # the other ops (GPU run 3 had them before ncu and the baselines, and its budget ran out
   # before those); qsgd_encode_whole: one bucket of 2^26 (the scale reduced in pieces)
   phase bench_other 50 "$PY" -m moniqua_kernels bench --device cuda --sizes 2^26 \
