@@ -199,7 +199,13 @@ NCU_COLUMNS = (("Kernel Name", "kernel"), ("gpu__time_duration.sum", "us"),
                ("launch__registers_per_thread", "regs"),
                ("sm__warps_active.avg.pct_of_peak_sustained_active", "occupancy %"),
                ("smsp__issue_active.avg.pct_of_peak_sustained_active", "issue %"),
+               # the busiest pipes of these kernels: integer/logic (LOP3, SHF, IADD3) and
+               # the FMA-heavy one (IMAD, IMAD.WIDE: Philox's products)
+               ("sm__pipe_alu_cycles_active.avg.pct_of_peak_sustained_elapsed", "ALU %"),
+               ("sm__pipe_fmaheavy_cycles_active.avg.pct_of_peak_sustained_elapsed",
+                "FMA-heavy %"),
                ("dram__bytes_read.sum", "read"), ("dram__bytes_write.sum", "write"))
+STALL = re.compile(r"smsp__average_warps_issue_stalled_(\w+)_per_issue_active\.ratio")
 
 
 def ncu(out: Path) -> list[str]:
@@ -212,8 +218,11 @@ def ncu(out: Path) -> list[str]:
         return ["(ncu_raw.csv is empty)"]
     head, units, rows = reader[0], reader[1], reader[2:]
     idx = {name: head.index(name) for name, _ in NCU_COLUMNS if name in head}
-    lines = ["| " + " | ".join(label for name, label in NCU_COLUMNS if name in idx) + " |",
-             "|" + "---|" * len(idx)]
+    # where warps wait, per issued instruction: the three largest reasons (WarpStateStats)
+    stalls = {STALL.fullmatch(h).group(1): k for k, h in enumerate(head) if STALL.fullmatch(h)}
+    lines = ["| " + " | ".join(label for name, label in NCU_COLUMNS if name in idx) +
+             (" | top stalls (cycles an instruction) |" if stalls else " |"),
+             "|" + "---|" * (len(idx) + bool(stalls))]
     for row in rows:
         cells = []
         for name, _ in NCU_COLUMNS:
@@ -226,8 +235,19 @@ def ncu(out: Path) -> list[str]:
             elif unit:
                 value = f"{value} {unit}"
             cells.append(value)
+        if stalls:
+            top = sorted(((_number(row[k]), name) for name, k in stalls.items()),
+                         reverse=True)[:3]
+            cells.append(", ".join(f"{name} {v:.1f}" for v, name in top if v > 0))
         lines.append("| " + " | ".join(cells) + " |")
     return lines
+
+
+def _number(text: str) -> float:
+    try:
+        return float(text.replace(",", ""))
+    except ValueError:
+        return 0.0
 
 
 def main(argv=None) -> int:

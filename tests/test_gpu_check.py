@@ -221,3 +221,29 @@ def test_tuning_variants_give_the_default_bytes():
                 tuning.launch(op, x, got, payloads, flag, bits, rounding, *variant)
                 assert torch.equal(got.view(torch.uint8), want.view(torch.uint8)), (op, variant)
             assert int(flag.sum()) == 0
+
+
+def test_summary_ncu_table_has_pipes_and_top_stalls(tmp_path):
+    """Nsight Compute's raw CSV becomes one row a kernel: time, DRAM, registers,
+    occupancy, issue, the ALU and FMA-heavy pipes, and the three largest stall reasons
+    (GPU run 4's profile had them all, unread: the dithered encode waited on a busy
+    scheduler and a throttled math pipe, the mix on too few warps)."""
+    stall = "smsp__average_warps_issue_stalled_{}_per_issue_active.ratio"
+    cols = {"Kernel Name": ("", "_moniqua_mix_kernel"), "gpu__time_duration.sum": ("us", "280.7"),
+            "launch__registers_per_thread": ("register/thread", "96"),
+            "smsp__issue_active.avg.pct_of_peak_sustained_active": ("%", "67.4"),
+            "sm__pipe_alu_cycles_active.avg.pct_of_peak_sustained_elapsed": ("%", "50.3"),
+            "sm__pipe_fmaheavy_cycles_active.avg.pct_of_peak_sustained_elapsed": ("%", "60.0"),
+            stall.format("not_selected"): ("", "1.56"), stall.format("selected"): ("", "1"),
+            stall.format("math_pipe_throttle"): ("", "0.91"),
+            stall.format("long_scoreboard"): ("", "0.2"), stall.format("barrier"): ("", "0")}
+    lines = [",".join(f'"{c}"' for c in cols), ",".join(f'"{u}"' for u, _ in cols.values()),
+             ",".join(f'"{v}"' for _, v in cols.values())]
+    (tmp_path / "ncu_raw.csv").write_text("\n".join(lines) + "\n")
+    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "gpu_summary.py"),
+                          str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert ("| kernel | us | regs | issue % | ALU % | FMA-heavy % | top stalls (cycles an "
+            "instruction) |") in out.stdout, out.stdout
+    assert ("| _moniqua_mix_kernel | 280.7 us | 96 register/thread | 67.4 % | 50.3 % | "
+            "60.0 % | not_selected 1.6, selected 1.0, math_pipe_throttle 0.9 |") in out.stdout
