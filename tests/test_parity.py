@@ -491,6 +491,28 @@ def assert_mix_keeps_x_where_every_third_is_finite(backend, device, x, theirs, o
 
 
 @pytest.mark.parametrize("backend,device", BACKENDS, ids=IDS)
+@pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16), ids=str)
+def test_negative_subnormal_where_u_is_zero(backend, device, dtype):
+    """t = x / B a negative subnormal at a stream position that draws u = 0: floor(t) =
+    -1, z = t + 1 rounds to 1.0, and the code wraps to 0.  A floor that flushes
+    subnormals (tl.floor compiled for a GPU is cvt.rmi.ftz) gives z = t < 0 and the code
+    2^b - 1, the only way that flush shows (any u > 0 absorbs z).  Seed 5 draws u = 0 at
+    position 11681449, found by searching philox_words."""
+    from moniqua_kernels.reference.moniqua import encode_codes
+    from moniqua_kernels.reference.philox import philox_uniform
+    seed, offset = 5, 11681448  # element 1 of the call sits at position 11681449
+    assert philox_uniform(2, seed, offset)[1].item() == 0.0
+    x = torch.tensor([0.3, -1e-40, 2.0, -7.0], dtype=dtype)
+    assert x[1] < 0 and x[1].float().abs() < torch.finfo(torch.float32).tiny
+    for bits, rounding in ((1, "dither"), (2, "stochastic"), (8, "dither")):
+        assert encode_codes(x, 1.0, bits, rounding, seed, offset)[1] == 0
+        want = reference(("subnormal", dtype, bits, rounding), lambda: mk.moniqua_encode(
+            x, 1.0, bits, rounding, seed, offset))
+        got = run(backend, mk.moniqua_encode, x.to(device), 1.0, bits, rounding, seed, offset)
+        assert same(got, want), (bits, rounding)
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS, ids=IDS)
 @pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning",
                             "ignore:invalid value encountered:RuntimeWarning")
 def test_moniqua_non_finite_gives_code_zero(backend, device):

@@ -220,6 +220,8 @@ def compile_all() -> list[dict]:
             rcp_approx=len(re.findall(r"\brcp\.approx\.", ptx)),
             ld_v4=len(re.findall(r"\bld\.global(\.\w+)*\.v4\.", ptx)),
             cvt_bf16=len(re.findall(r"\bcvt\.rn\.bf16(x2)?\.f32\b", ptx)),
+            cvt_rmi=len(re.findall(r"\bcvt\.rmi\.s32\.f32\b", ptx)),
+            floor_ftz=len(re.findall(r"\bcvt\.rmi\.ftz\.f32\.f32\b", ptx)),
         )
         report.append(row)
     # Control: the same mix kernel with fusion on must contract, or fma=0 proves nothing.
@@ -298,6 +300,11 @@ def test_kernels_compile_for_sm90_without_fma_or_approximate_division():
             assert row["ld_v4"] > 0, row  # full blocks: unmasked, 128-bit loads
         if row["name"].startswith(("moniqua_decode bf16", "moniqua_mix bf16")):
             assert row["cvt_bf16"] > 0, row  # round_to: the GPU's conversion
+        if row["name"].startswith("moniqua_encode"):
+            # floor_to_int32: a NaN w (non-finite t) becomes code 0 in the conversion;
+            # floor_exact: floor(t) of a negative subnormal t is -1, not -0 (tl.floor's
+            # cvt.rmi.ftz)
+            assert row["cvt_rmi"] > 0 and row["floor_ftz"] == 0, row
 
 
 if __name__ == "__main__":

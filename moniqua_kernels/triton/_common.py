@@ -346,6 +346,39 @@ def store_bytes(out_ptr, packed, start, nbytes, ok, BITS: tl.constexpr, BLOCK: t
 
 
 @triton.jit
+def floor_exact(t):
+    """floor(t) for float32 t, subnormals included.
+
+    Compiled, cvt.rmi.f32.f32 without .ftz: tl.floor emits cvt.rmi.ftz.f32.f32 (seen with
+    Triton 3.6 and 3.9), which reads a negative subnormal t as -0 and gives -0 where
+    floor is -1.  The encoder's z = t - floor(t) is then t, slightly negative, instead of
+    1.0, and with u = 0 its code is 2^b - 1 instead of 0 (a negative subnormal x / B whose
+    stream position draws u = 0: tests/test_parity.py has one)."""
+    if COMPILED:
+        return tl.inline_asm_elementwise(asm="cvt.rmi.f32.f32 $0, $1;", constraints="=f,f",
+                                         args=[t], dtype=tl.float32, is_pure=True, pack=1)
+    else:
+        return tl.floor(t)
+
+
+@triton.jit
+def floor_to_int32(w):
+    """floor(w) as int32 for float32 w in int32's range, and 0 for a NaN w.
+
+    Compiled, one cvt.rmi.s32.f32, whose NaN result the PTX ISA defines as 0 (an f32
+    source and a 32-bit destination; CUDA C++'s __float2int_rd is the same instruction).
+    The encoder leans on it: a non-finite t = x / B makes z = t - floor(t), hence w, NaN,
+    and its code 0 is what the reference's z = 0 gives (w = u < 1).  Not
+    tl.floor(w).to(tl.int32): LLVM's fptosi of a NaN is poison, free to become anything.
+    The interpreter selects the 0: numpy's cast of a NaN gives INT_MIN."""
+    if COMPILED:
+        return tl.inline_asm_elementwise(asm="cvt.rmi.s32.f32 $0, $1;", constraints="=r,f",
+                                         args=[w], dtype=tl.int32, is_pure=True, pack=1)
+    else:
+        return tl.where(w == w, tl.floor(w), 0.0).to(tl.int32)
+
+
+@triton.jit
 def round_to(x, dtype: tl.constexpr):
     """float32 x rounded to nearest even in dtype (float32, float16 or bfloat16).  NaN
     stays a quiet NaN with x's sign and high payload bits, as the reference and convert.h
