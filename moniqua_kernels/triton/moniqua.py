@@ -98,6 +98,8 @@ def _decode_block(payload_ptr, y, start, nbytes, b32, inv_b, seed, counter,
         k = load_codes(payload_ptr, start, nbytes, BITS, BLOCK, MASKED)
         zh = k.to(tl.float32) * (1.0 / (1 << BITS))  # exact: a power of two
     a = zh * b32 - y
+    # tl.floor flushes subnormals (floor_exact), but v + 0.5 is never one: it is 0 or a
+    # multiple of v's ulp, at least 2^-26 where |v| is near 0.5
     return y + (a - b32 * tl.floor(a * inv_b + 0.5))
 
 
