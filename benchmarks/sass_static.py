@@ -221,8 +221,8 @@ def triton_rows(tmp: Path) -> list[dict]:
         counter = collections.Counter(opcode(i) for _, i in ins)
         parts = constexprs.get("SUB", 1)
         if parts > 1:  # the mix's loop over the parts of its block: its body `parts` times
-            for _ in range(parts - 1):
-                counter.update(loop_body(ins, loops(ins)[0]))
+            for op, k in loop_body(ins, loops(ins)[0]).items():
+                counter[op] += k * (parts - 1)
         return ptx, counter
 
     def row(fn, sig, constexprs, warps, per_thread, **key):

@@ -686,6 +686,8 @@ def main(argv=None) -> dict:
     tag = device if device == "cpu" else re.sub(r"[^A-Za-z0-9]+", "_", env["device_name"])
     stem = args.out / f"ops_{tag}{'-quick' if args.quick else ''}"
     results = []
+    # written now and again after every case: a killed run keeps what it timed
+    doc = _write(stem, env, config, results)
     for op in ops:
         for b in op_bits(op, bits):
             for rounding in op_roundings(op, b, roundings):
@@ -694,8 +696,7 @@ def main(argv=None) -> dict:
                         results += _time_case(op, b, rounding, dname, n, device, args,
                                               use_compile, n in baseline_sizes, wanted,
                                               deadline)
-                        _write(stem, env, config, results)  # a killed run keeps these
-    doc = _write(stem, env, config, results)
+                        doc = _write(stem, env, config, results)
     doc["files"] = [str(stem.with_suffix(s)) for s in (".json", ".md")]
     if plot(env, results, stem.with_suffix(".png")):
         doc["files"].append(str(stem.with_suffix(".png")))
