@@ -16,16 +16,6 @@ import moniqua_kernels as mk
 B = 2.0
 
 
-def in_parts(fn, parts):
-    """fn() with Triton's mix looping over its block in `parts` parts."""
-    from moniqua_kernels.triton import moniqua as tm
-    saved, tm.MIX_SUB = tm.MIX_SUB, parts
-    try:
-        return fn()
-    finally:
-        tm.MIX_SUB = saved
-
-
 def calls(n):
     """(label, backend, thunk) of every profiled launch."""
     out = []
@@ -46,9 +36,9 @@ def calls(n):
             def dec(x=x, p=pays[0], bits=bits, rounding=rounding):
                 return mk.moniqua_decode(p, x, B, bits, rounding, 0, 0, check_finite=False)
 
-            def mix(xm=xm, p=pays, bits=bits, rounding=rounding):
+            def mix(xm=xm, p=pays, bits=bits, rounding=rounding, check=False):
                 return mk.moniqua_mix_(xm, p[:2], [0.25, 0.25], p[2], B, bits, rounding, 1.0,
-                                       [0, 1, 2], [0, 0, 0], check_finite=False)
+                                       [0, 1, 2], [0, 0, 0], check_finite=check)
 
             tag = f"{str(dtype)[6:]} {bits}b {rounding}"
             # the encode also with its default finite check: GPU run 3 (H200) timed the
@@ -57,11 +47,11 @@ def calls(n):
             out += [(f"encode {tag}", backend, enc),
                     (f"encode {tag} checked", backend, lambda enc=enc: enc(check=True)),
                     (f"decode {tag}", backend, dec), (f"mix {tag}", backend, mix)]
-            if backend == "triton" and rounding == "dither":
-                # the mix in parts (moniqua.MIX_SUB): fewer registers, more warps, a few
-                # more instructions; occupancy and issue say which wins
-                out += [(f"mix {tag} in {parts} parts", backend,
-                         lambda mix=mix, parts=parts: in_parts(mix, parts)) for parts in (2, 4)]
+            if backend == "triton":
+                # the mix with its default check: its registers and occupancy against the
+                # unchecked kernel's (GPU run 6: 74 against 40 for 1-bit nearest fp32 at
+                # a block of 4096, which moniqua.mix_block answers with 2048)
+                out.append((f"mix {tag} checked", backend, lambda mix=mix: mix(check=True)))
         dst = torch.empty_like(x)
         out.append((f"copy {str(dtype)[6:]}", "torch", lambda dst=dst, x=x: dst.copy_(x)))
     return out

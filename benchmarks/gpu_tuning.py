@@ -1,14 +1,14 @@
-"""Launch-shape sweep of the Triton Moniqua kernels on a GPU (block size x warps, and the
-mix's loop over parts of its block).
+"""Launch-shape sweep of the Triton Moniqua kernels on a GPU (block size x warps).
 
-The kernels' BLOCK (elements per program), num_warps and the mix's parts (MIX_SUB) were
-chosen without a GPU (triton/_common.py, triton/moniqua.py).  This times the compiled
-kernels themselves, launched directly with each variant and the finite check on (the
-public op's default), at one size that fills the chip, beside y.copy_(x) in the same
-run, and checks every variant's bytes against the default's (a shape must not change
-the result).  The mix comes first: it is furthest from its goal and register-limited
-(GPU run 4, H200: 96 registers, 24 % occupancy).  Output: a JSON file and a Markdown
-table; the table also prints.
+The kernels' BLOCK (elements per program) and num_warps were chosen without a GPU
+(triton/_common.py); the mix's block depends on its rounding, from GPU run 6
+(moniqua.mix_block).  This times the compiled kernels themselves, launched directly with
+each variant and the finite check on (the public op's default), at one size that fills
+the chip, beside y.copy_(x) in the same run, and checks every variant's bytes against
+the default's (a shape must not change the result).  The mix comes first: it is
+furthest from its goal.  (GPU run 5 timed the mix looping over its block in 2 and 4
+parts, 72 and 58 registers against 94: 22 % and 6 % slower for the 1-bit dithered fp32
+mix; the loop went.)  Output: a JSON file and a Markdown table; the table also prints.
 
     python benchmarks/gpu_tuning.py --out OUTDIR [--n 2^26] [--budget-s 60]
 """
@@ -27,18 +27,19 @@ from moniqua_kernels.reference.packing import packed_nbytes
 from moniqua_kernels.triton import _common as common
 from moniqua_kernels.triton import moniqua as tm
 
-# (BLOCK, warps, parts): the launchers' default first (every other variant's bytes are
-# compared with it), then what sass_static.py counts as fewer registers for the mix
-# (parts of 2048 and 1024: 64 and 55 registers against 96 for the 1-bit dithered fp32 mix),
-# then the block and warps shapes.  parts applies to the mix only.
-DEFAULT = (common.BLOCK, common.NUM_WARPS, tm.MIX_SUB)
-MIX_VARIANTS = (DEFAULT, (4096, 8, 2), (4096, 8, 4), (2048, 8, 1), (4096, 16, 1),
-                (8192, 16, 2))
-SHAPES = (DEFAULT, (1024, 4, 1), (2048, 8, 1), (4096, 16, 1), (8192, 16, 1))
+# (BLOCK, warps) timed for each case, the launcher's default first (every other variant's
+# bytes are compared with it).
+SHAPES = ((2048, 8), (4096, 8), (1024, 4), (4096, 16), (8192, 16))
 B, SEED, OFFSET = 2.0, 1234, 0
 
 
-def launch(op, x, out, payloads, flag, bits, rounding, block, warps, parts):
+def default_shape(op, rounding, element_size):
+    """The launcher's (BLOCK, warps) with the finite check on."""
+    block = tm.mix_block(rounding, True, element_size) if op == "mix" else common.BLOCK
+    return block, common.NUM_WARPS
+
+
+def launch(op, x, out, payloads, flag, bits, rounding, block, warps):
     """One launch of op's kernel with the given variant into out (the mix: x mixed in
     place in out, which holds x's values; n a multiple of every block: full blocks only;
     the finite check on, into flag): the compiled kernel."""
@@ -59,7 +60,7 @@ def launch(op, x, out, payloads, flag, bits, rounding, block, warps, parts):
     packed = common.tuple_halves(SEED, OFFSET)
     return tm._moniqua_mix_kernel[grid](out, tuple(payloads[:2]), (0.25, 0.25), payloads[2],
                                         n, nbytes, b32, inv_b, 1.0,
-                                        *((h,) * 3 for h in packed), None, flag, 0, SUB=parts,
+                                        *((h,) * 3 for h in packed), None, flag, 0,
                                         **meta)
 
 
@@ -86,9 +87,9 @@ def main(argv=None):
     deadline = time.monotonic() + args.budget_s
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
-    # Most telling first (the budget may cut the tail): the 1-bit dithered mix in both
-    # dtypes, then encode and decode, then 8-bit nearest (no Philox: memory-bound).
-    cases = [("mix", "fp32", 1, "dither"), ("mix", "bf16", 1, "dither")]
+    # Most telling first (the budget may cut the tail): the 1-bit mix in both dtypes and
+    # roundings, then encode and decode, then 8-bit nearest (no Philox: memory-bound).
+    cases = [("mix", dt, 1, r) for r in ("dither", "nearest") for dt in ("fp32", "bf16")]
     cases += [(op, dt, 1, "dither") for dt in ("fp32", "bf16") for op in ("encode", "decode")]
     cases += [(op, "fp32", 8, "nearest") for op in ("mix", "encode", "decode")]
     dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -102,18 +103,20 @@ def main(argv=None):
                                           return_mode="median")
         copy_gbps = 2 * n * x.element_size() / copy_ms / 1e6
         want = output(op, x, bits)
-        launch(op, x, want, payloads, flag, bits, rounding, *DEFAULT)
+        default = default_shape(op, rounding, x.element_size())
+        launch(op, x, want, payloads, flag, bits, rounding, *default)
         # timed into one buffer: the mix mixes it again each launch (finite: the flag says)
         work = output(op, x, bits)
-        for block, warps, parts in (MIX_VARIANTS if op == "mix" else SHAPES):
+        for block, warps in (default,) + tuple(v for v in SHAPES if v != default):
             row = {"op": op, "dtype": dname, "bits": bits, "rounding": rounding, "n": n,
-                   "block": block, "warps": warps, "parts": parts, "copy_gbps": copy_gbps}
+                   "block": block, "warps": warps, "default": (block, warps) == default,
+                   "copy_gbps": copy_gbps}
             if time.monotonic() > deadline:
                 row["note"] = "not run: budget spent"
                 rows.append(row)
                 continue
             try:
-                variant = (bits, rounding, block, warps, parts)
+                variant = (bits, rounding, block, warps)
                 got = output(op, x, bits)
                 compiled = launch(op, x, got, payloads, flag, *variant)
                 row["regs"] = getattr(compiled, "n_regs", None)
@@ -136,11 +139,11 @@ def main(argv=None):
         {"device": name, "triton": triton.__version__, "torch": torch.__version__,
          "rows": rows}, indent=1))
     lines = [f"# Triton launch shapes on {name} (n = {n}, medians)", "",
-             "| op | dtype | bits | rounding | BLOCK | warps | parts | regs/spills | us | GB/s "
+             "| op | dtype | bits | rounding | BLOCK | warps | default | regs/spills | us | GB/s "
              "| % copy | same bytes |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['op']} | {r['dtype']} | {r['bits']} | {r['rounding']} | "
-                     f"{r['block']} | {r['warps']} | {r['parts']} | "
+                     f"{r['block']} | {r['warps']} | {'yes' if r['default'] else ''} | "
                      f"{r.get('regs')}/{r.get('spills')} | "
                      f"{r.get('us', 0):.1f} | "
                      f"{r.get('gbps', 0):.0f} | {r.get('pct_copy', 0):.0f} | "

@@ -17,8 +17,8 @@ is the measurement.
 * Triton: each kernel compiled for sm_90 with the package's launch options and full
   blocks (MASKED=False; QSGD: a full bucket, with the warps its launcher gives it), no
   loop: every instruction divided by the elements a thread takes (BLOCK / (32 *
-  num_warps)).  "mix, N parts": the mix looping over its block in N parts (its SUB,
-  moniqua.MIX_SUB), the loop's body counted N times.  Registers from ptxas -v on
+  num_warps)); the mix at the block its launcher gives it (moniqua.mix_block: "mix,
+  block 2048" where that is not BLOCK).  Registers from ptxas -v on
   Triton's PTX.  "unchecked": the same kernel
   compiled without its data checks (flag_ptr None, check_finite=False); the checked
   count includes the branch that counts non-finite elements, which a program runs only
@@ -46,7 +46,6 @@ ARCH = 90
 CASES = [(bits, rounding, dtype) for bits, rounding in ((1, "dither"), (1, "nearest"),
                                                         (8, "dither"))
          for dtype in ("fp32", "bf16")]
-MIX_PART_CASES = [(1, "dither", "fp32"), (1, "dither", "bf16"), (1, "nearest", "fp32")]
 QSGD_BUCKET = 512
 QSGD_CASES = [(bits, dtype) for bits, dtype in ((4, "fp32"), (4, "bf16"), (2, "fp32"),
                                                 (8, "fp32"))]
@@ -192,8 +191,7 @@ def triton_rows(tmp: Path) -> list[dict]:
         return {"x_ptr": f"*{dtype}", "payloads": ("*u8",) * 2, "weights": ("fp32",) * 2,
                 "own_ptr": "*u8", "n": "i64", "nbytes": "i64", "b32": "fp32", "inv_b": "fp32",
                 "gamma": "fp32", **halves, "streams_ptr": E, "flag_ptr": "*i64",
-                "first_block": "i32", "BITS": E, "ROUNDING": E, "MASKED": E, "BLOCK": E,
-                "SUB": E}
+                "first_block": "i32", "BITS": E, "ROUNDING": E, "MASKED": E, "BLOCK": E}
 
     def aligned(sig):  # pointers 16-byte aligned, as the launcher specialises tensors
         attrs = {}
@@ -218,47 +216,40 @@ def triton_rows(tmp: Path) -> list[dict]:
         ptx.write_text(compiled.asm["ptx"])
         cubin.write_bytes(compiled.asm["cubin"])
         ins = next(iter(sass_functions(cubin).values()))
-        counter = collections.Counter(opcode(i) for _, i in ins)
-        parts = constexprs.get("SUB", 1)
-        if parts > 1:  # the mix's loop over the parts of its block: its body `parts` times
-            for op, k in loop_body(ins, loops(ins)[0]).items():
-                counter[op] += k * (parts - 1)
-        return ptx, counter
+        return ptx, collections.Counter(opcode(i) for _, i in ins)
 
-    def row(fn, sig, constexprs, warps, per_thread, **key):
+    def row(fn, sig, constexprs, warps, per_thread, unchecked_block=None, **key):
         ptx, counter = compile_counts(fn, sig, constexprs, warps)
         report = subprocess.run([ptxas, f"-arch=sm_{ARCH}a", "-v", str(ptx), "-o",
                                  str(tmp / "k2.cubin")], capture_output=True, text=True)
         reg = re.search(r"Used (\d+) registers", report.stderr)
         spill = re.search(r"(\d+) bytes spill stores", report.stderr)
-        # flag_ptr None: the kernel without its data checks (check_finite=False)
+        # flag_ptr None: the kernel without its data checks (check_finite=False), at the
+        # block its launcher gives it then (the mix's may differ: moniqua.mix_block)
+        block = unchecked_block or constexprs["BLOCK"]
         _, unchecked = compile_counts(fn, dict(sig, flag_ptr=E),
-                                      dict(constexprs, flag_ptr=None), warps)
+                                      dict(constexprs, flag_ptr=None, BLOCK=block), warps)
         return dict(backend="triton", **key, regs=int(reg.group(1)) if reg else None,
                     spill=int(spill.group(1)) if spill else None,
-                    unchecked=sum(unchecked.values()) / per_thread,
+                    unchecked=sum(unchecked.values()) / (
+                        per_thread * block / constexprs["BLOCK"]),
                     **classes(counter, per_thread))
 
     rows = []
+    esize = {"fp32": 4, "bf16": 2}
     for op, fn in kernels.items():
         for bits, rounding, dtype in CASES:
-            extra = {"streams_ptr": None, "SUB": tm.MIX_SUB} if op == "mix" else {
-                "stream_ptr": None}
+            block, unchecked_block = BLOCK, None
+            extra = {"stream_ptr": None}
+            if op == "mix":  # its block by rounding, check and dtype (moniqua.mix_block)
+                block = tm.mix_block(rounding, True, esize[dtype])
+                unchecked_block = tm.mix_block(rounding, False, esize[dtype])
+                extra = {"streams_ptr": None}
             rows.append(row(fn, signature(op, dtype), {
                 **extra, "BITS": bits, "ROUNDING": ROUNDING_ID[rounding],
-                "MASKED": False, "BLOCK": BLOCK}, NUM_WARPS, BLOCK / (32 * NUM_WARPS), op=op,
+                "MASKED": False, "BLOCK": block}, NUM_WARPS, block / (32 * NUM_WARPS),
+                unchecked_block, op=op if block == BLOCK else f"{op}, block {block}",
                 bits=bits, rounding=rounding, dtype=dtype))
-    # The mix in parts (moniqua.MIX_SUB other than the launcher's): fewer registers for
-    # more instructions; the checked count has the rare branch once a part.
-    for parts in (2, 4):
-        if parts == tm.MIX_SUB:
-            continue
-        for bits, rounding, dtype in MIX_PART_CASES:
-            rows.append(row(tm._moniqua_mix_kernel, signature("mix", dtype), {
-                "streams_ptr": None, "SUB": parts, "BITS": bits,
-                "ROUNDING": ROUNDING_ID[rounding], "MASKED": False, "BLOCK": BLOCK},
-                NUM_WARPS, BLOCK / (32 * NUM_WARPS), op=f"mix, {parts} parts", bits=bits,
-                rounding=rounding, dtype=dtype))
     warps = tq._bucket_warps(QSGD_BUCKET)
     for bits, dtype in QSGD_CASES:
         sig = {"x_ptr": f"*{dtype}", "scales_ptr": "*fp32", "out_ptr": "*u8", "n": "i64",

@@ -42,9 +42,12 @@ _AUTO_ORDER = {"cpu": ("cpu", "reference"), "cuda": ("triton", "cuda", "referenc
 #   CUDA decode and mix tiles): CUDA C++ faster in 2 of 43 cases, by 1.01x and 1.08x
 #   (encode 1-bit dither fp32 73 / 74, decode 8-bit dither fp32 86 / 93); median CUDA /
 #   Triton per op 0.62-0.98 (mix 0.72, QSGD encode 0.71, decode 0.86).
-# Per op, Triton is as fast or faster on both cards (the two H200 exceptions are single
-# cases, within 8 %), so every op keeps _AUTO_ORDER["cuda"]; an op the CUDA kernels serve faster on some card gets an entry
-# here, with its measurement.
+# - H100 again at 058e747 (benchmarks/results/NVIDIA_H100_80GB_HBM3/run5): CUDA C++ faster in
+#   4 of 34 cases, by at most 1.01x (the fp32 decodes); median CUDA / Triton per op
+#   0.73-0.99 (mix 0.73, QSGD encode 0.77, QSGD decode 0.73, encode 0.99, decode 0.98).
+# Per op, Triton is as fast or faster on both cards (the exceptions are single cases,
+# within 8 %), so every op keeps _AUTO_ORDER["cuda"]; an op the CUDA kernels serve
+# faster on some card gets an entry here, with its measurement.
 AUTO_CUDA: dict[str, tuple[str, ...]] = {}
 
 # Where each backend's kernels come from, and the fix when they cannot load.

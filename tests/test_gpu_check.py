@@ -152,7 +152,7 @@ def test_summary_says_which_backend_wins_each_op(tmp_path):
         row("sign_encode", "triton", 10.0, n=2 ** 20), row("sign_encode", "cuda", 99.0, n=2 ** 20),
         row("philox_uniform", "triton", 3000.0)]}))
     (tmp_path / "triton_tuning.md").write_text(  # gpu_tuning.py's table comes along
-        "# Triton launch shapes on X\n\n| op | parts |\n|---|---|\n| mix | 2 |\n")
+        "# Triton launch shapes on X\n\n| op | BLOCK |\n|---|---|\n| mix | 2048 |\n")
     out = subprocess.run([sys.executable, str(ROOT / "scripts" / "gpu_summary.py"),
                           str(tmp_path)], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
@@ -162,8 +162,8 @@ def test_summary_says_which_backend_wins_each_op(tmp_path):
     assert ("- sign_encode: CUDA faster in 0 of 1 cases, median CUDA / Triton 0.90: "
             "Triton first") in out.stdout, out.stdout
     assert "philox_uniform:" not in out.stdout  # one backend only: nothing to choose
-    assert "## Triton launch variants (check on, medians)\n\n| op | parts |\n|---|---|\n" \
-        "| mix | 2 |\n" in out.stdout
+    assert "## Triton launch variants (check on, medians)\n\n| op | BLOCK |\n|---|---|\n" \
+        "| mix | 2048 |\n" in out.stdout
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is here: run the real script")
@@ -194,7 +194,7 @@ def test_phases_selects_what_runs(tmp_path):
 
 def test_tuning_variants_give_the_default_bytes():
     """benchmarks/gpu_tuning.py's launches, run here by Triton's interpreter: every launch
-    variant it will time on a GPU (block, warps, the mix's parts) calls its kernel with the
+    variant it will time on a GPU (block, warps) calls its kernel with the
     kernel's current arguments and writes the default variant's bytes (what a GPU run
     would otherwise find out only in its tuning phase, the last it has)."""
     pytest.importorskip("triton")
@@ -206,17 +206,18 @@ def test_tuning_variants_give_the_default_bytes():
     spec.loader.exec_module(tuning)
     n = 16384  # a multiple of every variant's block
     x = torch.randn(n)
-    for bits, rounding in ((1, "dither"), (8, "nearest")):
+    for bits, rounding in ((1, "dither"), (1, "nearest"), (8, "nearest")):
         g = torch.Generator().manual_seed(bits)
         payloads = [torch.randint(0, 256, (n * bits // 8,), dtype=torch.uint8, generator=g)
                     for _ in range(3)]
-        for op, variants in (("mix", tuning.MIX_VARIANTS), ("encode", tuning.SHAPES),
-                             ("decode", tuning.SHAPES)):
+        for op in ("mix", "encode", "decode"):
             flag = torch.zeros(3, dtype=torch.int64)
             want = tuning.output(op, x, bits)
-            tuning.launch(op, x, want, payloads, flag, bits, rounding, *tuning.DEFAULT)
+            default = tuning.default_shape(op, rounding, x.element_size())
+            assert default in tuning.SHAPES
+            tuning.launch(op, x, want, payloads, flag, bits, rounding, *default)
             assert op != "mix" or not torch.equal(want, x)  # the mix moved x
-            for variant in variants:
+            for variant in tuning.SHAPES:
                 got = tuning.output(op, x, bits)
                 tuning.launch(op, x, got, payloads, flag, bits, rounding, *variant)
                 assert torch.equal(got.view(torch.uint8), want.view(torch.uint8)), (op, variant)

@@ -248,23 +248,23 @@ TRITON = [(b, d) for b, d in BACKENDS if b == "triton"]
 
 
 @pytest.mark.parametrize("backend,device", TRITON, ids=[f"{b}_{d}" for b, d in TRITON])
-@pytest.mark.parametrize("sub", (2, 4))
+@pytest.mark.parametrize("block", (2048, 4096))
 @pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning",
                             "ignore:invalid value encountered:RuntimeWarning")
-def test_moniqua_mix_in_parts(backend, device, sub, monkeypatch):
-    """Triton's mix looping over its block in `sub` parts (MIX_SUB, a launch choice left
-    to a GPU measurement) gives the reference's results: full and masked programs, stream
-    tensors, results that overflow (counted, x kept), and a refused stream tensor
-    (flagged once, nothing written)."""
+def test_moniqua_mix_at_each_block(backend, device, block, monkeypatch):
+    """Triton's mix launches with a block of 2048 or 4096 by rounding, check and dtype
+    (moniqua.mix_block, from GPU timings): at each, every case gives the reference's
+    results: full and masked programs, stream tensors, results that overflow (counted, x
+    kept), and a refused stream tensor (flagged once, nothing written)."""
     from moniqua_kernels.triton import moniqua as tm
-    monkeypatch.setattr(tm, "MIX_SUB", sub)
+    monkeypatch.setattr(tm, "mix_block", lambda rounding, checked, element_size: block)
     n, modulus = TRITON_BLOCK + 1029, 2.0
     x0 = sample(n, seed=11)
     for bits, rounding, dtype in ((1, "dither", torch.float32), (8, "nearest", torch.bfloat16),
                                   (2, "stochastic", torch.float16)):
         xd = x0.to(dtype)
         seeds, offsets = [3, -(2 ** 62) - 12345, 12345], [8, 4, 2 ** 40 + 4]
-        key = ("mix-parts", bits, rounding, dtype)
+        key = ("mix-blocks", bits, rounding, dtype)
         payloads = reference(key + ("p",), lambda: [
             mk.moniqua_encode(near(xd, 0.4, seed=j), modulus, bits, rounding, seeds[j],
                               offsets[j]) for j in range(2)])

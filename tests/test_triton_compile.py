@@ -54,7 +54,7 @@ def _cases():
                 "weights": ("fp32",) * neighbours, "own_ptr": "*u8", "n": "i64",
                 "nbytes": "i64", "b32": "fp32", "inv_b": "fp32", "gamma": "fp32", **halves,
                 "streams_ptr": E, "flag_ptr": "*i64", "first_block": "i32", "BITS": E,
-                "ROUNDING": E, "MASKED": E, "BLOCK": E, "SUB": E}
+                "ROUNDING": E, "MASKED": E, "BLOCK": E}
 
     def typed(sig, dtype):
         return {k: (f"*{dtype}" if v is None else v) for k, v in sig.items()}
@@ -75,14 +75,13 @@ def _cases():
     for dtype, bits, rounding in (("fp32", 1, 2), ("bf16", 8, 1), ("fp16", 2, 0)):
         out.append((f"moniqua_decode {dtype} {bits}b r{rounding}", "moniqua",
                     "_moniqua_decode_kernel", typed(dec, dtype), el(bits, rounding), False, False))
-    # sub: the loop over parts of the block (moniqua.MIX_SUB)
-    for dtype, bits, rounding, k, sub in (("bf16", 1, 2, 2, 1), ("fp32", 8, 0, 3, 1),
-                                          ("fp16", 4, 1, 0, 1), ("fp32", 1, 2, 2, 2)):
-        out.append((f"moniqua_mix {dtype} {bits}b r{rounding} {k} neighbours"
-                    + (f" in {sub} parts" if sub > 1 else ""), "moniqua",
-                    "_moniqua_mix_kernel", mix(dtype, k),
+    # block: the mix launches with 2048 or 4096 (moniqua.mix_block)
+    for dtype, bits, rounding, k, block in (("bf16", 1, 2, 2, BLK), ("fp32", 8, 0, 3, BLK),
+                                            ("fp16", 4, 1, 0, BLK), ("fp32", 1, 1, 2, 2048)):
+        out.append((f"moniqua_mix {dtype} {bits}b r{rounding} {k} neighbours, block {block}",
+                    "moniqua", "_moniqua_mix_kernel", mix(dtype, k),
                     {"streams_ptr": None, "BITS": bits, "ROUNDING": rounding, "MASKED": False,
-                     "BLOCK": BLK, "SUB": sub}, False, False))
+                     "BLOCK": block}, False, False))
     qs = {"k0": "i32", "k1": "i32", "c0": "i32", "c1": "i32"}
 
     def qenc(dtype, stream, flag):

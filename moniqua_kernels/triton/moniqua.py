@@ -134,71 +134,68 @@ def moniqua_decode_triton(payload, reference, modulus, bits, rounding, seed, off
 def _moniqua_mix_kernel(x_ptr, payloads, weights, own_ptr, n, nbytes, b32, inv_b, gamma,
                         k0s, k1s, c0s, c1s, streams_ptr, flag_ptr, first_block,
                         BITS: tl.constexpr, ROUNDING: tl.constexpr, MASKED: tl.constexpr,
-                        BLOCK: tl.constexpr, SUB: tl.constexpr):
+                        BLOCK: tl.constexpr):
     """x <- x + gamma * sum_j w_j (d_j - d_self); payloads, weights and the stream
     halves are tuples (one kernel specialisation per neighbour count), the own stream
     last.  x is read once and written once; each payload byte is read once.  With
-    flags, an element whose result is not finite keeps x and is counted.
-
-    SUB: the program's BLOCK elements in SUB consecutive parts, one loop iteration each
-    (MIX_SUB, below, says why it exists and what it is)."""
-    start0, _ = block_range(first_block, BLOCK)
+    flags, an element whose result is not finite keeps x and is counted."""
+    start, i = block_range(first_block, BLOCK)
     NSELF: tl.constexpr = len(payloads)
-    PART: tl.constexpr = BLOCK // SUB
-    tl.static_assert(BLOCK % (8 * SUB) == 0, "each part must hold whole payload bytes")
     check_padding(own_ptr, n, nbytes, flag_ptr, BITS, MASKED)
     for j in tl.static_range(len(payloads)):
         check_padding(payloads[j], n, nbytes, flag_ptr, BITS, MASKED)
-    own_row = streams_ptr + 2 * NSELF if streams_ptr is not None else None
+    row = streams_ptr + 2 * NSELF if streams_ptr is not None else None
     seed, counter, ok = stream_of(unpack_half(k0s[NSELF]), unpack_half(k1s[NSELF]),
-                                  unpack_half(c0s[NSELF]), unpack_half(c1s[NSELF]), own_row,
-                                  flag_ptr)
-    for j in tl.static_range(len(payloads)):  # each refused stream flagged once
+                                  unpack_half(c0s[NSELF]), unpack_half(c1s[NSELF]), row, flag_ptr)
+    x_raw = load_block(x_ptr, i, n, MASKED)
+    x = x_raw.to(tl.float32)
+    d_self = _decode_block(own_ptr, x, start, nbytes, b32, inv_b, seed, counter, BITS, ROUNDING,
+                           BLOCK, MASKED)
+    acc = tl.zeros((BLOCK,), dtype=tl.float32)
+    for j in tl.static_range(len(payloads)):  # left to right from 0, as the reference
         row = streams_ptr + 2 * j if streams_ptr is not None else None
-        ok = ok & stream_of(unpack_half(k0s[j]), unpack_half(k1s[j]), unpack_half(c0s[j]),
-                            unpack_half(c1s[j]), row, flag_ptr)[2]
-    for part in range(SUB):
-        start = start0 + part * PART
-        i = start + tl.arange(0, PART)
-        x_raw = load_block(x_ptr, i, n, MASKED)
-        x = x_raw.to(tl.float32)
-        d_self = _decode_block(own_ptr, x, start, nbytes, b32, inv_b, seed, counter, BITS,
-                               ROUNDING, PART, MASKED)
-        acc = tl.zeros((PART,), dtype=tl.float32)
-        for j in tl.static_range(len(payloads)):  # left to right from 0, as the reference
-            # (a name of its own: one assigned before the loop would be carried by it)
-            row_j = streams_ptr + 2 * j if streams_ptr is not None else None
-            seed_j, counter_j, ok_j = stream_of(unpack_half(k0s[j]), unpack_half(k1s[j]),
-                                                unpack_half(c0s[j]), unpack_half(c1s[j]),
-                                                row_j, None)  # ok_j: in ok, above
-            d_j = _decode_block(payloads[j], x, start, nbytes, b32, inv_b, seed_j, counter_j,
-                                BITS, ROUNDING, PART, MASKED)
-            acc = acc + weights[j] * (d_j - d_self)
-        result = round_to(x + gamma * acc, x_raw.dtype)
-        if flag_ptr is not None:
-            # flag_non_finite on the result as stored (a float16/bfloat16 overflow counts),
-            # and the elements that are not finite keep x, read again: live across the
-            # probe's reduction, x took sm_90 registers (1-bit dither bf16 mix 89 -> 80 with
-            # Triton 3.6, 92 -> 80 with 3.9)
-            as_float = result.to(tl.float32)
-            if not all_finite(as_float):
-                count_non_finite(flag_ptr, as_float, (i < n) if MASKED else True)
-                result = tl.where(as_float - as_float == 0.0, result,
-                                  load_block(x_ptr, i, n, MASKED))
-        store_block(x_ptr, i, result, n, ok, MASKED)
+        seed_j, counter_j, ok_j = stream_of(unpack_half(k0s[j]), unpack_half(k1s[j]),
+                                            unpack_half(c0s[j]), unpack_half(c1s[j]), row,
+                                            flag_ptr)
+        ok = ok & ok_j
+        d_j = _decode_block(payloads[j], x, start, nbytes, b32, inv_b, seed_j, counter_j, BITS,
+                            ROUNDING, BLOCK, MASKED)
+        acc = acc + weights[j] * (d_j - d_self)
+    result = round_to(x + gamma * acc, x_raw.dtype)
+    if flag_ptr is not None:
+        # flag_non_finite on the result as stored (a float16/bfloat16 overflow counts), and
+        # the elements that are not finite keep x, read again: live across the probe's
+        # reduction, x took sm_90 registers (1-bit dither bf16 mix 89 -> 80 with Triton
+        # 3.6, 92 -> 80 with 3.9)
+        as_float = result.to(tl.float32)
+        if not all_finite(as_float):
+            count_non_finite(flag_ptr, as_float, (i < n) if MASKED else True)
+            result = tl.where(as_float - as_float == 0.0, result,
+                              load_block(x_ptr, i, n, MASKED))
+    store_block(x_ptr, i, result, n, ok, MASKED)
 
 
-# The mix's loop over parts of its block (SUB).  Its registers grow with the elements a
-# thread holds at once: at BLOCK 4096 on 8 warps, 16 an iteration, the 2-neighbour 1-bit
-# dithered float32 mix took 96 registers (unchecked; GPU run 4 on an H200: 24 %
-# occupancy, 67 % issue, 40 % of DRAM bandwidth), the one case furthest from its goal.
-# In parts of 2048 (8 a thread) sm_90 SASS takes 64 registers for 97.1 instructions an
-# element instead of 92.5, in 4 parts 55 (with the finite check: 72 and 58 against 94;
-# benchmarks/sass_static.py, Triton 3.6), where a block of 2048 without the loop takes
-# 56 and 103.  What the more warps gain against the 5 % more instructions is a GPU
-# measurement (benchmarks/gpu_tuning.py), not made yet.  1 until then: the loop folds
-# away, leaving the registers and instruction count of the kernel GPU run 4 timed.
-MIX_SUB = 1
+# The mix's block (elements per program, on 8 warps) by rounding, check and element size.
+# GPU run 6 timed 4096 against 2048 for every case on an H100 (n = 2^26, medians in us;
+# benchmarks/results/NVIDIA_H100_80GB_HBM3/run6):
+#
+#   nearest, checked     fp32 1 bit 260 -> 222   bf16 1 bit 170 -> 142   8 bits: same
+#   nearest, unchecked   fp32 1 bit 208 -> 222   bf16 1 bit 156 -> 134   8 bits: same
+#   dither, checked      fp32 1 bit 301 -> 307   bf16 1 bit 298 -> 308   8 bits: 0-2 % faster
+#   dither, unchecked    fp32 1 bit 289 -> 293   bf16 1 bit 293 -> 290   8 bits: 1-2 % slower
+#
+# The nearest mix is memory-bound, and the finite check's reduction keeps the result live
+# across it: at 4096 the checked 1-bit fp32 kernel takes 74 registers (40 unchecked), 3
+# programs an SM instead of 6; at 2048 it takes 40.  The dithered mix is issue-bound
+# (Philox), where a block's size hardly matters.  fp16 is taken as bf16 (not timed).
+MIX_NEAREST_BLOCK = 2048
+
+
+def mix_block(rounding: str, checked: bool, element_size: int) -> int:
+    """The block the mix launches with (the table above)."""
+    if rounding == "nearest" and (checked or element_size == 2):
+        return MIX_NEAREST_BLOCK
+    return BLOCK
 
 
 def moniqua_mix_triton(x, payloads, weights, own_payload, modulus, bits, rounding, gamma, seeds,
@@ -208,8 +205,9 @@ def moniqua_mix_triton(x, payloads, weights, own_payload, modulus, bits, roundin
         return
     b32, inv_b = _constants(modulus)
     halves = list(zip(*(tuple_halves(s, o) for s, o in zip(seeds, offsets))))
-    split_launch(_moniqua_mix_kernel, n, BLOCK, x, tuple(payloads), tuple(f32(w) for w in weights),
+    block = mix_block(rounding, flag is not None, x.element_size())
+    split_launch(_moniqua_mix_kernel, n, block, x, tuple(payloads), tuple(f32(w) for w in weights),
                  own_payload, n, own_payload.numel(), b32, inv_b, f32(gamma),
                  *(tuple(h) for h in halves), streams, flag, BITS=bits,
-                 ROUNDING=ROUNDING_IDS[rounding], SUB=MIX_SUB, masked_only=streams is not None,
+                 ROUNDING=ROUNDING_IDS[rounding], masked_only=streams is not None,
                  **LAUNCH)
