@@ -18,9 +18,9 @@ is the measurement.
   blocks (MASKED=False; QSGD: a full bucket, with the warps its launcher gives it), no
   loop: every instruction divided by the elements a thread takes (BLOCK / (32 *
   num_warps)); the mix at the block its launcher gives it (moniqua.mix_block: "mix,
-  block 2048" where that is not BLOCK).  Registers from ptxas -v on
-  Triton's PTX.  "unchecked": the same kernel
-  compiled without its data checks (flag_ptr None, check_finite=False); the checked
+  block 2048" where that is not BLOCK).  Registers from ptxas -v on Triton's PTX.
+  "unchecked": the same kernel compiled without its data checks (flag_ptr None,
+  check_finite=False), at the block its launcher gives it then; the checked
   count includes the branch that counts non-finite elements, which a program runs only
   when it holds one.
 
@@ -218,7 +218,8 @@ def triton_rows(tmp: Path) -> list[dict]:
         ins = next(iter(sass_functions(cubin).values()))
         return ptx, collections.Counter(opcode(i) for _, i in ins)
 
-    def row(fn, sig, constexprs, warps, per_thread, unchecked_block=None, **key):
+    def row(fn, sig, constexprs, warps, unchecked_block=None, **key):
+        """One kernel's counts, per element: BLOCK / (32 * warps) elements a thread."""
         ptx, counter = compile_counts(fn, sig, constexprs, warps)
         report = subprocess.run([ptxas, f"-arch=sm_{ARCH}a", "-v", str(ptx), "-o",
                                  str(tmp / "k2.cubin")], capture_output=True, text=True)
@@ -231,9 +232,8 @@ def triton_rows(tmp: Path) -> list[dict]:
                                       dict(constexprs, flag_ptr=None, BLOCK=block), warps)
         return dict(backend="triton", **key, regs=int(reg.group(1)) if reg else None,
                     spill=int(spill.group(1)) if spill else None,
-                    unchecked=sum(unchecked.values()) / (
-                        per_thread * block / constexprs["BLOCK"]),
-                    **classes(counter, per_thread))
+                    unchecked=sum(unchecked.values()) / (block / (32 * warps)),
+                    **classes(counter, constexprs["BLOCK"] / (32 * warps)))
 
     rows = []
     esize = {"fp32": 4, "bf16": 2}
@@ -247,8 +247,7 @@ def triton_rows(tmp: Path) -> list[dict]:
                 extra = {"streams_ptr": None}
             rows.append(row(fn, signature(op, dtype), {
                 **extra, "BITS": bits, "ROUNDING": ROUNDING_ID[rounding],
-                "MASKED": False, "BLOCK": block}, NUM_WARPS, block / (32 * NUM_WARPS),
-                unchecked_block, op=op if block == BLOCK else f"{op}, block {block}",
+                "MASKED": False, "BLOCK": block}, NUM_WARPS, unchecked_block, op=op if block == BLOCK else f"{op}, block {block}",
                 bits=bits, rounding=rounding, dtype=dtype))
     warps = tq._bucket_warps(QSGD_BUCKET)
     for bits, dtype in QSGD_CASES:
@@ -257,7 +256,7 @@ def triton_rows(tmp: Path) -> list[dict]:
                "BITS": E, "NORM": E, "MASKED": E, "WHOLE": E, "BLOCK": E}
         rows.append(row(tq._qsgd_encode_kernel, sig, {
             "stream_ptr": None, "BITS": bits, "NORM": 0, "MASKED": False, "WHOLE": True,
-            "BLOCK": QSGD_BUCKET}, warps, QSGD_BUCKET / (32 * warps), op="qsgd_encode",
+            "BLOCK": QSGD_BUCKET}, warps, op="qsgd_encode",
             bits=bits, rounding="-", dtype=dtype))
     return rows
 

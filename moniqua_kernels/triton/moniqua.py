@@ -209,5 +209,4 @@ def moniqua_mix_triton(x, payloads, weights, own_payload, modulus, bits, roundin
     split_launch(_moniqua_mix_kernel, n, block, x, tuple(payloads), tuple(f32(w) for w in weights),
                  own_payload, n, own_payload.numel(), b32, inv_b, f32(gamma),
                  *(tuple(h) for h in halves), streams, flag, BITS=bits,
-                 ROUNDING=ROUNDING_IDS[rounding], masked_only=streams is not None,
-                 **LAUNCH)
+                 ROUNDING=ROUNDING_IDS[rounding], masked_only=streams is not None, **LAUNCH)
