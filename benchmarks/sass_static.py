@@ -10,7 +10,8 @@ kernel with the next where no GPU is; Nsight Compute's `smsp__inst_executed` on 
 is the measurement.
 
 * CUDA C++: csrc/cuda/moniqua.cu and qsgd.cu compiled as setup.py does (nvcc -O3
-  --fmad=false), the grid-stride loop's body counted once per 16 elements a thread, with the mix's
+  --fmad=false), the grid-stride loop's body divided by the elements a thread takes in
+  it (kEPT = 16, the mix's kMixEPT = 8, read from the source), with the mix's
   neighbour loop counted once per neighbour.  The loop body holds the vector and the
   element-by-element paths of every access (chosen per launch by alignment), so the
   count is an upper bound on the path a run takes.
@@ -135,8 +136,19 @@ def outer_loop(ins) -> collections.Counter:
     return loop_body(ins, loops(ins)[0])
 
 
+def cuda_constant(name: str) -> int:
+    """`constexpr int name = N;` of csrc/cuda (elements a thread of a grid-stride loop)."""
+    for source in sorted((ROOT / "csrc" / "cuda").glob("*.c*")):
+        m = re.search(rf"constexpr int {name} = (\d+);", source.read_text())
+        if m:
+            return int(m.group(1))
+    raise LookupError(f"{name} not found in csrc/cuda")
+
+
 def cuda_rows(tmp: Path) -> list[dict]:
     funcs, regs = nvcc_cubin(tmp, "moniqua.cu")
+    per_thread = {"encode": cuda_constant("kEPT"), "decode": cuda_constant("kEPT"),
+                  "mix": cuda_constant("kMixEPT")}
     type_code = {"fp32": "f", "bf16": "NS_8BFloat16"}
     rows = []
     for op in ("encode", "decode", "mix"):
@@ -153,14 +165,14 @@ def cuda_rows(tmp: Path) -> list[dict]:
                 if inner:
                     counter.update(loop_body(ins, inner))
             rows.append(dict(backend="cuda", op=op, bits=bits, rounding=rounding, dtype=dtype,
-                             **regs.get(name, {}), **classes(counter, 16)))
+                             **regs.get(name, {}), **classes(counter, per_thread[op])))
     funcs, regs = nvcc_cubin(tmp, "qsgd.cu")
     for bits, dtype in QSGD_CASES:  # the one-pass kernel (d = 512)
         name = next(f for f in funcs
                     if f"fused_encode_kernelILi{bits}E{type_code[dtype]}E" in f)
         rows.append(dict(backend="cuda", op="qsgd_encode", bits=bits, rounding="-",
                          dtype=dtype, **regs.get(name, {}),
-                         **classes(outer_loop(funcs[name]), 16)))
+                         **classes(outer_loop(funcs[name]), cuda_constant("kEPT"))))
     return rows
 
 

@@ -5,9 +5,10 @@
 // Work layout of the elementwise kernels: a thread takes groups of kEPT = 16
 // consecutive elements (grid-stride).  Whole groups run without a bound check per
 // element; the last, partial group (n % 16 elements) is taken by one thread with
-// checks.  Decode and mix re-map the elements of a warp's whole groups (warp tiles,
-// below).  A vector access is used only when the pointer is aligned to its width (a
-// runtime check per launch: views like buf[1:] and unaligned buckets stay correct).
+// checks.  The mix takes groups of 8 (moniqua.cu, kMixEPT).  Decode and mix re-map the
+// elements of a warp's whole groups (warp tiles, below).  A vector access is used only
+// when the pointer is aligned to its width (a runtime check per launch: views like
+// buf[1:] and unaligned buckets stay correct).
 #pragma once
 
 #include <cuda_runtime.h>
@@ -120,11 +121,11 @@ __device__ __forceinline__ void load_group(const T* p, int64_t base, bool vec, f
   }
 }
 
-// The last, partial group: zeros past n.
-template <typename T>
+// The last, partial group of N elements: zeros past n.
+template <int N = kEPT, typename T>
 __device__ __forceinline__ void load_tail(const T* p, int64_t base, int64_t n, float* v) {
 #pragma unroll
-  for (int j = 0; j < kEPT; ++j) v[j] = base + j < n ? to_float(p[base + j]) : 0.0f;
+  for (int j = 0; j < N; ++j) v[j] = base + j < n ? to_float(p[base + j]) : 0.0f;
 }
 
 template <typename T>
@@ -145,10 +146,10 @@ __device__ __forceinline__ void store_group(T* p, int64_t base, bool vec, const 
   }
 }
 
-template <typename T>
+template <int N = kEPT, typename T>
 __device__ __forceinline__ void store_tail(T* p, int64_t base, int64_t n, const float* v) {
 #pragma unroll
-  for (int j = 0; j < kEPT; ++j)
+  for (int j = 0; j < N; ++j)
     if (base + j < n) from_float(p[base + j], v[j]);
 }
 
@@ -196,6 +197,18 @@ __device__ __forceinline__ typename CodeWord<BITS>::type load_code_tail(const ui
   for (int j = 0; j < kBytes; ++j)
     b[j] = group * kBytes + j < nbytes ? payload[group * kBytes + j] : uint8_t{0};
   return w;
+}
+
+// The codes of the N elements from e0 (a multiple of 8) of a payload of nbytes, zeros
+// past its end: the partial last group of a kernel whose groups are not kEPT (the mix).
+template <int BITS, int N>
+__device__ __forceinline__ void load_codes_tail(const uint8_t* payload, int64_t e0,
+                                                int64_t nbytes, uint32_t* k) {
+#pragma unroll
+  for (int j = 0; j < N; ++j) {
+    const int64_t bit = (e0 + j) * BITS;
+    k[j] = (bit >> 3) < nbytes ? unpack_code<BITS>(payload[bit >> 3], (bit & 7) / BITS) : 0u;
+  }
 }
 
 // Codes of a word: element e sits in byte e / (8/BITS) at bits (e % (8/BITS)) * BITS.
@@ -255,16 +268,17 @@ __device__ __forceinline__ void check_padding(const uint8_t* payload, int64_t n,
 
 // ----------------------------------------------------------- warp tiles (decode, mix)
 //
-// Decode and mix take a thread's kEPT elements as kEPT / V chunks of V = 16 / sizeof(T)
-// consecutive elements (one 16-byte access each).  Where a warp's 32 groups are all
-// whole (a tile of 32 * kEPT = 512 elements), the chunks are warp-striped: lane l's chunk c
-// starts at element c * 32 * V + l * V of the tile, so each warp-wide access covers 512
-// contiguous bytes.  Elsewhere chunk c of group g starts at g * kEPT + c * V, the group
-// layout the encode keeps.  Why: with the group layout a warp's 16-byte stores land 64
-// bytes apart and write each 32-byte sector in two halves; GPU run 2 (H100, benchmarks/
-// results/NVIDIA_H100_80GB_HBM3/run2) measured the CUDA decode at 78 % of copy (nearest,
-// fp32) against Triton's coalesced 97 %, and the 2-neighbour mix at 72 % against 93 %,
-// while the encode, whose stores are contiguous across lanes, ran at 90 %.
+// Decode and mix take a thread's group of N elements (decode kEPT = 16, mix 8) as N / V
+// chunks of V = 16 / sizeof(T) consecutive elements (one 16-byte access each).  Where a
+// warp's 32 groups are all whole (a tile of 32 * N elements), the chunks are
+// warp-striped: lane l's chunk c starts at element c * 32 * V + l * V of the tile, so
+// each warp-wide access covers 512 contiguous bytes.  Elsewhere chunk c of group g
+// starts at g * N + c * V, the group layout the encode keeps.  Why: with the group
+// layout a warp's 16-byte stores land 64 bytes apart and write each 32-byte sector in
+// two halves; GPU run 2 (H100, benchmarks/results/NVIDIA_H100_80GB_HBM3/run2) measured
+// the CUDA decode at 78 % of copy (nearest, fp32) against Triton's coalesced 97 %, and the
+// 2-neighbour mix at 72 % against 93 %, while the encode, whose stores are contiguous
+// across lanes, ran at 90 %.
 constexpr int kWarp = 32;
 
 template <typename T>
@@ -276,13 +290,14 @@ struct Chunks {
   __device__ __forceinline__ int64_t at(int c) const { return first + c * step; }
 };
 
-// Striped when the 32 groups of g's warp (lane = g % 32) are all whole.  GPU run 3 (H200,
+// Striped when the 32 groups of g's warp (lane = g % 32) are all whole; groups of N
+// elements (kEPT, or the mix's kMixEPT).  GPU run 3 (H200,
 // benchmarks/results/NVIDIA_H200/run3) timed the tiles against the group layout
 // everywhere: decode 0.99-1.36x (1.36x at 1 bit, nearest, fp32), mix 1.00-1.04x.
-template <int V>
+template <int V, int N = kEPT>
 __device__ __forceinline__ Chunks chunks_of(int64_t g, int lane, int64_t whole) {
-  if (g - lane + kWarp <= whole) return Chunks{(g - lane) * kEPT + lane * V, kWarp * V};
-  return Chunks{g * kEPT, V};
+  if (g - lane + kWarp <= whole) return Chunks{(g - lane) * N + lane * V, kWarp * V};
+  return Chunks{g * N, V};
 }
 
 // Elements [e0, e0 + V) as floats; one 16-byte access when VEC (p 16-byte aligned).

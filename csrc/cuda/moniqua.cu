@@ -5,9 +5,9 @@
 // H100 before this layout (benchmarks/results/NVIDIA_H100_80GB_HBM3/, run 1): the
 // per-element checks of the old single path cost about 7 of ~40 instructions an
 // element, and 1-bit dither encode ran at 78-82 % of copy bandwidth, issue-bound.
-// Decode and mix take the same 16 elements a thread, in chunks that are warp-striped
-// where a warp's 32 groups are whole (device.cuh, warp tiles); the encode keeps
-// consecutive groups (its stores are contiguous across lanes already).  The CPU
+// Decode takes the same 16 elements a thread and the mix 8 (kMixEPT, below), in chunks
+// that are warp-striped where a warp's 32 groups are whole (device.cuh, warp tiles); the
+// encode keeps consecutive groups (its stores are contiguous across lanes already).  The CPU
 // emulation (csrc/tests/cuda_emu) runs these kernels against the CPU kernels in CI.
 #include "device.cuh"
 
@@ -91,13 +91,13 @@ __device__ __forceinline__ void decode_codes(const uint32_t* k, const StreamVals
   }
 }
 
-// A whole group's worth of chunks (device.cuh: warp tiles), decoded.
-template <int BITS, int ROUND, int V>
+// A whole group's worth of chunks (N elements; device.cuh: warp tiles), decoded.
+template <int BITS, int ROUND, int V, int N = kEPT>
 __device__ __forceinline__ void decode_chunks(const ChunkWord<BITS, V>* words, const StreamVals& s,
                                               const Chunks& at, const float* y, float b,
                                               float inv_b, float* out) {
 #pragma unroll
-  for (int c = 0; c < kEPT / V; ++c) {
+  for (int c = 0; c < N / V; ++c) {
     uint32_t k[V];
     chunk_codes<BITS, V>(words[c], k);
     decode_codes<BITS, ROUND, V>(k, s, at.at(c), y + c * V, b, inv_b, out + c * V);
@@ -114,13 +114,13 @@ __device__ __forceinline__ void decode_word(const typename CodeWord<BITS>::type&
   decode_codes<BITS, ROUND, kEPT>(k, s, base, y, b, inv_b, out);
 }
 
-// Any of a group's results not finite once stored as T (not_finite_as), as one predicate
-// (a compare an element), and the count of those within valid.
-template <typename T>
+// Any of a group's N results not finite once stored as T (not_finite_as), as one
+// predicate (a compare an element), and the count of those within valid.
+template <typename T, int N = kEPT>
 __device__ __forceinline__ bool any_bad(const float* v) {
   bool any = false;
 #pragma unroll
-  for (int j = 0; j < kEPT; ++j) any |= not_finite_as<T>(v[j]);
+  for (int j = 0; j < N; ++j) any |= not_finite_as<T>(v[j]);
   return any;
 }
 
@@ -174,12 +174,12 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(const uint8_t* __restr
   if (bad) flag_add(flag, kNonFinite, bad);
 }
 
-// Keep x where the result is not finite; count those elements.
-template <typename T>
+// Keep x where one of N results is not finite; count those elements within valid.
+template <typename T, int N>
 __device__ __forceinline__ int64_t keep_bad(const float* xv, float* result, int valid) {
   int64_t bad = 0;
 #pragma unroll
-  for (int e = 0; e < kEPT; ++e) {
+  for (int e = 0; e < N; ++e) {
     if (not_finite_as<T>(result[e])) {
       result[e] = xv[e];
       bad += e < valid;
@@ -188,22 +188,33 @@ __device__ __forceinline__ int64_t keep_bad(const float* xv, float* result, int 
   return bad;
 }
 
+// The mix takes kMixEPT = 8 elements a thread, half the decode's group.  With 16 it held
+// x, its own decode, a neighbour's decode and the sum of 16 elements at once: 96-122
+// registers on sm_90 (2 blocks of 256 an SM, a quarter of the SM's threads), and
+// __launch_bounds__ caps of 80 or 64 spilled 8-296 bytes.  GPU run 5 (H100,
+// benchmarks/results/NVIDIA_H100_80GB_HBM3/run5) timed that mix at 53-75 % of copy, where
+// the Triton mix (8 or 16 elements a thread, 40-94 registers) ran at 65-101 %.  With 8:
+// 57-86 registers, no spills (4 blocks an SM at 64 and below, 3 above), and 3-7 % more
+// instructions an element (the group's addressing over half the elements;
+// benchmarks/results/static_sm90.md).  Not yet timed on a GPU.
+constexpr int kMixEPT = 8;
+
 // x <- x + gamma * sum_j w_j (dec(q_j; x) - dec(q_self; x)) (mix.h order), a thread's
-// whole group as chunks, warp-striped in whole tiles (device.cuh).  The next
-// neighbour's codes are loaded before the current one is decoded, so a payload's memory
-// round trip overlaps the previous decode's arithmetic.
+// group of kMixEPT elements as chunks, warp-striped in whole tiles (device.cuh).  The
+// next neighbour's codes are loaded before the current one is decoded, so a payload's
+// memory round trip overlaps the previous decode's arithmetic.
 template <int BITS, int ROUND, typename T>
 __global__ void __launch_bounds__(kThreads) mix_kernel(T* __restrict__ x, int64_t n,
                                                        const MixPayloads p, float b,
                                                        float inv_b, float gamma,
                                                        int64_t* __restrict__ flag) {
-  constexpr int V = vec_elems<T>(), kChunks = kEPT / V;
+  constexpr int V = vec_elems<T>(), N = kMixEPT, kChunks = N / V;
   using Word = ChunkWord<BITS, V>;
   for (int j = 0; j <= p.count; ++j)
     if (!stream_ok(j < p.count ? p.stream[j] : p.own_stream, flag)) return;
   check_padding(p.own, n, BITS, flag);
   for (int j = 0; j < p.count; ++j) check_padding(p.payload[j], n, BITS, flag);
-  const int64_t whole = n / kEPT;
+  const int64_t whole = n / N;
   const int lane = static_cast<int>(threadIdx.x % kWarp);
   constexpr int kCodeBytes = chunk_code_bytes<BITS, V>();
   bool vec_p = aligned_to(p.own, kCodeBytes);
@@ -211,18 +222,18 @@ __global__ void __launch_bounds__(kThreads) mix_kernel(T* __restrict__ x, int64_
   const bool vec_x = aligned_to(x, 16);
   int64_t bad = 0;
   MK_GRID_STRIDE(g, whole) {
-    const Chunks at = chunks_of<V>(g, lane, whole);
+    const Chunks at = chunks_of<V, N>(g, lane, whole);
     Word own[kChunks], next[kChunks];
-    float xv[kEPT], dself[kEPT], dj[kEPT], acc[kEPT], result[kEPT];
+    float xv[N], dself[N], dj[N], acc[N], result[N];
 #pragma unroll
     for (int c = 0; c < kChunks; ++c) {
       load_chunk(x, at.at(c), vec_x, xv + c * V);
       own[c] = load_chunk_codes<BITS, V>(p.own, at.at(c), vec_p);
       next[c] = p.count > 0 ? load_chunk_codes<BITS, V>(p.payload[0], at.at(c), vec_p) : own[c];
     }
-    decode_chunks<BITS, ROUND, V>(own, stream_vals(p.own_stream), at, xv, b, inv_b, dself);
+    decode_chunks<BITS, ROUND, V, N>(own, stream_vals(p.own_stream), at, xv, b, inv_b, dself);
 #pragma unroll
-    for (int e = 0; e < kEPT; ++e) acc[e] = 0.0f;
+    for (int e = 0; e < N; ++e) acc[e] = 0.0f;
     for (int j = 0; j < p.count; ++j) {
       Word cur[kChunks];
 #pragma unroll
@@ -232,41 +243,42 @@ __global__ void __launch_bounds__(kThreads) mix_kernel(T* __restrict__ x, int64_
         for (int c = 0; c < kChunks; ++c)
           next[c] = load_chunk_codes<BITS, V>(p.payload[j + 1], at.at(c), vec_p);
       }
-      decode_chunks<BITS, ROUND, V>(cur, stream_vals(p.stream[j]), at, xv, b, inv_b, dj);
+      decode_chunks<BITS, ROUND, V, N>(cur, stream_vals(p.stream[j]), at, xv, b, inv_b, dj);
       const float w = p.weight[j];
 #pragma unroll
-      for (int e = 0; e < kEPT; ++e) acc[e] = mix_accumulate(acc[e], w, dj[e], dself[e]);
+      for (int e = 0; e < N; ++e) acc[e] = mix_accumulate(acc[e], w, dj[e], dself[e]);
     }
 #pragma unroll
-    for (int e = 0; e < kEPT; ++e) result[e] = mix_result(xv[e], gamma, acc[e]);
-    if (flag != nullptr && any_bad<T>(result)) bad += keep_bad<T>(xv, result, kEPT);
+    for (int e = 0; e < N; ++e) result[e] = mix_result(xv[e], gamma, acc[e]);
+    if (flag != nullptr && any_bad<T, N>(result)) bad += keep_bad<T, N>(xv, result, N);
 #pragma unroll
     for (int c = 0; c < kChunks; ++c) store_chunk(x, at.at(c), vec_x, result + c * V);
   }
-  if (n % kEPT && blockIdx.x == gridDim.x - 1 && threadIdx.x == 0) {
+  if (n % N && blockIdx.x == gridDim.x - 1 && threadIdx.x == 0) {
     // The partial group: codes past n decode to finite garbage that is never stored.
-    const int64_t nbytes = packed_nbytes(n, BITS);
-    float xv[kEPT], result[kEPT], dself[kEPT], dj[kEPT], acc[kEPT];
-    load_tail(x, whole * kEPT, n, xv);
-    decode_word<BITS, ROUND>(load_code_tail<BITS>(p.own, whole, nbytes),
-                             stream_vals(p.own_stream), whole * kEPT, xv, b, inv_b, dself);
+    const int64_t nbytes = packed_nbytes(n, BITS), base = whole * N;
+    float xv[N], result[N], dself[N], dj[N], acc[N];
+    uint32_t k[N];
+    load_tail<N>(x, base, n, xv);
+    load_codes_tail<BITS, N>(p.own, base, nbytes, k);
+    decode_codes<BITS, ROUND, N>(k, stream_vals(p.own_stream), base, xv, b, inv_b, dself);
 #pragma unroll
-    for (int e = 0; e < kEPT; ++e) acc[e] = 0.0f;
+    for (int e = 0; e < N; ++e) acc[e] = 0.0f;
     for (int j = 0; j < p.count; ++j) {
-      decode_word<BITS, ROUND>(load_code_tail<BITS>(p.payload[j], whole, nbytes),
-                               stream_vals(p.stream[j]), whole * kEPT, xv, b, inv_b, dj);
+      load_codes_tail<BITS, N>(p.payload[j], base, nbytes, k);
+      decode_codes<BITS, ROUND, N>(k, stream_vals(p.stream[j]), base, xv, b, inv_b, dj);
 #pragma unroll
-      for (int e = 0; e < kEPT; ++e) acc[e] = mix_accumulate(acc[e], p.weight[j], dj[e], dself[e]);
+      for (int e = 0; e < N; ++e) acc[e] = mix_accumulate(acc[e], p.weight[j], dj[e], dself[e]);
     }
 #pragma unroll
-    for (int e = 0; e < kEPT; ++e) result[e] = mix_result(xv[e], gamma, acc[e]);
-    if (flag != nullptr) bad += keep_bad<T>(xv, result, static_cast<int>(n % kEPT));
-    store_tail(x, whole * kEPT, n, result);
+    for (int e = 0; e < N; ++e) result[e] = mix_result(xv[e], gamma, acc[e]);
+    if (flag != nullptr) bad += keep_bad<T, N>(xv, result, static_cast<int>(n % N));
+    store_tail<N>(x, base, n, result);
   }
   if (bad) flag_add(flag, kNonFinite, bad);
 }
 
-unsigned grid_of(int64_t n) { return grid_for((n + kEPT - 1) / kEPT); }
+unsigned grid_of(int64_t n, int ept = kEPT) { return grid_for((n + ept - 1) / ept); }
 
 }  // namespace
 
@@ -314,7 +326,7 @@ cudaError_t moniqua_mix(void* x, DType dt, int64_t n, const MixPayloads& p, Modu
     return dispatch_bits(m.bits, [&](auto bits) {
       return dispatch_rounding(m.rounding, [&](auto round) {
         constexpr int kBits = decltype(bits)::value, kRound = decltype(round)::value;
-        MK_LAUNCH(grid_of(n), kThreads, st, mix_kernel<kBits, kRound, T>)(
+        MK_LAUNCH(grid_of(n, kMixEPT), kThreads, st, mix_kernel<kBits, kRound, T>)(
             static_cast<T*>(x), n, p, m.b, m.inv_b, gamma, flag);
         MK_LAUNCH_CHECK();
         return cudaSuccess;
