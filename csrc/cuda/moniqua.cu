@@ -191,12 +191,12 @@ __device__ __forceinline__ int64_t keep_bad(const float* xv, float* result, int 
 // The mix takes kMixEPT = 8 elements a thread, half the decode's group.  With 16 it held
 // x, its own decode, a neighbour's decode and the sum of 16 elements at once: 96-122
 // registers on sm_90 (2 blocks of 256 an SM, a quarter of the SM's threads), and
-// __launch_bounds__ caps of 80 or 64 spilled 8-296 bytes.  GPU run 5 (H100,
-// benchmarks/results/NVIDIA_H100_80GB_HBM3/run5) timed that mix at 53-75 % of copy, where
-// the Triton mix (8 or 16 elements a thread, 40-94 registers) ran at 65-101 %.  With 8:
-// 57-86 registers, no spills (4 blocks an SM at 64 and below, 3 above), and 3-7 % more
-// instructions an element (the group's addressing over half the elements;
-// benchmarks/results/static_sm90.md).  Not yet timed on a GPU.
+// __launch_bounds__ caps spilled (up to 92 bytes at 80 registers, 296 at 64).  GPU run 5
+// (H100, benchmarks/results/NVIDIA_H100_80GB_HBM3/run5) timed that mix at 53-75 % of
+// copy, where the Triton mix (8 or 16 elements a thread, 40-94 registers) ran at
+// 65-101 %.  With 8: 57-86 registers, no spills (4 blocks an SM at 64 and below, 3
+// above), and 2-7 % more instructions an element (the group's addressing over half the
+// elements; benchmarks/results/static_sm90.md).  Not yet timed on a GPU.
 constexpr int kMixEPT = 8;
 
 // x <- x + gamma * sum_j w_j (dec(q_j; x) - dec(q_self; x)) (mix.h order), a thread's
