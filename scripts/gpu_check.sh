@@ -184,7 +184,9 @@ else
   "$PY" -c "import xdist" 2>/dev/null && XDIST=(-n 4)
   # (and the QSGD bucket lookup compiled: its reciprocal path on the GPU's arithmetic).
   # 180 s: run 4 took 142 s alone; in run 5, beside the extension's build, 150 s cut off
-  # the last three random-k cases (41-44 s each in run 4; they passed in run 6)
+  # the last three random-k cases (41-44 s each in run 4; they passed in run 6).  Those
+  # ran 16 torch threads a worker; tests/conftest.py now gives each worker its share of
+  # the cores (_share_the_cores): the progress files show what that saves.
   phase tests_triton 180 env MONIQUA_TEST_PROGRESS="$OUTDIR/tests_triton.progress" \
     "$PY" -m pytest -q -ra tests/test_parity.py tests/test_triton_qsgd_buckets.py \
     -k "triton_cuda or kernel_buckets" "${XDIST[@]}" "${PYTEST_OPTS[@]}" \
