@@ -15,14 +15,15 @@ if not torch.cuda.is_available():
 def _share_the_cores():
     """Under xdist, give each worker its share of the cores for torch's intra-op
     threads, and the processes its tests start too (OMP_NUM_THREADS), unless the caller
-    set OMP_NUM_THREADS.  Why: each worker's torch otherwise starts one thread per core.
-    On the GPU machines (16 cores, scripts/gpu_check.sh on 4 and 8 workers) the CPU
-    reference side of parity cases that take 0.3-1 s here took 8-78 s there (GPU run 5:
-    test_randomk[cuda_cuda] 78 s, test_moniqua_mix_large[cuda_cuda] 63 s;
-    test_philox_uniform of 2^20 elements 9-10 s).  Four processes of two threads on this
-    2-core machine ran the Philox reference 6-8x slower than four of one (2.9 -> 18-22 s).
-    On CI's 2 cores, 2 workers of 1 thread against 2 of 2: 456 against 475 s for the
-    parallel lane, one run each."""
+    set OMP_NUM_THREADS.  Why: each worker's torch otherwise starts one thread per core,
+    and the workers' CPU work (the reference side of every parity case) oversubscribes
+    the machine: the likely cause of what the GPU machines showed (16 cores,
+    scripts/gpu_check.sh on 4 and 8 workers), parity cases that take 0.3-1 s here taking
+    8-78 s there (GPU run 5: test_randomk[cuda_cuda] 78 s, test_moniqua_mix_large[cuda_cuda]
+    63 s, test_philox_uniform of 2^20 elements 10 s), and four processes of two threads
+    on this 2-core machine ran the Philox reference 6-8x slower than four of one (2.9 ->
+    18-22 s).  On CI's 2 cores, 2 workers of 1 thread against 2 of 2: 456 against 475 s
+    for the parallel lane, one run each."""
     workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
     if not workers or "OMP_NUM_THREADS" in os.environ:
         return
