@@ -550,9 +550,10 @@ int main(int argc, char** argv) {
   std::mt19937_64 rng(20261127);
   if (wanted("moniqua")) {
     const DType dts[] = {DType::kFloat32, DType::kFloat16, DType::kBFloat16};
-    // around the groups (16; the mix's 8) and warp tiles (512; the mix's 256)
-    const int64_t sizes[] = {1, 3, 9, 16, 17, 100, 255, 256, 257, 511, 512, 513, 1000, 4099,
-                             8192 + 37};
+    // Around the groups of 16 and warp tiles of 512 elements, which are also multiples of
+    // the mix's groups of 8 and tiles of 256: 511 is one whole mix tile, 31 groups that do
+    // not fill a warp and a tail of 7; 513 two tiles and a tail of 1.
+    const int64_t sizes[] = {1, 3, 16, 17, 100, 511, 512, 513, 1000, 4099, 8192 + 37};
     for (DType dt : dts)
       for (int bits : {1, 2, 4, 8})
         for (int rounding : {mk::kStochastic, mk::kNearest, mk::kDither})
