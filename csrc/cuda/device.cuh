@@ -200,10 +200,11 @@ __device__ __forceinline__ typename CodeWord<BITS>::type load_code_tail(const ui
 }
 
 // The codes of the N elements from e0 (a multiple of 8) of a payload of nbytes, zeros
-// past its end: the partial last group of a kernel whose groups are not kEPT (the mix).
+// past its end: the mix's partial last group (kMixEPT elements, not a 16-element code
+// word as load_code_tail reads).
 template <int BITS, int N>
-__device__ __forceinline__ void load_codes_tail(const uint8_t* payload, int64_t e0,
-                                                int64_t nbytes, uint32_t* k) {
+__device__ __forceinline__ void tail_codes(const uint8_t* payload, int64_t e0, int64_t nbytes,
+                                           uint32_t* k) {
 #pragma unroll
   for (int j = 0; j < N; ++j) {
     const int64_t bit = (e0 + j) * BITS;

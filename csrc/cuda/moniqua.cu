@@ -260,12 +260,12 @@ __global__ void __launch_bounds__(kThreads) mix_kernel(T* __restrict__ x, int64_
     float xv[N], result[N], dself[N], dj[N], acc[N];
     uint32_t k[N];
     load_tail<N>(x, base, n, xv);
-    load_codes_tail<BITS, N>(p.own, base, nbytes, k);
+    tail_codes<BITS, N>(p.own, base, nbytes, k);
     decode_codes<BITS, ROUND, N>(k, stream_vals(p.own_stream), base, xv, b, inv_b, dself);
 #pragma unroll
     for (int e = 0; e < N; ++e) acc[e] = 0.0f;
     for (int j = 0; j < p.count; ++j) {
-      load_codes_tail<BITS, N>(p.payload[j], base, nbytes, k);
+      tail_codes<BITS, N>(p.payload[j], base, nbytes, k);
       decode_codes<BITS, ROUND, N>(k, stream_vals(p.stream[j]), base, xv, b, inv_b, dj);
 #pragma unroll
       for (int e = 0; e < N; ++e) acc[e] = mix_accumulate(acc[e], p.weight[j], dj[e], dself[e]);
