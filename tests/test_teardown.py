@@ -1,12 +1,18 @@
-"""Training exits cleanly: no gloo thread outlives its process group, and 20 runs under
-load (two lanes of 10 in a row) all exit 0 without an abort.
+"""Training exits cleanly: no gloo thread outlives its process group.
 
 The abort these guard against ("terminate called without an active exception",
 SIGABRT after train printed its summary) came from a default process group that
 destroy_process_group could not free (torch.distributed.nn's default arguments held it,
 see gossip/transport.py); its gloo worker threads then met interpreter finalization.
+
+The probe below checks that cause, not its symptom, so it fails every time the cause is
+back: with transport.py's early import of torch.distributed.nn removed it failed 3 runs
+of 3, in 8 s each.  The symptom is rare: 1 abort in 25 runs of the CIFAR test under load
+before the fix.  A stress test of 20 runs under load, which this file held until
+2026-11-28, would have caught that with a chance of 1 - (24/25)^20 = 56%, and cost 140 s
+of CI's parallel lane (its 4 processes on 2 cores slowed the other worker too).  Every
+other test that runs train still requires exit 0.
 """
-import concurrent.futures
 import json
 import os
 import subprocess
@@ -14,7 +20,7 @@ import sys
 
 import pytest
 
-from dist_helpers import free_port, train_ranks
+from dist_helpers import free_port
 from test_cli import ROOT, _env
 
 TRAIN = ["--algorithm", "dpsgd", "--dataset", "synthetic", "--steps", "5",
@@ -39,23 +45,3 @@ def test_no_gloo_thread_survives_train():
         assert p["rc"] == 0
         left = [t for t in p["threads"] if "gloo" in t]
         assert not left, f"rank {p['rank']}: gloo threads alive after train: {left}"
-
-
-@pytest.mark.slow
-def test_train_exits_cleanly_20_times_under_load():
-    """20 runs of the 2-rank train in two lanes of 10 in a row, side by side: each run's
-    load is the other lane (4 processes on this 2-core machine; the lanes drift apart, so
-    one lane's exits meet the other's start-up and training).  The abort needed a gloo
-    thread descheduled at the wrong moment: 1 in 25 runs of the CIFAR test aborted under
-    load before the fix, 0 in 20 of these after.  (The load was a busy-loop process
-    before: a core spent on nothing for the 100 s the 20 runs took; now 75 s.)"""
-    def lane(lane_index):
-        for i in range(10):
-            for rank, (rc, out) in enumerate(train_ranks(2, TRAIN)):
-                if rc != 0 or "terminate called" in out:
-                    return f"lane {lane_index}, run {i}, rank {rank}: exit {rc}\n{out[-3000:]}"
-        return None
-
-    with concurrent.futures.ThreadPoolExecutor(2) as pool:
-        failures = [f for f in pool.map(lane, range(2)) if f]
-    assert not failures, "\n".join(failures)
