@@ -3,9 +3,11 @@
 # This is the README's test command; .ci/run calls it in a fresh venv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+T0=$(date +%s)
 # The torch-free native tests (C++ unit tests, nvcc compile) need no Python package:
 # they build while pip installs, which mostly waits on downloads and unpacking on one
-# core (measured on the 2-core CI box: pip 37 s, ctest 29 s, one after the other).
+# core (measured alone on the 2-core CI box, 2026-11-28: pip's torch and extras ~60 s,
+# ctest 84 s; the extension's -O3 build after them, 183 s, is the longest step).
 CTEST_PID=""
 if [ -f CMakeLists.txt ] && [ -f scripts/ctest.sh ]; then
   CTEST_LOG=$(mktemp)
@@ -24,6 +26,7 @@ if [ -n "$CTEST_PID" ]; then
   rm -f "$CTEST_LOG"
   if [ "$rc_ctest" -ne 0 ]; then echo "scripts/ctest.sh failed (exit $rc_ctest)" >&2; exit "$rc_ctest"; fi
 fi
+echo "test.sh: installed, built and C++-tested in $(( $(date +%s) - T0 )) s"
 # Two lanes.  Most tests run on two xdist workers: CPU-bound (the Triton interpreter,
 # the simulator) or waiting on their own processes, they overlap well on two cores.
 # The tests marked `serial` assert a rate or a measured bandwidth, which another test's
@@ -34,8 +37,9 @@ python -m pytest -q -ra -n "${MONIQUA_TEST_WORKERS:-2}" -m "not serial" "$@"
 rc_parallel=$?
 python -m pytest -q -ra -m serial "$@"
 rc_serial=$?
+echo "test.sh: both pytest lanes done at $(( $(date +%s) - T0 )) s"
 # Third lane: the version-sensitive tests again under the GPU machines' torch 2.11 and
-# Triton 3.6, in a venv of their own (scripts/compat.sh: ~3 GB of wheels, ~5 min here).
+# Triton 3.6, in a venv of their own (scripts/compat.sh: ~3 GB of wheels, ~6 min here).
 rc_compat=0
 if [ "${MONIQUA_COMPAT:-1}" != 0 ]; then
   bash scripts/compat.sh
