@@ -3,6 +3,7 @@
     results = run_ranks(fn, n, timeout=60)   # fn(rank, world) in n processes, one gloo group
     results = train_forks(n, ARGS)           # `moniqua-kernels train ARGS` as n ranks, forked
     results = train_ranks(n, ARGS)           # the same as n fresh interpreters
+    proc = torchrun(ARGV, cwd)               # `python -m torch.distributed.run ... ARGV`
 
 run_ranks: fn must live at module level in an importable module (each rank imports it).
 Each rank's return value, or "ExceptionType: message" if it raised, comes back in rank
@@ -167,3 +168,21 @@ def launch_ranks(world: int, argv, cwd=None, timeout: float = 300.0) -> list:
         if p.poll() is None:
             p.kill()
     return out
+
+
+def torchrun(argv, cwd, timeout: float = 300.0):
+    """`python -m torch.distributed.run --nproc_per_node 2 ARGV` in cwd: the real launcher,
+    its agent included, for the tests that need it.  Returns the CompletedProcess (output
+    as text).  TMPDIR is cwd: the agent makes a log folder (torchelastic_*) in the
+    temporary directory and never removes it; with /tmp there, each run of the suite
+    left 4 behind."""
+    import os
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", ""),
+           "OMP_NUM_THREADS": "1", "TMPDIR": str(cwd)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "--master_addr", "127.0.0.1", "--master_port", str(free_port()), *map(str, argv)]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout,
+                          cwd=cwd)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from dist_helpers import free_port, train_forks
+from dist_helpers import torchrun, train_forks
 from moniqua_kernels import cifar10
 from moniqua_kernels.cli import DEMO_ALGORITHMS, main
 
@@ -115,11 +115,8 @@ def test_demo_refuses_an_unwritable_json_before_running(capsys):
 
 
 def _torchrun(args, tmp_path, timeout=300):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
-           "-m", "moniqua_kernels", "train", "--no-progress", *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=timeout,
-                          cwd=tmp_path)
+    proc = torchrun(["-m", "moniqua_kernels", "train", "--no-progress", *args], tmp_path,
+                    timeout)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
 

@@ -1,19 +1,14 @@
 """The step-time breakdown: gossip's StepTimer (encode / wire / decode_mix) and train's
 --timing, --eval-every and --hidden flags."""
 import json
-import os
-import subprocess
-import sys
 import threading
 import time
 
 import pytest
 import torch
 
-from dist_helpers import free_port
+from dist_helpers import torchrun
 from moniqua_kernels import data, gossip
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _run(cls, steps, timed, delay_rank=None, delay_s=0.0, **kw):
@@ -80,17 +75,11 @@ def test_enable_timing_is_idempotent_and_wraps_collectives():
 
 
 def test_train_timing_eval_and_hidden_flags(tmp_path):
-    env = dict(os.environ, OMP_NUM_THREADS="1",
-               PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     out = tmp_path / "s.json"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
-           "-m", "moniqua_kernels", "train", "--no-progress", "--algorithm", "moniqua",
-           "--bits", "1", "--theta-lr-scale", "3", "--gamma", "0.05", "--hidden", "40",
-           "--steps", "12", "--log-every", "4", "--eval-every", "6", "--timing",
-           "--json", str(out)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300,
-                          cwd=tmp_path)
+    proc = torchrun(["-m", "moniqua_kernels", "train", "--no-progress", "--algorithm",
+                     "moniqua", "--bits", "1", "--theta-lr-scale", "3", "--gamma", "0.05",
+                     "--hidden", "40", "--steps", "12", "--log-every", "4", "--eval-every",
+                     "6", "--timing", "--json", out], tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     res = json.loads(out.read_text())
     s, history = res["summary"], res["history"]

@@ -15,28 +15,21 @@ other test that runs train still requires exit 0.
 """
 import json
 import os
-import subprocess
 import sys
 
 import pytest
 
-from dist_helpers import free_port
-from test_cli import ROOT, _env
+from dist_helpers import torchrun
+from test_cli import ROOT
 
 TRAIN = ["--algorithm", "dpsgd", "--dataset", "synthetic", "--steps", "5",
          "--batch-size", "8"]
 
 
-def _torchrun(target, args, timeout=180):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "--master_addr", "127.0.0.1", "--master_port", str(free_port()), *target, *args]
-    return subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=timeout)
-
-
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/task")
-def test_no_gloo_thread_survives_train():
-    proc = _torchrun([os.path.join(ROOT, "tests", "teardown_probe.py")],
-                     TRAIN + ["--no-progress"])
+def test_no_gloo_thread_survives_train(tmp_path):
+    proc = torchrun([os.path.join(ROOT, "tests", "teardown_probe.py"), *TRAIN,
+                     "--no-progress"], tmp_path, timeout=180)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     probes = [json.loads(line.split("PROBE ", 1)[1]) for line in proc.stdout.splitlines()
               if "PROBE " in line]
