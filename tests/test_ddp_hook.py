@@ -21,7 +21,7 @@ import datetime
 import pytest
 import torch
 
-from dist_helpers import free_port, rank_context
+from dist_helpers import free_port, rank_context, run_ranks
 from moniqua_kernels.compressors import from_spec
 from moniqua_kernels.gossip import stream_seed
 
@@ -315,3 +315,45 @@ def test_mismatched_ranks_raise_naming_the_field(ddp_runs):
         msg = ddp_runs[r]["mismatch"]
         assert "differ in compressor" in msg, msg
         assert "ranks [0]" in msg and "ranks [1]" in msg, msg
+
+
+def _decode_threads(rank, world):
+    """Three steps through the hook with the identity (all-reduced) and scaled sign
+    (all-gathered): the name of every thread that decoded a payload."""
+    import threading
+
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    from moniqua_kernels import compressors, data, gossip
+    seen = []
+
+    def watched(base):
+        class Watched(base):
+            def decode(self, payload, reference=None):
+                seen.append(threading.current_thread().name)
+                return super().decode(payload, reference)
+        return Watched()
+
+    ds = data.synthetic(seed=0)
+    for compressor in (watched(compressors.Identity), watched(compressors.ScaledSign)):
+        net = DDP(data.make_model("mlp", ds.n_features, 2, seed=0, hidden=32))
+        gossip.register_compressed_hook(net, compressor=compressor, error_feedback=False)
+        for step in range(3):
+            rows = slice(16 * step, 16 * step + 16)
+            torch.nn.functional.cross_entropy(net(ds.x_train[rows]),
+                                              ds.y_train[rows] % 2).backward()
+    return seen
+
+
+def test_hook_decodes_on_python_threads_only():
+    """No payload is decoded on a gloo worker thread (Python names a thread it did not
+    start "Dummy-N").  A Python callback run there is also released there, which takes
+    the GIL, and a process group destroyed right after the last backward joins that
+    worker holding the GIL: examples/ddp_qsgd_hook.py hung at exit (hooks.py,
+    _Finisher).  With the decode in the worker's callback (``.then``) this failed 4 runs
+    of 4.  It does not see the other half of the fix, the works kept alive past gloo's
+    release of them; test_examples.py's runs of that script exercise the exit."""
+    for rank, seen in enumerate(run_ranks(_decode_threads, 2, timeout=120)):
+        assert isinstance(seen, list), (rank, seen)
+        assert len(seen) >= 6, (rank, seen)  # at least one decode per step and compressor
+        assert not [name for name in seen if name.startswith("Dummy")], (rank, seen)
