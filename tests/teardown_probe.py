@@ -23,5 +23,11 @@ def thread_names():
 
 if __name__ == "__main__":
     rc = train.main(sys.argv[1:])
-    print("PROBE " + json.dumps({"rank": int(os.environ["RANK"]), "rc": rc,
-                                 "threads": thread_names()}), flush=True)
+    line = "PROBE " + json.dumps({"rank": int(os.environ["RANK"]), "rc": rc,
+                                  "threads": thread_names()}) + "\n"
+    # One write: torchrun runs its ranks unbuffered (python -u) into one pipe, where
+    # print's two writes (the text, then the newline) of two ranks interleaved once in
+    # CI ('{"rank": 0, ...}PROBE {"rank": 1, ...}' on one line).  A pipe write of at most
+    # PIPE_BUF (4096) bytes is atomic.
+    sys.stdout.flush()
+    os.write(1, line.encode())
