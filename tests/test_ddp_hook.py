@@ -357,3 +357,33 @@ def test_hook_decodes_on_python_threads_only():
         assert isinstance(seen, list), (rank, seen)
         assert len(seen) >= 6, (rank, seen)  # at least one decode per step and compressor
         assert not [name for name in seen if name.startswith("Dummy")], (rank, seen)
+
+
+def _peer_exits_mid_training(rank, world):
+    """Rank 1 exits at step 3; rank 0's backward raises.  Returns its message."""
+    import os
+
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    from moniqua_kernels import data, gossip
+    ds = data.synthetic(seed=0)
+    net = DDP(data.make_model("mlp", ds.n_features, 2, seed=0, hidden=32))
+    gossip.register_compressed_hook(net, compressor="sign")
+    messages = []
+    try:
+        for step in range(10):
+            if rank == 1 and step == 3:
+                os._exit(0)
+            torch.nn.functional.cross_entropy(net(ds.x_train[:8]), ds.y_train[:8] % 2).backward()
+    except RuntimeError as exc:
+        messages.append(str(exc))
+    return messages
+
+
+def test_hook_names_the_failed_peer():
+    """A peer that dies fails the survivor's backward with the hook's PeerError (bucket,
+    step, peers), raised as DDP raises a hook's error: not a hang, and not "Unable to
+    cast ... to Tensor", which a future given the error by set_exception gave."""
+    msg, = run_ranks(_peer_exits_mid_training, 2, timeout=120)[0]
+    assert "PeerError: rank 0: compressed_allreduce_hook's all_gather of bucket 0 at step 3 " \
+           "with peer(s) [1] failed" in msg, msg

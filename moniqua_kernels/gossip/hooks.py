@@ -347,7 +347,7 @@ class _Finisher:
     take_gil releasing the callback); with this thread but the work released here right
     after its wait, 9 of 25 (the worker releasing the work).  So this thread also keeps
     the last ``_KEPT_WORKS`` works: one is released here only after that many newer
-    collectives, long after gloo's thread dropped it.  With both, 0 of 30 hung.  The
+    collectives, long after gloo's thread dropped it.  With both, 0 of 42 hung.  The
     thread starts at the first hook call, and again in a forked child."""
 
     def __init__(self):
@@ -356,30 +356,38 @@ class _Finisher:
         self._queue = None
 
     def submit(self, work, finish) -> torch.futures.Future:
-        future = torch.futures.Future()
+        outcome = torch.futures.Future()
         with self._lock:
             if self._thread is None or not self._thread.is_alive():
                 self._queue = queue.SimpleQueue()
                 self._thread = threading.Thread(target=self._run, args=(self._queue,),
                                                 name="moniqua-hook-finisher", daemon=True)
                 self._thread.start()
-            self._queue.put((work, finish, future))
-        return future
+            self._queue.put((work, finish, outcome))
+        # DDP reads the future in C++, where only a callback's exception is an error
+        # (set_exception stores the exception as the value: "Unable to cast ... to
+        # Tensor"); the callback runs on this class's thread, in set_result
+        return outcome.then(_result_or_raise)
 
     @staticmethod
     def _run(jobs) -> None:
         kept = collections.deque(maxlen=_KEPT_WORKS)
         while True:
-            work, finish, future = jobs.get()
-            result = None
+            work, finish, outcome = jobs.get()
             try:
-                result = finish(work.wait)
+                done = (finish(work.wait), None)
             except BaseException as exc:  # noqa: BLE001 - DDP raises it in backward
-                future.set_exception(exc)
-            else:
-                future.set_result(result)
+                done = (None, exc)
+            outcome.set_result(done)
             kept.append(work)  # (the oldest kept work is released here, by this thread)
-            del work, finish, future, result
+            del work, finish, outcome, done
+
+
+def _result_or_raise(outcome):
+    result, exc = outcome.value()
+    if exc is not None:
+        raise exc
+    return result
 
 
 _KEPT_WORKS = 8
