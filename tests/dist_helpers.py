@@ -142,16 +142,13 @@ def launch_ranks(world: int, argv, cwd=None, timeout: float = 300.0) -> list:
     """`python ARGV` as `world` ranks, launched the way torchrun launches them (env://
     rendezvous), without torchrun's agent (one torch import less per run).  Returns
     [(exit code, stdout+stderr)] in rank order."""
-    import os
     import subprocess
     import sys
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     port = str(free_port())
     procs = []
     for rank in range(world):
-        env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", ""),
-               "OMP_NUM_THREADS": "1", "RANK": str(rank), "LOCAL_RANK": str(rank),
-               "WORLD_SIZE": str(world), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port}
+        env = child_env(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
+                        MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
         procs.append(subprocess.Popen([sys.executable, *map(str, argv)],
                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                       text=True, env=env, cwd=cwd))
@@ -176,13 +173,18 @@ def torchrun(argv, cwd, timeout: float = 300.0):
     as text).  TMPDIR is cwd: the agent makes a log folder (torchelastic_*) in the
     temporary directory and never removes it; with /tmp there, each run of the suite
     left 4 behind."""
-    import os
     import subprocess
     import sys
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", ""),
-           "OMP_NUM_THREADS": "1", "TMPDIR": str(cwd)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
            "--master_addr", "127.0.0.1", "--master_port", str(free_port()), *map(str, argv)]
-    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout,
-                          cwd=cwd)
+    return subprocess.run(cmd, capture_output=True, text=True, env=child_env(TMPDIR=str(cwd)),
+                          timeout=timeout, cwd=cwd)
+
+
+def child_env(**extra) -> dict:
+    """The environment of a process a test starts: this checkout first on PYTHONPATH, one
+    OpenMP thread, and `extra`."""
+    import os
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", ""),
+            "OMP_NUM_THREADS": "1", **extra}

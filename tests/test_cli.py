@@ -11,18 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from dist_helpers import torchrun, train_forks
+from dist_helpers import child_env, torchrun, train_forks
 from moniqua_kernels import cifar10
 from moniqua_kernels.cli import DEMO_ALGORITHMS, main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _env():
-    env = dict(os.environ)
-    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-    env["OMP_NUM_THREADS"] = "1"
-    return env
 
 
 def test_demo_quick_json_has_every_algorithm(tmp_path):
@@ -62,7 +55,7 @@ def test_train_bad_flags_exit_2():
     """Through the real entry point (`python -m moniqua_kernels train`): exit 2 and the
     reason on stderr.  The other refusals are checked in-process below (same code path,
     without a torch import per case)."""
-    env = {k: v for k, v in _env().items() if k not in ("RANK", "WORLD_SIZE")}
+    env = {k: v for k, v in child_env().items() if k not in ("RANK", "WORLD_SIZE")}
     proc = subprocess.run([sys.executable, "-m", "moniqua_kernels", "train", "--steps", "0"],
                           capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 2, proc.stderr

@@ -20,7 +20,7 @@ import sys
 
 import pytest
 
-from dist_helpers import launch_ranks
+from dist_helpers import child_env, launch_ranks
 from moniqua_kernels.simulate import configs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -92,8 +92,7 @@ def test_ddp_hook_example_trains(tmp_path, command):
 def test_ddp_compare_example_writes_its_table(tmp_path):
     out = tmp_path / "cmp"
     chosen = ["uncompressed", "QSGD 4 bit + EF", "top-10% + EF"]
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
-               OMP_NUM_THREADS="1")
+    env = child_env()
     proc = subprocess.run(
         [sys.executable, os.path.join(EXAMPLES, "ddp_compare.py"), "--datasets", "synthetic",
          "--configs", *chosen, "--workers", "2", "--steps", "20", "--out", str(out)],

@@ -331,6 +331,9 @@ def compressed_allreduce_hook(state: CompressedHookState, bucket: dist.GradBucke
     return work.get_future().then(lambda fut: finish(fut.wait))
 
 
+_KEPT_WORKS = 8  # finished works the finisher thread keeps (_Finisher)
+
+
 class _Finisher:
     """One daemon thread that waits for each CPU bucket's collective, decodes, and
     completes the future DDP waits on; gloo's own threads then run no Python.
@@ -390,7 +393,6 @@ def _result_or_raise(outcome):
     return result
 
 
-_KEPT_WORKS = 8
 _FINISHER = _Finisher()
 
 
