@@ -13,6 +13,8 @@ and a 2000-byte cap it makes two buckets from the start (the "2buckets" mode):
   measured runs, stated at each assertion), both ranks hold identical models, and the
   byte counts are the exact payload sizes;
 - torch's fp16 and PowerSGD hooks run through DataParallel with their bytes counted;
+- the package's allreduce_hook and fp16_compress_hook equal DDP's and torch's bit for
+  bit; a DataParallel is freed with its model, and PowerSGD's group outlives it;
 - a checkpoint of the hook's residuals resumes bit for bit in a fresh DDP;
 - ranks with different compressors raise one clear error on both ranks.
 """
@@ -357,6 +359,129 @@ def test_hook_decodes_on_python_threads_only():
         assert isinstance(seen, list), (rank, seen)
         assert len(seen) >= 6, (rank, seen)  # at least one decode per step and compressor
         assert not [name for name in seen if name.startswith("Dummy")], (rank, seen)
+
+
+def _torch_hooks_and_ours(rank, world):
+    """DDP without a hook against gossip.allreduce_hook, torch's fp16_compress_hook
+    against gossip.fp16_compress_hook: 5 steps each, in one bucket and in two; returns per
+    pair whether the parameters are bit for bit equal, the threads that completed each
+    hook's futures, and the buckets seen."""
+    import threading
+
+    from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    from moniqua_kernels import data, gossip
+    ds = data.synthetic(seed=0)
+    threads = {}
+
+    def watched(name, hook):
+        def run(state, bucket):
+            buckets.add(bucket.index())
+            return hook(state, bucket).then(
+                lambda fut: (threads.setdefault(name, set()).add(
+                    threading.current_thread().name), fut.value())[1])
+        return run
+
+    def train(hook, name, two_buckets):
+        net = DDP(data.make_model("mlp", ds.n_features, 2, seed=0, hidden=32),
+                  bucket_cap_mb=BUCKET_CAP_MB, find_unused_parameters=two_buckets)
+        if hook is not None:
+            net.register_comm_hook(None, watched(name, hook))
+        for step in range(5):
+            rows = slice(16 * (2 * step + rank), 16 * (2 * step + rank) + 16)
+            net.zero_grad()
+            torch.nn.functional.cross_entropy(net(ds.x_train[rows]),
+                                              ds.y_train[rows] % 2).backward()
+            with torch.no_grad():
+                for p in net.parameters():
+                    p -= 0.1 * p.grad
+        return _flat(net.module)
+
+    equal, buckets, n_buckets = {}, set(), {}
+    for two in (False, True):  # (see the module's doc)
+        buckets.clear()
+        equal[f"none {two}"] = bool((train(None, "ddp", two) == train(
+            gossip.allreduce_hook, "ours mean", two)).all())
+        equal[f"fp16 {two}"] = bool((train(default_hooks.fp16_compress_hook, "torch fp16",
+                                           two) == train(gossip.fp16_compress_hook,
+                                                         "ours fp16", two)).all())
+        n_buckets[two] = len(buckets)
+    return equal, {k: sorted(v) for k, v in threads.items()}, n_buckets
+
+
+def test_torch_hooks_ours_equal_theirs_and_finish_off_gloo_threads():
+    """mk.gossip.allreduce_hook and fp16_compress_hook (what DataParallel runs on gloo
+    for 'none' and 'fp16') give DDP's and torch's parameters bit for bit, and complete
+    their futures on the finisher thread, where torch's complete on gloo's ("Dummy-N":
+    the exit hang of hooks.py, _Finisher)."""
+    for rank, result in enumerate(run_ranks(_torch_hooks_and_ours, 2, timeout=120)):
+        assert isinstance(result, tuple), (rank, result)
+        equal, threads, n_buckets = result
+        assert all(equal.values()), (rank, equal)
+        assert n_buckets == {False: 1, True: 2}, n_buckets
+        # (a future already completed runs a new callback on the thread that adds it)
+        for ours in ("ours mean", "ours fp16"):
+            assert "moniqua-hook-finisher" in threads[ours], (rank, threads)
+            assert not [n for n in threads[ours] if n.startswith("Dummy")], (rank, threads)
+        assert [n for n in threads["torch fp16"] if n.startswith("Dummy")], (rank, threads)
+
+
+def _alive_after_del(rank, world):
+    """For each DataParallel compressor: is its model still alive after one backward,
+    ``del`` and gc.collect()?"""
+    import gc
+    import weakref
+
+    from moniqua_kernels import data, gossip
+    ds = data.synthetic(seed=0)
+    alive = {}
+    for spec in ("none", "fp16", "powersgd:1:2", "sign"):
+        dp = gossip.DataParallel(data.make_model("mlp", ds.n_features, 2, seed=0, hidden=32),
+                                 spec)
+        torch.nn.functional.cross_entropy(dp.module(ds.x_train[:16]),
+                                          ds.y_train[:16] % 2).backward()
+        model = weakref.ref(dp.module)
+        del dp
+        gc.collect()
+        alive[spec] = model() is not None
+    return alive
+
+
+def test_data_parallel_is_freed():
+    """No reference cycle through DDP's C++ Reducer keeps a DataParallel's model alive
+    (the PowerSGD byte counter's hook held the DataParallel: the model, and with it its
+    process group, lived until exit, where gloo's threads can abort the process)."""
+    for alive in run_ranks(_alive_after_del, 2, timeout=120):
+        assert alive == {"none": False, "fp16": False, "powersgd:1:2": False,
+                         "sign": False}, alive
+
+
+def _powersgd_group_destroyed_first(rank, world):
+    """5 rounds: DataParallel with torch's PowerSGD hook on a new gloo group, 4 steps,
+    the group destroyed, then the model freed.  Returns the rounds done."""
+    import torch.distributed as dist
+
+    from moniqua_kernels import data, gossip
+    ds = data.synthetic(seed=0)
+    for _ in range(5):
+        group = dist.new_group(backend="gloo")
+        dp = gossip.DataParallel(data.make_model("mlp", ds.n_features, 2, seed=0, hidden=32),
+                                 "powersgd:1:2", process_group=group)
+        for step in range(4):
+            rows = slice(16 * (2 * step + rank), 16 * (2 * step + rank) + 16)
+            torch.nn.functional.cross_entropy(dp.module(ds.x_train[rows]),
+                                              ds.y_train[rows] % 2).backward()
+        dist.destroy_process_group(group)
+        del dp, group
+    return 5
+
+
+def test_powersgd_model_freed_after_its_group():
+    """torch's PowerSGD callbacks, run and released on gloo's threads, hold the group:
+    without DataParallel keeping it until exit, its destructor can run there and join
+    its own thread (abort).  Without the keep this failed 3 runs of 3."""
+    assert run_ranks(_powersgd_group_destroyed_first, 2, timeout=60) == [5, 5]
 
 
 def _peer_exits_mid_training(rank, world):

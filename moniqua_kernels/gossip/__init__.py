@@ -7,7 +7,8 @@
 Algorithms: DPSGD, AllReduce, Moniqua(variant="dpsgd"|"d2"|"adpsgd"), Choco, SQuARM, the
 baselines Moniqua's paper compares with: DCD (DCD-PSGD), ECD (ECD-PSGD), DeepSqueeze, and
 ADPSGD (asynchronous on torch.distributed).  DDP hooks: compressed_allreduce_hook with
-CompressedHookState (any compressor; QSGD, sign, top-k and random-k states by name);
+CompressedHookState (any compressor; QSGD, sign, top-k and random-k states by name),
+allreduce_hook and fp16_compress_hook (torch's, safe at exit on gloo: hooks.py);
 DataParallel runs DDP behind the algorithms' interface (``train --algorithm ddp``).
 Every algorithm counts the bytes each worker sends (``bytes_sent``, ``last_bytes_sent``);
 the gossip algorithms start with a handshake (``ConfigMismatch`` when the ranks'
@@ -25,8 +26,8 @@ from .ecd import ECD
 from .flat import FlatParams
 from .handshake import ConfigMismatch
 from .hooks import (CompressedHookState, QSGDHookState, RandomKHookState, SignEFHookState,
-                    TopKEFHookState, compressed_allreduce_hook, qsgd_hook,
-                    register_compressed_hook)
+                    TopKEFHookState, allreduce_hook, compressed_allreduce_hook,
+                    fp16_compress_hook, qsgd_hook, register_compressed_hook)
 from .moniqua import Moniqua
 from .theta import Adaptive, LRProportional, ThetaMonitor, ThetaViolation, ThetaViolationError
 from .topology import Topology, TopologyError
@@ -39,7 +40,8 @@ ALGORITHMS = {"dpsgd": DPSGD, "allreduce": AllReduce, "moniqua": Moniqua, "choco
 __all__ = ["DPSGD", "AllReduce", "Moniqua", "Choco", "SQuARM", "DCD", "ECD", "DeepSqueeze",
            "ADPSGD", "qsgd_hook", "QSGDHookState",
            "CompressedHookState", "compressed_allreduce_hook", "register_compressed_hook",
-           "SignEFHookState", "TopKEFHookState", "RandomKHookState", "DataParallel",
+           "SignEFHookState", "TopKEFHookState", "RandomKHookState", "allreduce_hook",
+           "fp16_compress_hook", "DataParallel",
            "GossipAlgorithm", "Topology", "TopologyError", "PeerError", "DistTransport",
            "InMemoryNetwork", "InMemoryTransport", "FlatParams", "ThetaMonitor",
            "ThetaViolation", "ThetaViolationError", "Adaptive", "LRProportional",

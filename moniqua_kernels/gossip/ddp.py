@@ -9,6 +9,11 @@ the gossip algorithms (``step()``, ``bytes_sent``, ``state_dict()``), so that ``
 compressor:
   'none'             DDP's own all-reduce (float32)
   'fp16'             torch's fp16_compress_hook
+  On gloo both run as this package's allreduce_hook and fp16_compress_hook (hooks.py):
+  the same arithmetic, bit for bit, finished on a Python thread.  DDP's own and torch's
+  hook hung at exit in 4 and 5 runs of 20 of a script that destroys the process group
+  before its model is freed; these, 0 of 20 each.  torch's PowerSGD hook is torch's;
+  its process group is kept until exit (_POWERSGD_GROUPS below).
   'powersgd:R[:S]'   torch's powerSGD_hook, rank R, vanilla all-reduce for the first S
                      steps (default 10; torch's default of 1000 is longer than our runs),
                      error feedback and warm start on (torch's defaults)
@@ -21,7 +26,9 @@ from PowerSGDState's own element counts); the package's hooks count their own.
 """
 from __future__ import annotations
 
+import atexit
 import inspect
+import time
 import warnings
 from typing import Optional
 
@@ -31,7 +38,8 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from .base import ring_allreduce_bytes
-from .hooks import CompressedHookState, register_compressed_hook
+from .hooks import (CompressedHookState, allreduce_hook, fp16_compress_hook,
+                    register_compressed_hook)
 
 __all__ = ["DataParallel", "TORCH_HOOKS"]
 
@@ -49,6 +57,33 @@ def _parse_powersgd(spec: str) -> tuple[int, int]:
         # torch refuses start <= 1 with error feedback (DDP needs two steps to set up)
         raise ValueError(f"bad PowerSGD spec {spec!r}: RANK >= 1 and START_STEP >= 2")
     return rank, start
+
+
+# Process groups that torch's PowerSGD hook has served on gloo, kept until exit.  Its
+# callbacks run on gloo's threads and their closures hold the group: freed with the
+# model, the group's last reference could go on one of those threads (its destructor
+# then joins itself: "Resource deadlock avoided", abort) or on a thread holding the GIL
+# while gloo's thread waits for it (a hang).  Measured, 2 ranks under torchrun of a
+# script that destroys the group before freeing its model: 9 of 13 exits aborted or hung
+# when nothing else held the group.  At exit the main thread first sleeps, so that a
+# gloo thread still waiting for the GIL to release callbacks gets it (a core dump showed
+# one releasing the group's last reference during atexit), then drops the groups: with
+# the groups dropped at once, 3 of 8 exits aborted; with the sleep, 0 of 20.
+_POWERSGD_GROUPS: list = []
+_GIL_TO_GLOO_S = 0.05
+
+
+@atexit.register
+def _release_powersgd_groups() -> None:
+    if _POWERSGD_GROUPS:
+        time.sleep(_GIL_TO_GLOO_S)
+        _POWERSGD_GROUPS.clear()
+
+
+def _keep_until_exit(group) -> None:
+    group = dist.distributed_c10d._get_default_group() if group is None else group
+    if not any(g is group for g in _POWERSGD_GROUPS):
+        _POWERSGD_GROUPS.append(group)
 
 
 def _gloo(group) -> bool:
@@ -95,6 +130,7 @@ class DataParallel:
         self.compressor = compressor
         if (spec or "").startswith("powersgd") and _gloo(process_group):
             ddp_kwargs = _one_bucket(ddp_kwargs)
+            _keep_until_exit(process_group)
         self.module = DDP(model, device_ids=device_ids, process_group=process_group,
                           **ddp_kwargs)
         params = [p for p in model.parameters() if p.requires_grad]
@@ -105,12 +141,21 @@ class DataParallel:
         self.step_count = 0
         self.bytes_sent = 0
         self.last_bytes_sent = 0
-        self._counted = 0  # bytes counted by a hook since the last step()
+        # bytes counted by the PowerSGD hook since the last step(), in a list the hook adds
+        # to: DDP's C++ Reducer holds the hook, and a hook holding self would make a
+        # cycle through C++ that gc never frees (the model, and with it its process
+        # group, lived until exit)
+        self._counted = [0]
         if spec == "none":
+            if _gloo(process_group):  # DDP's own mean, finished off gloo's threads
+                self.module.register_comm_hook(process_group, allreduce_hook)
             self._per_step = ring_allreduce_bytes(self._grad_bytes, self.world_size)
         elif spec == "fp16":
-            from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
-            self.module.register_comm_hook(process_group, default_hooks.fp16_compress_hook)
+            if _gloo(process_group):
+                self.module.register_comm_hook(process_group, fp16_compress_hook)
+            else:
+                from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+                self.module.register_comm_hook(process_group, default_hooks.fp16_compress_hook)
             self._per_step = ring_allreduce_bytes(2 * self.numel, self.world_size)
         elif spec is not None and spec.split(":")[0] == "powersgd":
             self._setup_powersgd(process_group, *_parse_powersgd(spec), seed)
@@ -128,6 +173,7 @@ class DataParallel:
                                    start_powerSGD_iter=start, random_seed=seed)
         self.powersgd = state
         itemsize = next(p for p in self.module.parameters()).element_size()
+        counted, world = self._counted, self.world_size
 
         def counting_hook(st, bucket):
             vanilla = st.iter < st.start_powerSGD_iter
@@ -138,7 +184,7 @@ class DataParallel:
             # the whole bucket is all-reduced.
             numel = bucket.buffer().numel() if vanilla else \
                 st.total_numel_after_compression - before
-            self._counted += ring_allreduce_bytes(numel * itemsize, self.world_size)
+            counted[0] += ring_allreduce_bytes(numel * itemsize, world)
             return fut
 
         self.module.register_comm_hook(state, counting_hook)
@@ -155,8 +201,8 @@ class DataParallel:
         if self.hook_state is not None:
             sent = self.hook_state.bytes_sent - self.bytes_sent
         else:
-            sent = self._per_step + self._counted
-        self._counted = 0
+            sent = self._per_step + self._counted[0]
+        self._counted[0] = 0
         self.last_bytes_sent = sent
         self.bytes_sent += sent
         self.step_count += 1
