@@ -71,8 +71,8 @@ def _train(rank, ds, shard, compressor, steps, record=None, two_buckets=False, *
     DDP with the recording hook over CompressedHookState(compressor, **kw)."""
     from torch.nn.parallel import DistributedDataParallel as DDP
 
-    from moniqua_kernels import data, gossip
-    model = data.make_model("mlp", ds.n_features, 2, seed=0, hidden=32)
+    from moniqua_kernels import gossip
+    model = _mlp(ds)
     if record is None:
         dp = gossip.DataParallel(model, compressor, seed=SEED, bucket_cap_mb=BUCKET_CAP_MB,
                                  **kw)
@@ -93,6 +93,18 @@ def _train(rank, ds, shard, compressor, steps, record=None, two_buckets=False, *
         if dp is not None:
             dp.step()
     return model, counters, opt, dp
+
+
+def _mlp(ds):
+    """The MLP 32-32-2 every rank function here trains (1122 parameters, seed 0)."""
+    from moniqua_kernels import data
+    return data.make_model("mlp", ds.n_features, 2, seed=0, hidden=32)
+
+
+def _backward(net, ds, first: int, n: int = 16) -> None:
+    """One backward of training rows first..first+n, labels folded into 2 classes."""
+    rows = slice(first, first + n)
+    torch.nn.functional.cross_entropy(net(ds.x_train[rows]), ds.y_train[rows] % 2).backward()
 
 
 def _flat(model):
@@ -338,12 +350,10 @@ def _decode_threads(rank, world):
 
     ds = data.synthetic(seed=0)
     for compressor in (watched(compressors.Identity), watched(compressors.ScaledSign)):
-        net = DDP(data.make_model("mlp", ds.n_features, 2, seed=0, hidden=32))
+        net = DDP(_mlp(ds))
         gossip.register_compressed_hook(net, compressor=compressor, error_feedback=False)
         for step in range(3):
-            rows = slice(16 * step, 16 * step + 16)
-            torch.nn.functional.cross_entropy(net(ds.x_train[rows]),
-                                              ds.y_train[rows] % 2).backward()
+            _backward(net, ds, 16 * step)
     return seen
 
 
@@ -384,15 +394,12 @@ def _torch_hooks_and_ours(rank, world):
         return run
 
     def train(hook, name, two_buckets):
-        net = DDP(data.make_model("mlp", ds.n_features, 2, seed=0, hidden=32),
-                  bucket_cap_mb=BUCKET_CAP_MB, find_unused_parameters=two_buckets)
+        net = DDP(_mlp(ds), bucket_cap_mb=BUCKET_CAP_MB, find_unused_parameters=two_buckets)
         if hook is not None:
             net.register_comm_hook(None, watched(name, hook))
         for step in range(5):
-            rows = slice(16 * (2 * step + rank), 16 * (2 * step + rank) + 16)
             net.zero_grad()
-            torch.nn.functional.cross_entropy(net(ds.x_train[rows]),
-                                              ds.y_train[rows] % 2).backward()
+            _backward(net, ds, 16 * (2 * step + rank))
             with torch.no_grad():
                 for p in net.parameters():
                     p -= 0.1 * p.grad
@@ -437,10 +444,8 @@ def _alive_after_del(rank, world):
     ds = data.synthetic(seed=0)
     alive = {}
     for spec in ("none", "fp16", "powersgd:1:2", "sign"):
-        dp = gossip.DataParallel(data.make_model("mlp", ds.n_features, 2, seed=0, hidden=32),
-                                 spec)
-        torch.nn.functional.cross_entropy(dp.module(ds.x_train[:16]),
-                                          ds.y_train[:16] % 2).backward()
+        dp = gossip.DataParallel(_mlp(ds), spec)
+        _backward(dp.module, ds, 0)
         model = weakref.ref(dp.module)
         del dp
         gc.collect()
@@ -466,12 +471,9 @@ def _powersgd_group_destroyed_first(rank, world):
     ds = data.synthetic(seed=0)
     for _ in range(5):
         group = dist.new_group(backend="gloo")
-        dp = gossip.DataParallel(data.make_model("mlp", ds.n_features, 2, seed=0, hidden=32),
-                                 "powersgd:1:2", process_group=group)
+        dp = gossip.DataParallel(_mlp(ds), "powersgd:1:2", process_group=group)
         for step in range(4):
-            rows = slice(16 * (2 * step + rank), 16 * (2 * step + rank) + 16)
-            torch.nn.functional.cross_entropy(dp.module(ds.x_train[rows]),
-                                              ds.y_train[rows] % 2).backward()
+            _backward(dp.module, ds, 16 * (2 * step + rank))
         dist.destroy_process_group(group)
         del dp, group
     return 5
@@ -492,14 +494,14 @@ def _peer_exits_mid_training(rank, world):
 
     from moniqua_kernels import data, gossip
     ds = data.synthetic(seed=0)
-    net = DDP(data.make_model("mlp", ds.n_features, 2, seed=0, hidden=32))
+    net = DDP(_mlp(ds))
     gossip.register_compressed_hook(net, compressor="sign")
     messages = []
     try:
         for step in range(10):
             if rank == 1 and step == 3:
                 os._exit(0)
-            torch.nn.functional.cross_entropy(net(ds.x_train[:8]), ds.y_train[:8] % 2).backward()
+            _backward(net, ds, 0, 8)
     except RuntimeError as exc:
         messages.append(str(exc))
     return messages

@@ -151,11 +151,9 @@ class DataParallel:
                 self.module.register_comm_hook(process_group, allreduce_hook)
             self._per_step = ring_allreduce_bytes(self._grad_bytes, self.world_size)
         elif spec == "fp16":
-            if _gloo(process_group):
-                self.module.register_comm_hook(process_group, fp16_compress_hook)
-            else:
-                from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
-                self.module.register_comm_hook(process_group, default_hooks.fp16_compress_hook)
+            from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+            self.module.register_comm_hook(process_group, fp16_compress_hook if _gloo(
+                process_group) else default_hooks.fp16_compress_hook)
             self._per_step = ring_allreduce_bytes(2 * self.numel, self.world_size)
         elif spec is not None and spec.split(":")[0] == "powersgd":
             self._setup_powersgd(process_group, *_parse_powersgd(spec), seed)

@@ -308,12 +308,7 @@ def compressed_allreduce_hook(state: CompressedHookState, bucket: dist.GradBucke
         state.bytes_sent += state.last_bytes_sent
         state.step += 1
 
-    def finish(wait) -> torch.Tensor:
-        try:
-            wait()
-        except Exception as exc:
-            raise PeerError(rank, others, f"compressed_allreduce_hook's {what} of bucket "
-                            f"{idx} at step {step}", f"{type(exc).__name__}: {exc}") from exc
+    def finish() -> torch.Tensor:
         if linear:
             total = _decode_values(values, payloads, c)
         else:
@@ -326,12 +321,26 @@ def compressed_allreduce_hook(state: CompressedHookState, bucket: dist.GradBucke
                                       seg_bytes[r] if seg_bytes else None).float()
         return grad.copy_(total / world)
 
-    if grad.device.type == "cpu":
-        return _FINISHER.submit(work, finish)
-    # CUDA tensors keep the callback: NCCL marks a work's future completed when it enqueues
-    # the collective (CUDA events order the rest), so the callback runs on this thread, in
-    # the streams the future sets up for it (not run here: no GPU with two ranks)
-    return work.get_future().then(lambda fut: finish(fut.wait))
+    return _after(work, grad, finish, (rank, others, f"compressed_allreduce_hook's {what} "
+                                       f"of bucket {idx} at step {step}"))
+
+
+def _after(work, tensor, finish, failed) -> torch.futures.Future[torch.Tensor]:
+    """The future DDP waits on: finish() once work is done, or PeerError(*failed, cause)
+    if it failed.  CPU tensors finish on _FINISHER.  CUDA tensors keep the callback:
+    NCCL marks a work's future completed when it enqueues the collective (CUDA events
+    order the rest), so the callback runs on the hook's thread, in the streams the future
+    sets up for it (not run here: no GPU with two ranks)."""
+    def waited(wait) -> torch.Tensor:
+        try:
+            wait()
+        except Exception as exc:
+            raise PeerError(*failed, f"{type(exc).__name__}: {exc}") from exc
+        return finish()
+
+    if tensor.device.type == "cpu":
+        return _FINISHER.submit(work, waited)
+    return work.get_future().then(lambda fut: waited(fut.wait))
 
 
 _KEPT_WORKS = 8  # finished works the finisher thread keeps (_Finisher)
@@ -362,6 +371,7 @@ class _Finisher:
         self._queue = None
 
     def submit(self, work, finish) -> torch.futures.Future:
+        """finish(work.wait)'s result, or its exception, as a future DDP reads."""
         outcome = torch.futures.Future()
         with self._lock:
             if self._thread is None or not self._thread.is_alive():
@@ -432,19 +442,9 @@ def _mean_allreduce(group, bucket, dtype, name: str) -> torch.futures.Future[tor
     buffer, idx = bucket.buffer(), bucket.index()
     sent = buffer.div_(world) if dtype is None else buffer.to(dtype).div_(world)
     work = dist.all_reduce(sent, group=group, async_op=True)
-
-    def finish(wait) -> torch.Tensor:
-        try:
-            wait()
-        except Exception as exc:
-            raise PeerError(rank, [r for r in range(world) if r != rank],
-                            f"{name}'s all_reduce of bucket {idx}",
-                            f"{type(exc).__name__}: {exc}") from exc
-        return buffer if sent is buffer else buffer.copy_(sent)
-
-    if buffer.device.type == "cpu":
-        return _FINISHER.submit(work, finish)
-    return work.get_future().then(lambda fut: finish(fut.wait))  # (as in the hook above)
+    return _after(work, buffer, lambda: buffer if sent is buffer else buffer.copy_(sent),
+                  (rank, [r for r in range(world) if r != rank],
+                   f"{name}'s all_reduce of bucket {idx}"))
 
 
 def _values_of(payloads) -> torch.Tensor:
