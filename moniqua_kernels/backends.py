@@ -63,7 +63,7 @@ _FIXES = {
 _DEVICES = {"reference": None, "cpu": ("cpu",), "cuda": ("cuda",), "triton": ("cuda",)}
 
 _kernels: dict[str, dict[str, Callable]] = {name: {} for name in BACKEND_NAMES}
-_load_errors: dict[str, str] = {}
+_load_errors: dict[str, str] = {}  # backend -> why it cannot serve any call
 _loaded: set[str] = set()
 _lock = threading.Lock()
 _forced: Optional[str] = None
@@ -101,12 +101,19 @@ def _load(backend: str) -> None:
         try:
             importlib.import_module(_MODULES[backend])
         except Exception as exc:  # ImportError, a broken .so, an old Triton
-            _load_errors[backend] = f"{type(exc).__name__}: {exc}"
+            _load_errors[backend] = (f"{_MODULES[backend]} could not be loaded "
+                                     f"({type(exc).__name__}: {exc})")
         _loaded.add(backend)
-        if backend == "cpu":  # one module serves both native backends
-            _loaded.add("cuda")
-            if "cpu" in _load_errors:
-                _load_errors["cuda"] = _load_errors["cpu"]
+        if backend in ("cpu", "cuda"):  # one module serves both native backends
+            _loaded.update(("cpu", "cuda"))
+            if backend in _load_errors:
+                _load_errors["cpu"] = _load_errors["cuda"] = _load_errors[backend]
+            elif not _kernels["cuda"]:
+                # Without this a CPU-only build said "has no kernel for <op>", as if the
+                # op had no CUDA kernel anywhere, and its fallback to Triton was silent.
+                _load_errors["cuda"] = ("the native extension was built without CUDA "
+                                        "kernels (a CPU build of torch, or no nvcc or "
+                                        "CUDA_HOME when it was built)")
 
 
 def reason_unavailable(backend: str, op: str, device: torch.device,
@@ -122,7 +129,7 @@ def reason_unavailable(backend: str, op: str, device: torch.device,
         return f"serves {', '.join(_DEVICES[backend])} tensors, not {dev}"
     _load(backend)
     if backend in _load_errors:
-        return f"{_MODULES.get(backend)} could not be loaded ({_load_errors[backend]})"
+        return _load_errors[backend]
     if op not in _kernels[backend]:
         return f"has no kernel for {op}"
     return None

@@ -46,6 +46,17 @@ def test_triton_on_cpu_needs_interpreter(monkeypatch):
     assert "TRITON_INTERPRET=1" in reasons["triton"]
 
 
+def test_cuda_backend_of_a_cpu_only_build_says_so():
+    # The reason must name the build, not claim that the op has no CUDA kernel: the
+    # fallback warning skips "has no kernel" reasons, so a GPU user would not learn it.
+    _C = pytest.importorskip("moniqua_kernels._C")
+    reason = mk.available("moniqua_mix_", "cuda")["cuda"]
+    if _C.with_cuda():
+        assert reason is None
+    else:
+        assert "built without CUDA kernels" in reason
+
+
 def test_auto_on_cpu_serves_and_agrees_with_reference():
     x = torch.randn(1001)
     auto = mk.moniqua_encode(x, 0.5, 4, "stochastic", seed=1)

@@ -145,11 +145,14 @@ def messages(row: int, counts) -> list[str]:
     non_finite, bad_stream, padding = (int(c) for c in counts)
     out = []
     if non_finite:
+        # Only Moniqua's ops divide by a modulus; the others see the input's own values.
+        why = ("NaN or inf in the input, or x / B overflowing float32 because the modulus "
+               "is too small for the data" if op.startswith("moniqua") else
+               "NaN or inf in the input")
         out.append(
-            f"{op}: {non_finite} non-finite element(s) (NaN or inf in the input, or x / B "
-            "overflowing float32 because the modulus is too small for the data); fix the "
-            "values (a diverged model?) or pass check_finite=False to accept an "
-            "unspecified code for them")
+            f"{op}: {non_finite} non-finite element(s) ({why}); fix the values (a "
+            "diverged model?) or pass check_finite=False to accept an unspecified code "
+            "for them")
     if bad_stream:
         out.append(f"{op}: the stream tensor's offset was negative or not a multiple of 4 "
                    f"({bad_stream} call(s)); nothing was written")
