@@ -16,6 +16,8 @@ import os
 import sys
 from typing import Optional, Sequence
 
+from .progress import Progress
+
 DEMO_ALGORITHMS = ("dpsgd", "allreduce", "moniqua-1bit", "moniqua-2bit", "choco-sign",
                    "choco-qsgd4", "squarm")
 
@@ -76,42 +78,6 @@ def _add_demo(sub) -> None:
     p.set_defaults(func=_demo)
 
 
-class _Progress:
-    """A progress bar over all runs: tqdm when installed, else a plain line."""
-
-    def __init__(self, total: int, enabled: bool):
-        self.enabled = enabled and total > 0
-        self.total, self.done, self.bar = total, 0, None
-        if self.enabled:
-            try:
-                from tqdm import tqdm
-                self.bar = tqdm(total=total, unit="step", dynamic_ncols=True, file=sys.stderr)
-            except ImportError:
-                self.bar = None
-
-    def label(self, text: str) -> None:
-        if self.bar is not None:
-            self.bar.set_description(text)
-        self._label = text
-
-    def update(self, loss: float) -> None:
-        if not self.enabled:
-            return
-        self.done += 1
-        if self.bar is not None:
-            self.bar.update(1)
-            self.bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
-        elif self.done % 50 == 0 or self.done == self.total:
-            print(f"\r[{self.done}/{self.total}] {getattr(self, '_label', '')} "
-                  f"loss {loss:.3f}", end="", file=sys.stderr, flush=True)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-        elif self.enabled:
-            print(file=sys.stderr)
-
-
 def _demo(args) -> int:
     from . import simulate
 
@@ -133,7 +99,7 @@ def _demo(args) -> int:
     steps = args.steps or (150 if args.quick else 600)
     network = simulate.NetworkModel(latency_s=args.latency_us * 1e-6,
                                     bandwidth_Bps=args.link_gbps * 1e9 / 8)
-    progress = _Progress(steps * len(names), not args.no_progress)
+    progress = Progress(steps * len(names), not args.no_progress)
     results = []
     try:
         for name in names:

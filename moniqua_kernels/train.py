@@ -8,7 +8,7 @@ Run one process per worker under torchrun, e.g. four workers on this machine:
 and across machines with torchrun's --nnodes/--rdzv-endpoint.  gloo serves CPU tensors,
 NCCL CUDA tensors (--device cuda, one GPU per process from LOCAL_RANK).  Every rank
 trains on its own shard; after each local SGD step the chosen algorithm communicates
-with the neighbours of --topology.  Rank 0 shows a progress bar, writes the per-step
+with the neighbours of --topology.  Rank 0 shows its progress, writes the per-step
 log (--log-file, JSON lines) and prints a summary (--json writes it).  With --checkpoint-dir
 every rank saves its model, optimizer, algorithm state and sampler every
 --checkpoint-every steps; --resume continues from the newest checkpoint bit for bit.
@@ -29,6 +29,8 @@ from typing import Optional, Sequence
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+
+from .progress import Progress
 
 CHECKPOINT_VERSION = 2  # 2: loads with weights_only=True; records world size and rank
 ALGORITHMS = ("dpsgd", "allreduce", "moniqua", "choco", "squarm", "dcd", "ecd", "deepsqueeze",
@@ -457,14 +459,8 @@ def _run(args, rank, world, device) -> dict:
     start, history = 0, []
     if args.resume:
         start, history = _resume(args, rank, world, model, optimizer, algorithm, sampler)
-    bar = None
-    if rank == 0 and not args.no_progress:
-        try:
-            from tqdm import tqdm
-            bar = tqdm(total=args.steps, initial=start, unit="step", file=sys.stderr,
-                       desc=f"{args.algorithm} x{world}")
-        except ImportError:
-            bar = None
+    progress = Progress(args.steps, rank == 0 and not args.no_progress, initial=start,
+                        label=f"{args.algorithm} x{world}")
     log = open(args.log_file, "a") if (rank == 0 and args.log_file) else None
     timer = algorithm.enable_timing() if args.timing else None
     paused = 0.0  # seconds spent on --eval-every evaluations, kept off the clock
@@ -536,16 +532,14 @@ def _run(args, rank, world, device) -> dict:
                 if evaluating:
                     evaluate(row)
                 write(row)
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+            if progress.enabled:  # (loss.item() waits for the step on a GPU)
+                progress.update(loss.item())
             if args.checkpoint_dir and ((step + 1) % args.checkpoint_every == 0
                                         or step + 1 == args.steps):
                 _save(args, rank, world, step + 1, model, optimizer, algorithm, sampler,
                       history)
     finally:
-        if bar is not None:
-            bar.close()
+        progress.close()
         if log is not None:
             log.close()
     wall = time.perf_counter() - t0 - paused

@@ -1,5 +1,6 @@
 """The command line: demo end to end, train under 2-process gloo with resume, the
 CIFAR-10 loader on generated files, and bad flags (exit code 2 with a message)."""
+import io
 import json
 import os
 import pickle
@@ -14,6 +15,7 @@ import torch
 from dist_helpers import child_env, torchrun, train_forks
 from moniqua_kernels import cifar10
 from moniqua_kernels.cli import DEMO_ALGORITHMS, main
+from moniqua_kernels.progress import Progress
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -36,6 +38,43 @@ def test_demo_quick_json_has_every_algorithm(tmp_path):
     assert by_name["moniqua-1bit"]["bytes_per_worker_step"] * 10 < \
         by_name["dpsgd"]["bytes_per_worker_step"]
     assert plot.stat().st_size > 10_000  # a real PNG was drawn
+
+
+def test_progress_off_a_terminal_prints_a_line_per_tenth():
+    # In a file tqdm's redraws were one line of 47,000 characters for the demo.
+    out = io.StringIO()
+    progress = Progress(200, file=out, label="dpsgd")
+    assert progress.bar is None
+    for step in range(200):
+        if step == 100:
+            progress.label("moniqua-1bit")
+        progress.update(0.5)
+    progress.close()
+    assert "\r" not in out.getvalue()
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 10
+    assert lines[0] == "dpsgd: step 20/200, loss 0.500"
+    assert lines[-1] == "moniqua-1bit: step 200/200, loss 0.500"
+
+
+def test_progress_on_a_terminal_is_tqdm_and_can_be_off():
+    pytest.importorskip("tqdm")
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    out = Terminal()
+    progress = Progress(10, file=out, initial=4, label="moniqua x4")
+    assert progress.bar is not None and progress.bar.n == 4
+    progress.update(1.0)
+    progress.close()
+    assert "moniqua x4" in out.getvalue() and "5/10" in out.getvalue()
+    quiet = io.StringIO()
+    for off in (Progress(10, False, file=quiet), Progress(10, file=quiet, initial=10)):
+        off.update(1.0)  # disabled, or resumed at the end: nothing to show
+        off.close()
+    assert quiet.getvalue() == ""
 
 
 def test_demo_list_and_bad_flags(capsys):
