@@ -35,17 +35,19 @@ class Progress:
         if self.bar is not None:
             self.bar.set_description(text)
 
-    def update(self, loss: float) -> None:
+    def update(self, loss) -> None:
+        """One step done; loss a number or a 0-d tensor, read (on a GPU: waited for)
+        only when it is shown."""
         if not self.enabled:
             return
         self.done += 1
         if self.bar is not None:
             self.bar.update(1)
-            self.bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
+            self.bar.set_postfix(loss=f"{float(loss):.3f}", refresh=False)
         elif self.done % self.every == 0 or self.done == self.total:
             where = f"{self._label}: " if self._label else ""
-            print(f"{where}step {self.done}/{self.total}, loss {loss:.3f}", file=self.file,
-                  flush=True)
+            print(f"{where}step {self.done}/{self.total}, loss {float(loss):.3f}",
+                  file=self.file, flush=True)
 
     def close(self) -> None:
         if self.bar is not None:

@@ -532,8 +532,7 @@ def _run(args, rank, world, device) -> dict:
                 if evaluating:
                     evaluate(row)
                 write(row)
-            if progress.enabled:  # (loss.item() waits for the step on a GPU)
-                progress.update(loss.item())
+            progress.update(loss.detach())
             if args.checkpoint_dir and ((step + 1) % args.checkpoint_every == 0
                                         or step + 1 == args.steps):
                 _save(args, rank, world, step + 1, model, optimizer, algorithm, sampler,
