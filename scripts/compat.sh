@@ -40,7 +40,7 @@ PY=$WORK/venv/bin/python
 # numpy < 2.4: Triton 3.6's interpreter converts 1-element arrays to ints, which numpy
 # 2.4 refuses ('only 0-dimensional arrays can be converted'; Triton 3.9 squeezes first).
 "$PY" -m pip install -q "torch==$TORCH_VERSION" "triton==$TRITON_VERSION" "numpy<2.4" \
-  pytest pytest-xdist scipy expecttest scikit-learn tqdm matplotlib setuptools wheel ninja
+  pytest pytest-xdist scipy expecttest scikit-learn tqdm matplotlib "setuptools>=77" wheel ninja
 echo "compat: installed in $(( $(date +%s) - t0 )) s: $("$PY" -c 'import platform, torch, triton; print("Python", platform.python_version(), "torch", torch.__version__, "triton", triton.__version__)')"
 
 mkdir "$WORK/src"

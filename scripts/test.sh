@@ -16,7 +16,7 @@ if [ -f CMakeLists.txt ] && [ -f scripts/ctest.sh ]; then
   trap 'kill "$CTEST_PID" 2>/dev/null || true' EXIT  # pip failed: do not leave it running
 fi
 python -m pip install -q torch==2.13.0 2>/dev/null || python -m pip install -q "torch>=2.4"
-python -m pip install -q setuptools wheel ninja
+python -m pip install -q "setuptools>=77" wheel ninja  # 77: pyproject's SPDX license
 python -m pip install -q --no-build-isolation -e ".[test,demo]"
 if [ -n "$CTEST_PID" ]; then
   rc_ctest=0
