@@ -140,15 +140,19 @@ _PAYLOAD_ERRORS = {
 }
 
 
+# Ops whose slot [0] has a cause besides the input's own values: Moniqua's divide by B.
+_MODULUS_TOO_SMALL = ("NaN or inf in the input, or x / B overflowing float32 because the "
+                      "modulus is too small for the data")
+_NON_FINITE_CAUSES = {op: _MODULUS_TOO_SMALL
+                      for op in ("moniqua_encode", "moniqua_decode", "moniqua_mix_")}
+
+
 def messages(row: int, counts) -> list[str]:
     op = _names[row]
     non_finite, bad_stream, padding = (int(c) for c in counts)
     out = []
     if non_finite:
-        # Only Moniqua's ops divide by a modulus; the others see the input's own values.
-        why = ("NaN or inf in the input, or x / B overflowing float32 because the modulus "
-               "is too small for the data" if op.startswith("moniqua") else
-               "NaN or inf in the input")
+        why = _NON_FINITE_CAUSES.get(op, "NaN or inf in the input")
         out.append(
             f"{op}: {non_finite} non-finite element(s) ({why}); fix the values (a "
             "diverged model?) or pass check_finite=False to accept an unspecified code "
