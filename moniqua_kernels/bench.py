@@ -1,4 +1,4 @@
-"""Microbenchmarks of the compression ops (DESIGN.md section 10).
+"""Microbenchmarks of the compression ops: every provider timed side by side in one run.
 
 For each op x bits x rounding x dtype x size, every provider below is timed side by
 side in one run, and each provider that cannot run is recorded with its reason:
@@ -600,7 +600,7 @@ def parse_args(argv):
     p = argparse.ArgumentParser(prog="moniqua-kernels bench",
                                 description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true",
-                   help="one size (2^16), bits 1 and 8, fp32, no torch.compile")
+                   help="two sizes (2^10, 2^16), bits 1 and 8, fp32, dithered, no torch.compile")
     p.add_argument("--sizes", type=str, help="comma list of element counts (2^k allowed)")
     p.add_argument("--ops", type=str, help=f"comma list from {','.join(OPS)}")
     p.add_argument("--bits", type=str, help="comma list from 1,2,4,8")

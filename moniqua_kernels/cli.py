@@ -16,6 +16,7 @@ import os
 import sys
 from typing import Optional, Sequence
 
+from .gossip import topology
 from .progress import Progress
 
 DEMO_ALGORITHMS = ("dpsgd", "allreduce", "moniqua-1bit", "moniqua-2bit", "choco-sign",
@@ -58,7 +59,7 @@ def _add_demo(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of data split, init and streams")
     p.add_argument("--workers", type=_positive_int, default=8)
     p.add_argument("--topology", default="ring",
-                   help="ring, torus, exponential, exp-onepeer, complete or star")
+                   help=topology.SPEC_HELP)
     p.add_argument("--steps", type=_positive_int, default=None,
                    help="training steps (default 600, or 150 with --quick)")
     p.add_argument("--lr", type=_positive_float, default=0.1)
@@ -66,14 +67,16 @@ def _add_demo(sub) -> None:
     p.add_argument("--algorithms", default=",".join(DEMO_ALGORITHMS),
                    help="comma-separated configurations (see --list)")
     p.add_argument("--list", action="store_true", help="list the configurations and exit")
-    p.add_argument("--quick", action="store_true", help="a short run (under 30 s)")
+    p.add_argument("--quick", action="store_true",
+                   help="a short run: 150 steps instead of 600 (about 30 s on 2 cores)")
     p.add_argument("--link-gbps", type=_positive_float, default=1.0,
                    help="link bandwidth for the communication-time estimate (Gbit/s)")
     p.add_argument("--latency-us", type=float, default=50.0,
                    help="per-message latency for the estimate (microseconds)")
     p.add_argument("--json", metavar="PATH", help="write the results table as JSON")
     p.add_argument("--plot", metavar="PATH", default="moniqua_demo.png",
-                   help="PNG plot of loss vs step and vs MB sent ('' for none)")
+                   help="PNG plot of loss vs step and vs MB sent "
+                        "(default %(default)s; '' for none)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_demo)
 

@@ -1,6 +1,6 @@
 """The training recipe of the papers' CIFAR-10 runs, shared by ``train`` and the simulator.
 
-    sched = LRSchedule(base_lr=0.6, steps=14650, warmup_steps=245, warmup_start=1/6,
+    sched = LRSchedule(base_lr=0.6, steps=14650, warmup_steps=244, warmup_start=1/6,
                        kind="step", milestones=(0.5, 0.75), decay=0.1)
     sched.apply(optimizer, step)          # before each optimizer step
     x = augment_cifar(x, torch.Generator().manual_seed(0))   # random crop + flip

@@ -30,6 +30,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from .gossip import topology
 from .progress import Progress
 
 CHECKPOINT_VERSION = 2  # 2: loads with weights_only=True; records world size and rank
@@ -53,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "on the gradient all-reduce")
     a.add_argument("--variant", choices=("dpsgd", "d2", "adpsgd"), help="Moniqua's base algorithm")
     a.add_argument("--topology", default="ring",
-                   help="ring, torus, exponential, exp-onepeer, complete or star")
+                   help=topology.SPEC_HELP)
     a.add_argument("--bits", type=int, help="Moniqua bits (1, 2, 4, 8)")
     a.add_argument("--rounding", choices=("stochastic", "nearest", "dither"))
     a.add_argument("--theta", type=float, help="Moniqua's bound on |x_i - x_j| (constant)")
@@ -383,10 +384,15 @@ def _resume(args, rank, world, model, optimizer, algorithm, sampler):
     on any rank raises CheckpointError on every rank, naming the ranks and why."""
     from .gossip import DistTransport, handshake
     state, problem = None, "ok"
+    path = _ckpt_path(args.checkpoint_dir, rank)
     try:
-        state = read_checkpoint(_ckpt_path(args.checkpoint_dir, rank), args, rank, world)
+        state = read_checkpoint(path, args, rank, world)
     except CheckpointError as exc:
-        problem = str(exc)
+        # a missing file is worded without the rank, so that ranks that all lack one
+        # agree and get one plain message instead of a "disagreement" listing each rank
+        problem = (f"no checkpoint in {args.checkpoint_dir}; run without --resume first, "
+                   "or point --checkpoint-dir at an earlier run"
+                   if not os.path.isfile(path) else str(exc))
     try:
         # (a transport of its own: --algorithm ddp has no gossip transport)
         handshake.agree(DistTransport(timeout=args.timeout),
@@ -397,7 +403,7 @@ def _resume(args, rank, world, model, optimizer, algorithm, sampler):
     except handshake.ConfigMismatch as exc:
         raise CheckpointError(str(exc)) from None
     if state is None:  # every rank failed the same way
-        raise CheckpointError(f"rank {rank}: {problem}")
+        raise CheckpointError(f"every rank: {problem}" if world > 1 else problem)
     try:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])

@@ -96,6 +96,13 @@ def test_resume_refuses_another_world_size_and_other_bits(checkpoints):
     _assert_refused(res, "--bits 2 (now 4)")
 
 
+def test_resume_without_any_checkpoint_says_so_plainly(tmp_path):
+    # every rank lacks its file: one plain reason, not a "disagreement" listing each rank
+    res = _resume_from(tmp_path / "empty")
+    _assert_refused(res, f"every rank: no checkpoint in {tmp_path / 'empty'}; run without")
+    assert all("disagree" not in out for _, out in res)
+
+
 def _older_flags(folder, _):
     """As written before --overlap existed: its args have no "overlap"."""
     for r in (0, 1):

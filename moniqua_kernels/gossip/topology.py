@@ -462,6 +462,12 @@ _NAMED = {"ring": ring, "torus": torus, "exponential": exponential, "exp": expon
           "complete": complete, "star": star}
 
 
+# What a topology spec may be, for the command lines' --topology help.
+SPEC_HELP = ("ring, torus (or torus:RxC), exponential, exp-onepeer, complete, star, "
+             "weights:FILE (the n x n mixing matrix, a row per line, or .npy) or "
+             "edges:FILE (an undirected edge 'i j' per line, Metropolis-Hastings weights)")
+
+
 def make(spec: Union[str, Topology, np.ndarray, Sequence], n: int) -> Topology:
     """A topology from a name ('ring', 'torus', 'torus:2x4', 'exponential',
     'exp-onepeer', 'complete', 'star'), a file ('weights:PATH', 'edges:PATH', see
