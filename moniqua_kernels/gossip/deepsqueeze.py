@@ -52,7 +52,7 @@ class DeepSqueeze(CompressedGossip):
         for i, (b, d, v) in enumerate(zip(self.buckets, self._delta, self._v)):
             own, theirs = self._collect(i)
             torch.sub(v, own, out=d)
-            mix = own * (self._w_self - 1)
+            mix = own.to(d.dtype) * (self._w_self - 1)
             for j, q in theirs.items():
                 mix.add_(q, alpha=weight[j])
             b.tensor.add_(mix, alpha=self.gamma)
