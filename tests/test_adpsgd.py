@@ -1,6 +1,7 @@
 """Asynchronous AD-PSGD on gloo: a straggler does not slow the others, the models still
 converge, shutdown is clean, a failed peer is named, and the pieces (bipartite split,
 exact average preservation, the synchronous emulation) do what they say."""
+import functools
 import time
 
 import pytest
@@ -123,6 +124,55 @@ def test_average_is_kept_exactly_and_shutdown_is_clean():
         assert sent >= exchanges * 4000, r     # float32 payloads counted
 
 
+def _resumed(rank, world, name):
+    """What train --resume does: build the algorithm, load the checkpointed model in
+    place, then the algorithm's state.  The passive (rank 1) reaches its first step late;
+    until then it answers the active's exchange with the model it holds."""
+    p = torch.nn.Parameter(torch.zeros(1000))
+    alg = (gossip.ADPSGD([p], "ring", timeout=30) if name == "adpsgd" else
+           gossip.Moniqua([p], "ring", bits=8, variant="adpsgd", timeout=30, theta=16.0))
+    state = alg.state_dict()
+    with torch.no_grad():
+        p.fill_(10.0 * (rank + 1))          # the checkpointed models: 10 and 20
+    alg.load_state_dict(state)
+    if rank == 1:
+        time.sleep(1.0)
+    alg.step()
+    if rank == 0:   # the active's exchange is done before either closes
+        with alg.engine._done:
+            assert alg.engine._done.wait_for(lambda: alg.engine._finished >= 1, 30)
+    dist.barrier()
+    alg.close()
+    return float(p.detach().mean())
+
+
+@pytest.mark.parametrize("name", ["adpsgd", "moniqua"])
+def test_a_resumed_model_is_the_one_exchanged(name):
+    res = run_ranks(functools.partial(_resumed, name=name), 2, timeout=60)
+    # one average of 10 and 20 (8-bit Moniqua: within its rounding of 15)
+    assert all(isinstance(r, float) and abs(r - 15.0) < 0.2 for r in res), (name, res)
+
+
+def _paused_together(rank, world):
+    """Every rank pauses longer than the timeout (an evaluation, a checkpoint write),
+    then steps on and closes."""
+    p = torch.nn.Parameter(torch.randn(100))
+    alg = gossip.ADPSGD([p], "ring", timeout=3)
+    for _ in range(3):
+        alg.step()
+    time.sleep(5)
+    for _ in range(3):
+        alg.step()
+    alg.close()
+    return "ok", alg.engine.exchanges
+
+
+def test_ranks_paused_together_past_the_timeout_go_on():
+    # the active's "alive" headers keep the passive's wait for requests from timing out
+    res = run_ranks(_paused_together, 2, timeout=60)
+    assert all(r[0] == "ok" and r[1] >= 1 for r in res), res
+
+
 def _one_check(rank, world):
     """Two ranks (rank 0 active), no local steps, one step: the pair's first check
     (float32) measures |x_0 - x_1| before the first average."""
@@ -197,5 +247,12 @@ def test_bipartite_split_and_refusals():
     with pytest.raises(T.TopologyError, match="not bipartite"):
         bipartite_split(T.ring(5))
     net = gossip.InMemoryNetwork(1)
+    # a pair must read one graph: a time-varying one left passives waiting for live peers
+    with pytest.raises(T.TopologyError, match="changes from step to step"):
+        gossip.ADPSGD([torch.nn.Parameter(torch.zeros(4))], "exp-onepeer",
+                      transport=net.transport(0))
+    with pytest.raises(T.TopologyError, match="changes from step to step"):
+        gossip.Moniqua([torch.nn.Parameter(torch.zeros(4))], "exp-onepeer", bits=8,
+                       variant="adpsgd", transport=net.transport(0))
     with pytest.raises(ValueError, match="asynchronous=False"):
         gossip.ADPSGD([torch.nn.Parameter(torch.zeros(4))], "ring", transport=net.transport(0))

@@ -162,12 +162,15 @@ def _worker(rank, port, q):
         out["resume"] = (_flat(straight).numpy(), _flat(model2).numpy(),
                          sorted(saved[2]["hook"]["residuals"]))
 
-        # Mismatched configurations: rank 1 quantizes with 4 bits, rank 0 with 8.
-        try:
-            _train(rank, ds, shard, "qsgd:8" if rank == 0 else "qsgd:4", 1)
-            out["mismatch"] = "no error"
-        except Exception as exc:  # noqa: BLE001 - the message is what is tested
-            out["mismatch"] = f"{type(exc).__name__}: {exc}"
+        # Mismatched configurations: rank 1 quantizes with 4 bits, rank 0 with 8; rank 0
+        # sends float32 gradients, rank 1 float16 (torch's hook: gloo aborted the process)
+        out["mismatch"] = []
+        for mine, other in (("qsgd:8", "qsgd:4"), ("none", "fp16")):
+            try:
+                _train(rank, ds, shard, mine if rank == 0 else other, 1)
+                out["mismatch"].append("no error")
+            except Exception as exc:  # noqa: BLE001 - the message is what is tested
+                out["mismatch"].append(f"{type(exc).__name__}: {exc}")
         q.put((rank, out))
         dist.destroy_process_group()
     except BaseException as exc:  # noqa: BLE001
@@ -326,9 +329,11 @@ def test_checkpoint_resumes_bit_for_bit(ddp_runs):
 
 def test_mismatched_ranks_raise_naming_the_field(ddp_runs):
     for r in range(2):
-        msg = ddp_runs[r]["mismatch"]
-        assert "differ in compressor" in msg, msg
-        assert "ranks [0]" in msg and "ranks [1]" in msg, msg
+        for msg, (mine, other) in zip(ddp_runs[r]["mismatch"],
+                                      (("qsgd:8", "qsgd:4"), ("none", "fp16"))):
+            assert msg.startswith(f"ConfigMismatch: rank {r}: ranks disagree on the DDP "
+                                  "compression"), msg
+            assert f'compressor: rank 0 has "{mine}"; rank 1 has "{other}"' in msg, msg
 
 
 def _decode_threads(rank, world):

@@ -353,6 +353,24 @@ def test_begin_end_equals_step_and_flat_views_follow_the_optimizer():
     assert g.step_count == 1
 
 
+def test_parameters_sharing_memory_are_refused_and_tied_ones_kept_tied():
+    net = gossip.InMemoryNetwork(1)
+    enc, dec = torch.nn.Linear(4, 4), torch.nn.Linear(4, 4)
+    dec.weight = torch.nn.Parameter(enc.weight.data)        # tied through .data
+    transposed = torch.nn.Parameter(torch.randn(3, 5))
+    for params in ([*enc.parameters(), *dec.parameters()],
+                   [transposed, torch.nn.Parameter(transposed.data.t())]):
+        with pytest.raises(ValueError, match="share memory.*one Parameter object"):
+            gossip.DPSGD(params, "ring", transport=net.transport(0))
+    dec.weight = enc.weight                                   # tied as one object
+    model = torch.nn.ModuleList([enc, dec])
+    gossip.DPSGD(model, "ring", transport=net.transport(0))
+    with torch.no_grad():
+        enc.weight.add_(1.0)
+    assert dec.weight is enc.weight and torch.equal(dec.weight, enc.weight)
+    gossip.DPSGD(model, "ring", transport=net.transport(0))  # over flat views: disjoint
+
+
 def test_theta_monitor_warns_on_violation():
     n = 4
     xs = start_values(n, 5, scale=3.0)   # spread ~ 10 >> theta

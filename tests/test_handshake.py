@@ -12,7 +12,7 @@ from moniqua_kernels.gossip import handshake
 
 TIMEOUT = 60.0
 BASE = dict(algorithm="moniqua", bits=1, theta=0.1, rounding="dither", seed=0,
-            topology="ring", hidden=8)
+            topology="ring", hidden=8, sync_params=True)
 # (field the error must name, the rank that differs, its setting)
 CASES = [
     ("bits", 1, {"bits": 2}),
@@ -22,12 +22,14 @@ CASES = [
     ("seed", 2, {"seed": 1}),
     ("topology", 0, {"topology": "complete"}),
     ("algorithm", 3, {"algorithm": "choco"}),
+    ("sync_params", 1, {"sync_params": False}),  # was a timeout, or gloo's size abort
 ]
 
 
 def _build(cfg, transport=None):
     model = data.make_model("mlp", 8, 3, seed=0, hidden=cfg["hidden"])
-    kw = {"topology": cfg["topology"], "seed": cfg["seed"], "timeout": TIMEOUT}
+    kw = {"topology": cfg["topology"], "seed": cfg["seed"], "timeout": TIMEOUT,
+          "sync_params": cfg["sync_params"]}
     if transport is not None:
         kw["transport"] = transport
     if cfg["algorithm"] == "moniqua":

@@ -42,7 +42,9 @@ How this module runs it on torch.distributed:
 - ``close()`` stops the thread: an active finishes its exchange and tells its passive
   neighbours "bye"; a passive serves until every active neighbour has said bye.  Any
   failure (a peer that died or stalled past the timeout) is raised in the training
-  thread at its next step() or close(), naming the peer.
+  thread at its next step() or close(), naming the peer.  An active with nothing to
+  exchange tells its passives it is alive every third of the timeout, so ranks that
+  pause together (evaluation, checkpoints) for longer than the timeout go on.
 
 The synchronous emulation (all pairs of a random matching meet at the same step, no
 worker runs ahead) remains for the simulator, where time does not exist:
@@ -68,7 +70,13 @@ from .transport import DistTransport, PeerError
 
 __all__ = ["ADPSGD", "AsyncPairwise", "bipartite_split"]
 
-_REQ, _BYE, _CHECK = 1, 2, 3
+_REQ, _BYE, _CHECK, _ALIVE = 1, 2, 3, 4
+# An idle active tells its passives it is alive this often (a fraction of the timeout):
+# a passive's wait for requests has the failure deadline, and with every rank paused
+# together (an evaluation, a checkpoint write) longer than the timeout the passives
+# blamed live actives (measured: timeout 3 s, a 5 s pause, "waiting for an AD-PSGD
+# request with peer(s) [0] ... Timed out").
+_ALIVE_EVERY = 1 / 3
 _TAG_REQ, _TAG_ACTIVE, _TAG_PASSIVE, _TAG_STAT = 101, 102, 103, 104
 _PURPOSE_ASYNC = 3
 _HEADER = 4  # int64: kind, exchange number, theta (float64 bits), reserved
@@ -147,6 +155,14 @@ class AsyncPairwise:
     def __init__(self, alg: GossipAlgorithm, codec, base_topology, *, theta=None,
                  margin: float = 2.0, check_every: int = 64, monitor=None,
                  weight: float = 0.5, max_lag: Optional[int] = 1):
+        if base_topology.time_varying:
+            # both ends of a pair must read the same graph: a passive waits for the
+            # neighbours of step 0 while the active's may differ (exp-onepeer: ranks timed
+            # out waiting for live peers)
+            raise topology_mod.TopologyError(
+                f"asynchronous AD-PSGD picks a random neighbour of a fixed graph; "
+                f"{base_topology.name} changes from step to step: use a static topology "
+                "(ring, torus, exponential, ...) or asynchronous=False")
         if not isinstance(alg.transport, DistTransport):
             raise ValueError("asynchronous AD-PSGD runs over torch.distributed (a background "
                              "thread talks to peers on its own schedule); in the simulator, "
@@ -215,6 +231,16 @@ class AsyncPairwise:
             self._trigger.set()
         return sent
 
+    def republish(self) -> None:
+        """The model was replaced outside step() (load_state_dict on resume): answer
+        exchanges with it from now on, and drop the averaging of the model it replaced.
+        Until this ran a passive answered with the model of its construction until its
+        first step(): a resumed pair of models at 10 and 20 ended at 5 and 25."""
+        with self._lock, torch.no_grad():
+            for b, pend, pub in zip(self.alg.buckets, self._pending, self._published):
+                pend.zero_()
+                pub.copy_(b.tensor)
+
     def close(self) -> int:
         """Stop and join the thread (see the module docstring); fold the last averaging
         into the model.  Raises the thread's error, naming the peer, if it had one."""
@@ -261,7 +287,10 @@ class AsyncPairwise:
     def _active_loop(self):
         k = 0
         while True:
-            self._trigger.wait()
+            if not self._trigger.wait(self.timeout * _ALIVE_EVERY):
+                for peer in self.peers:
+                    self._send_header(peer, torch.tensor([_ALIVE, k, 0, 0], dtype=torch.int64))
+                continue
             self._trigger.clear()
             if self._stop.is_set():
                 break
@@ -294,6 +323,8 @@ class AsyncPairwise:
             kind, k = int(header[0]), int(header[1])
             if kind == _BYE:
                 waiting.discard(peer)
+            elif kind == _ALIVE:
+                continue
             elif kind == _CHECK:
                 self._answer_check(peer)
             else:

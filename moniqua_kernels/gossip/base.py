@@ -102,6 +102,7 @@ class GossipAlgorithm(metaclass=_AgreeAfterInit):
 
     name = "gossip"
     time_varying_ok = True
+    engine = None   # asynchronous AD-PSGD's communication thread (adpsgd.AsyncPairwise)
 
     def __init__(self, model_or_params, topology="ring", process_group=None, *,
                  transport: Optional[Transport] = None, seed: int = 0,
@@ -148,6 +149,9 @@ class GossipAlgorithm(metaclass=_AgreeAfterInit):
         return {"algorithm": type(self).__name__, "world_size": self.world_size,
                 "topology": f"{top.name}, period {top.period}, W sha256:{digest}",
                 "seed": self.seed, "step": self.step_count,
+                # it decides the start's collectives: the broadcast, or the replicas'
+                # fetch (a mismatch gave gloo's size abort or a timeout, not a reason)
+                "sync_params": self._sync_params,
                 "buckets": [b.numel for b in self.buckets],
                 "dtypes": sorted({str(b.tensor.dtype) for b in self.buckets}),
                 "device_type": self.buckets[0].tensor.device.type}
@@ -250,6 +254,9 @@ class GossipAlgorithm(metaclass=_AgreeAfterInit):
             with torch.no_grad():
                 for dst, src in zip(current, saved):
                     dst.copy_(src)
+        if self.engine is not None:
+            # before the handshake: no active starts an exchange until every rank is past it
+            self.engine.republish()
         if agree:
             self.agree()
 

@@ -37,6 +37,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from . import handshake
 from .base import ring_allreduce_bytes
 from .hooks import (CompressedHookState, allreduce_hook, fp16_compress_hook,
                     register_compressed_hook)
@@ -128,6 +129,15 @@ class DataParallel:
         self.world_size = dist.get_world_size(process_group)
         self.rank = dist.get_rank(process_group)
         self.compressor = compressor
+        # Ranks must hook the same compression: otherwise their all-reduces differ in
+        # size (gloo aborts the process: "Received data size doesn't match") or they time
+        # out without a reason.  DDP itself checks the parameters' shapes.
+        from .transport import DistTransport
+        handshake.agree(DistTransport(process_group),
+                        {"compressor": spec or handshake.describe(compressor),
+                         "error_feedback": error_feedback, "per_tensor": per_tensor,
+                         "seed": seed},
+                        what="the DDP compression", device=next(model.parameters()).device)
         if (spec or "").startswith("powersgd") and _gloo(process_group):
             ddp_kwargs = _one_bucket(ddp_kwargs)
             _keep_until_exit(process_group)

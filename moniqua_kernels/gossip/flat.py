@@ -53,7 +53,32 @@ def as_params(model_or_params) -> list[torch.nn.Parameter]:
             out.append(p)
     if not out:
         raise ValueError("no parameters to gossip")
+    _refuse_overlaps(out)
     return out
+
+
+def _refuse_overlaps(params: list) -> None:
+    """Two Parameter objects over the same memory (a weight tied by sharing ``.data``,
+    or one a view of the other) would each get a slot of their own in the flat buffer,
+    untying them silently; refuse, saying how to tie them."""
+    spans = []
+    for i, p in enumerate(params):
+        if p.numel() == 0:
+            continue
+        extent = 1 + sum((n - 1) * st for n, st in zip(p.shape, p.stride()))
+        start = p.storage_offset() * p.element_size()
+        end = start + extent * p.element_size()
+        spans.append((p.untyped_storage().data_ptr(), start, end, i))
+    spans.sort()
+    for (mem_a, _, end_a, i), (mem_b, start_b, _, j) in zip(spans, spans[1:]):
+        if mem_a == mem_b and start_b < end_a:
+            i, j = sorted((i, j))
+            raise ValueError(
+                f"parameters {i} {tuple(params[i].shape)} and {j} {tuple(params[j].shape)} "
+                "share memory (a weight tied through .data, or a view of another "
+                "parameter): gossip copies every parameter into a flat buffer of its own, "
+                "which would untie them; tie them as one Parameter object instead "
+                "(module_b.weight = module_a.weight)")
 
 
 class FlatParams:
