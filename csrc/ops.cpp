@@ -98,11 +98,16 @@ void flag_add(int64_t* flag, int slot, int64_t count) {
   if (flag != nullptr && count) flag[slot] += count;
 }
 
-// CPU: the payload's padding bits must be zero.
-void check_padding_cpu(const at::Tensor& payload, int64_t n, int bits, int64_t* flag) {
+// CPU: the payload's padding bits must be zero.  True when they are not (flagged): the
+// caller then writes nothing, so a refused mix leaves the model as it was (a corrupt
+// payload once updated it, then raised).  One byte: checked before the kernel.
+bool bad_padding_cpu(const at::Tensor& payload, int64_t n, int bits, int64_t* flag) {
   const uint32_t mask = padding_mask(n, bits);
-  if (flag != nullptr && mask && (payload.data_ptr<uint8_t>()[payload.numel() - 1] & mask))
+  if (flag != nullptr && mask && (payload.data_ptr<uint8_t>()[payload.numel() - 1] & mask)) {
     flag_add(flag, kPadding, 1);
+    return true;
+  }
+  return false;
 }
 
 // The stream of a call.  CPU: a stream tensor is read here (nullopt when its offset is
@@ -217,7 +222,7 @@ void unpack_bits(at::Tensor payload, int64_t bits, at::Tensor out, OptTensor fla
   const uint8_t* p = payload.data_ptr<uint8_t>();
   uint8_t* o = out.data_ptr<uint8_t>();
   on_device(dev, [&] {
-    check_padding_cpu(payload, n, static_cast<int>(bits), f);
+    if (bad_padding_cpu(payload, n, static_cast<int>(bits), f)) return;
     over_blocks(n, [&](int64_t b0, int64_t b1) {
       cpu::unpack_bits(p, n, static_cast<int>(bits), o, b0, b1);
       return int64_t{0};
@@ -263,7 +268,7 @@ void moniqua_decode(at::Tensor payload, at::Tensor reference, double modulus, in
   const void* y = reference.data_ptr();
   void* o = out.data_ptr();
   on_device(dev, [&] {
-    check_padding_cpu(payload, n, m.bits, f);
+    if (bad_padding_cpu(payload, n, m.bits, f)) return;
     advise_huge_pages(out);
     flag_add(f, kNonFinite, over_blocks(n, [&](int64_t b0, int64_t b1) {
       return cpu::moniqua_decode(p, y, dt, n, m, *s, o, f != nullptr, b0, b1);
@@ -294,8 +299,9 @@ void moniqua_mix_(at::Tensor x, std::vector<at::Tensor> payloads, std::vector<do
     st.push_back(*s);
   }
   on_device(dev, [&] {
-    for (const auto& p : payloads) check_padding_cpu(p, n, m.bits, f);
-    check_padding_cpu(own_payload, n, m.bits, f);
+    bool bad = bad_padding_cpu(own_payload, n, m.bits, f);
+    for (const auto& p : payloads) bad = bad_padding_cpu(p, n, m.bits, f) || bad;
+    if (bad) return;
     std::vector<const uint8_t*> ptrs;
     std::vector<float> w;
     for (int64_t j = 0; j < np; ++j) {
@@ -421,7 +427,7 @@ void qsgd_decode(at::Tensor scales, at::Tensor payload, int64_t bits, int64_t bu
   const uint8_t* p = payload.data_ptr<uint8_t>();
   float* o = out.data_ptr<float>();
   on_device(dev, [&] {
-    check_padding_cpu(payload, n, static_cast<int>(bits), f);
+    if (bad_padding_cpu(payload, n, static_cast<int>(bits), f)) return;
     advise_huge_pages(out);
     over_blocks(n, [&](int64_t b0, int64_t b1) {
       cpu::qsgd_decode(sc, p, n, static_cast<int>(bits), bucket_size, o, b0, b1);
@@ -533,7 +539,7 @@ void sign_decode(at::Tensor scale, at::Tensor payload, at::Tensor out, OptTensor
   const uint8_t* p = payload.data_ptr<uint8_t>();
   float* o = out.data_ptr<float>();
   on_device(dev, [&] {
-    check_padding_cpu(payload, n, 1, f);
+    if (bad_padding_cpu(payload, n, 1, f)) return;
     advise_huge_pages(out);
     const float sc = *scale.data_ptr<float>();
     over_blocks(n, [&](int64_t b0, int64_t b1) {

@@ -176,6 +176,19 @@ def test_compile_fullgraph_mix_in_place():
     assert torch.equal(eager, compiled)
 
 
+def test_compile_takes_a_uint64_seed_as_eager_does():
+    # eager maps seeds >= 2^63 to the int64 with the same bits; while compiling the seed
+    # once reached the schema's int unmapped and failed ("Expected a value of type 'int'")
+    def encode(x, seed):
+        return mk.moniqua_encode(x, 2.0, 2, "dither", seed)
+
+    x = torch.randn(100)
+    compiled = torch.compile(encode, fullgraph=True, backend="eager")
+    for seed in (2 ** 64 - 1, 2 ** 63):
+        assert torch.equal(compiled(x, seed), encode(x, seed))
+    assert torch.equal(encode(x, 2 ** 64 - 1), encode(x, -1))
+
+
 def _count_compiles(fn, calls, backend="inductor"):
     from torch._dynamo.testing import CompileCounterWithBackend
     torch._dynamo.reset()

@@ -131,6 +131,16 @@ def test_non_finite_counts_elements_and_opt_out():
     assert payload[[3, 10, 500]].tolist() == [0, 0, 0]
 
 
+def test_non_finite_in_a_parameter_is_raised_at_once_and_leaves_nothing_behind():
+    # an nn.Parameter takes the dispatcher's path; its count was never raised there, and
+    # the next, clean call failed with it
+    x = torch.randn(16)
+    x[3] = math.nan
+    with pytest.raises(mk.KernelInputError, match="1 non-finite"):
+        mk.moniqua_encode(torch.nn.Parameter(x, requires_grad=False), 1.0, 2, "nearest")
+    mk.moniqua_encode(torch.randn(16), 1.0, 2, "nearest")
+
+
 def test_refused_mix_writes_nothing():
     x = torch.randn(100)
     before = x.clone()
@@ -237,6 +247,23 @@ def test_padding_bits_must_be_zero():
         mk.unpack_bits(payload, 1, 999)
 
 
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+def test_a_payload_with_bad_padding_writes_nothing(backend):
+    # a corrupt payload once updated the model, then raised
+    x = torch.randn(5)
+    own = mk.moniqua_encode(x, 4.0, 2, "nearest")
+    bad = torch.tensor([0xFF, 0xFF], dtype=torch.uint8)   # 5 codes of 2 bits: 6 padding
+    before = x.clone()
+    with mk.use_backend(backend):
+        with pytest.raises(mk.KernelInputError, match="padding bits"):
+            mk.moniqua_mix_(x, [bad], [0.5], own, 4.0, 2, "nearest")
+        assert torch.equal(x, before)
+        out = torch.full((5,), 7.0)
+        with pytest.raises(mk.KernelInputError, match="padding bits"):
+            mk.moniqua_decode(bad, x, 4.0, 2, "nearest", out=out)
+        assert torch.equal(out, torch.full((5,), 7.0))
+
+
 def test_mix_refuses_leaf_that_requires_grad_and_inference_tensors():
     x = torch.randn(100, requires_grad=True)
     own = mk.moniqua_encode(x.detach(), 1.0)
@@ -252,6 +279,90 @@ def test_mix_refuses_leaf_that_requires_grad_and_inference_tensors():
     assert torch.equal(xi, before)
     with torch.inference_mode():
         mk.moniqua_mix_(xi, [own], [0.5], own, 1.0)
+
+
+def test_writes_autograd_cannot_see_are_refused_or_versioned():
+    # a mix into a tensor autograd records: refused (no gradient; the native kernels'
+    # writes are invisible to autograd), as a view of a leaf is
+    w = torch.randn(16, requires_grad=True)
+    h = w.exp()                                   # exp saves its result for backward
+    own = mk.moniqua_encode(h.detach(), 8.0, 2, "nearest")
+    theirs = mk.moniqua_encode(h.detach() + 1, 8.0, 2, "nearest")
+    for target in (h, torch.randn(64, requires_grad=True)[:16]):
+        with pytest.raises(RuntimeError, match="requires grad"):
+            mk.moniqua_mix_(target, [theirs], [0.5], own, 8.0, 2, "nearest")
+    # under no_grad it runs, and bumps the version as torch's in-place ops do, so the
+    # backward through exp's saved result refuses instead of giving a wrong gradient
+    with torch.no_grad():
+        mk.moniqua_mix_(h, [theirs], [0.5], own, 8.0, 2, "nearest")
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        h.sum().backward()
+    out = torch.empty(16)
+    mk.moniqua_decode(own, h.detach(), 8.0, 2, "nearest", out=out)
+    assert out._version == 1
+    with pytest.raises(RuntimeError, match="expanded"):
+        mk.moniqua_mix_(torch.zeros(1).expand(16), [theirs], [0.5], own, 8.0, 2, "nearest")
+
+
+def test_outputs_overlapping_inputs_are_refused_before_writing():
+    # the native kernels read as they write: an overlapping out= gave a wrong result on
+    # CPU (the reference's whole-tensor steps happened to be right), and topk_decode
+    # zeroed the caller's values before torch refused
+    x = torch.randn(2048)
+    scales, payload = mk.qsgd_encode(x, 4, 512)
+    buf = torch.empty(2048)
+    buf[:4] = scales
+    with pytest.raises(ValueError, match="out overlaps scales"):
+        mk.qsgd_decode(buf[:4], payload, 2048, 4, 512, out=buf)
+    codes = torch.randint(0, 2, (8192,), dtype=torch.uint8)
+    with pytest.raises(ValueError, match="out overlaps codes"):
+        mk.pack_bits(codes, 1, out=codes[-1024:])
+    values = torch.arange(1.0, 11.0)
+    with pytest.raises(ValueError, match="out overlaps values"):
+        mk.topk_decode(torch.tensor([1, 2, 3]), values[:3], 10, out=values)
+    assert torch.equal(values, torch.arange(1.0, 11.0))
+    both = torch.empty(64, dtype=torch.uint8)
+    with pytest.raises(ValueError, match=r"out\[1\] \(payload\) overlaps out\[0\]"):
+        mk.sign_encode(torch.randn(32), out=(both[:4].view(torch.float32)[0], both[:4]))
+    # a decode into its own reference reads each element before writing it: allowed;
+    # shifted by one element it is not
+    y = torch.randn(101)
+    wire = mk.moniqua_encode(y[:100] + 0.01, 4.0, 8, "nearest")
+    want = mk.moniqua_decode(wire, y[:100], 4.0, 8, "nearest")
+    same = y[:100].clone()
+    assert torch.equal(mk.moniqua_decode(wire, same, 4.0, 8, "nearest", out=same), want)
+    with pytest.raises(ValueError, match="out overlaps reference"):
+        mk.moniqua_decode(wire, y[:100], 4.0, 8, "nearest", out=y[1:])
+
+
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+def test_refused_offset_tensors_raise_in_ops_without_a_flag_row(backend):
+    # philox_uniform has no flag row: a refused offset tensor returned out unwritten;
+    # random-k reads its stream on the host, and the reference took what cpu refused
+    with mk.use_backend(backend):
+        for offset in (5, -4):
+            with pytest.raises(ValueError, match="offset"):
+                mk.philox_uniform(8, 0, torch.tensor(offset))
+            with pytest.raises(ValueError, match="offset"):
+                mk.randomk_count(64, 0.5, 0, torch.tensor(offset))
+            with pytest.raises(ValueError, match="offset"):
+                mk.randomk_encode(torch.randn(64), 0.5, 0, torch.tensor(offset))
+        assert torch.equal(mk.philox_uniform(8, 3, torch.tensor(8)), mk.philox_uniform(8, 3, 8))
+
+
+def test_a_bucket_longer_than_the_data_is_one_bucket():
+    # the kernels sized their work by bucket_size: 2^26 for 10 elements took 3.3 s and
+    # 1.5 GB in the reference, 2^44 six seconds in the native kernels
+    x = torch.randn(10)
+    want = mk.qsgd_encode(x, 4, 16, seed=2)
+    for huge in (1 << 26, 1 << 44):
+        got = mk.qsgd_encode(x, 4, huge, seed=2)
+        assert all(torch.equal(a, b) for a, b in zip(got, want))
+        assert torch.equal(mk.qsgd_decode(*got, 10, 4, huge), mk.qsgd_decode(*want, 10, 4, 16))
+        elias = mk.qsgd_elias_encode(x, 4, huge, seed=2)
+        assert all(torch.equal(a, b) for a, b in zip(elias, mk.qsgd_elias_encode(x, 4, 16, seed=2)))
+        assert torch.equal(mk.qsgd_elias_decode(*elias, 10, 4, huge),
+                           mk.qsgd_elias_decode(*elias, 10, 4, 16))
 
 
 def test_stream_tensor_offset_is_checked_by_the_kernel():

@@ -1,5 +1,5 @@
 // The CPU kernels' torch-free interface: raw pointers, element counts, and a range of
-// work blocks.  The torch bindings (csrc/bindings.cpp) run the blocks of a call over
+// work blocks.  The torch bindings (csrc/ops.cpp) run the blocks of a call over
 // at::parallel_for, so torch.set_num_threads governs them; the C++ unit tests
 // (csrc/tests) call the same functions without torch.
 //

@@ -3,7 +3,8 @@ reference kernel (DESIGN.md section 8).
 
 Each op is a ``torch.library`` op in the ``moniqua_kernels`` namespace.  Ops write into
 outputs the caller passes (``Tensor(a!) out``) and return nothing, except random-k's
-encode, whose length depends on the random mask.  The public wrappers (api.py)
+encode (its length depends on the random mask) and Elias-coded QSGD's encode (its
+length depends on the data).  The public wrappers (api.py)
 validate, allocate the outputs when the user gave none, and call the op.
 
 Kernels: a backend adds an implementation of an op by ``register_kernel(op, backend,

@@ -4,7 +4,8 @@ pass, call the op of the table (_table.py).
 Eager calls go straight to the kernel the backend registry picks: the dispatcher's own
 cost (~10 us a call, measured on the 2-core CI box) would triple the cost of a small
 op for nothing.  While torch.compile traces, or when a tensor subclass or dispatch mode
-is involved, the call goes through the dispatcher op, which picks the same kernel.
+is involved, the call goes through the dispatcher op, which picks the same kernel; on
+CPU both paths raise a kernel's data error as soon as it returns.
 """
 from __future__ import annotations
 
@@ -26,15 +27,18 @@ _dispatch_stack_len = getattr(torch._C, "_len_torch_dispatch_stack", lambda: 0)
 
 
 def _run(name: str, device: torch.device, flag: Optional[torch.Tensor], primary, *args):
-    """Run op `name` on `device`; on CPU (eager) raise right away if its kernel flagged
-    bad data.  primary: the call's main tensor (a subclass of it takes the op path)."""
-    if type(primary) is torch.Tensor and not torch.compiler.is_compiling() \
-            and _dispatch_stack_len() == 0:
+    """Run op `name` on `device`; on CPU, outside torch.compile, raise right away if its
+    kernel flagged bad data (by either path: an nn.Parameter or a dispatch mode takes the
+    dispatcher's, and its count once stayed behind to fail the next, clean call).
+    primary: the call's main tensor (a subclass of it takes the op path)."""
+    eager = not torch.compiler.is_compiling()
+    if type(primary) is torch.Tensor and eager and _dispatch_stack_len() == 0:
         result = backends.kernel(name, device)(*args)
-        if flag is not None and not primary.is_cuda:
-            _errors.raise_cpu(OPS[name].row, flag)
-        return result
-    return op(name)(*args)
+    else:
+        result = op(name)(*args)
+    if flag is not None and eager and not primary.is_cuda:
+        _errors.raise_cpu(OPS[name].row, flag)
+    return result
 
 
 def _flag(name: str, primary: torch.Tensor, on: bool) -> Optional[torch.Tensor]:
@@ -63,26 +67,47 @@ def _flat(x: torch.Tensor) -> torch.Tensor:
     return x if x.is_contiguous() else x.contiguous()
 
 
-def _output(out, name, shape, dtype, device) -> torch.Tensor:
+def _output(out, name, shape, dtype, device, reads=()) -> torch.Tensor:
     """out, checked, or a new tensor.  shape: an int for a 1-d output (torch.empty parses a
-    tuple ~0.5 us slower, a sixth of a 1024-element op's cost; bench.py)."""
+    tuple ~0.5 us slower, a sixth of a 1024-element op's cost; bench.py).  reads: what
+    the op reads, (name, tensor, same_ok) for v.check_disjoint."""
     if out is None:
         return torch.empty(shape, dtype=dtype, device=device)
     v.check_out(name, out, (shape,) if isinstance(shape, (int, torch.SymInt)) else shape, dtype, device)
-    return out
+    v.check_disjoint(name, out, reads)
+    return _written(out)
 
 
-def _output_like(out, name, like: torch.Tensor) -> torch.Tensor:
+def _output_like(out, name, like: torch.Tensor, reads=()) -> torch.Tensor:
     """out, checked, or a new contiguous tensor shaped and typed like `like`."""
     if out is None:
         return torch.empty_like(like, memory_format=torch.contiguous_format)
     v.check_out(name, out, like.shape, like.dtype, like.device)
-    return out
+    v.check_disjoint(name, out, reads)
+    return _written(out)
 
 
-def _host_int(value) -> int:
-    """A seed/offset for the random-k ops, whose sizes are data-dependent anyway."""
-    return int(value.item()) if isinstance(value, torch.Tensor) else value
+def _written(t: torch.Tensor) -> torch.Tensor:
+    """A caller's tensor the kernel will write: bump its version, as torch's in-place and
+    out= ops do, so that autograd refuses a backward through a saved copy of it (the
+    native kernels write memory autograd does not see: a mix into the result of exp()
+    gave a wrong gradient, silently).  While tracing, the declared mutation does it."""
+    if not torch.compiler.is_compiling():
+        torch.autograd.graph.increment_version(t)
+    return t
+
+
+def _host_stream(seed, offset, n: int, device) -> tuple:
+    """Seed and offset as checked ints for the random-k ops, whose sizes are
+    data-dependent anyway: a tensor is read on the host and its value checked as an int
+    would be (the reference once took a refused offset tensor the native kernels
+    refused)."""
+    seed, offset = v.check_seed(seed, device), v.check_offset(offset, n, device)
+    if isinstance(seed, torch.Tensor):
+        seed = v.check_seed(int(seed.item()), device)
+    if isinstance(offset, torch.Tensor):
+        offset = v.check_offset(int(offset.item()), n, device)
+    return seed, offset
 
 
 # ----------------------------------------------------------------------- Moniqua helpers
@@ -110,6 +135,13 @@ def philox_uniform(n: int, seed: SeedLike, offset: SeedLike = 0, device=None, *,
     n = v.check_int("n", n, low=0)
     device = out.device if isinstance(out, torch.Tensor) and device is None \
         else v.device_of(device)
+    if isinstance(offset, torch.Tensor) and not offset.is_cuda and \
+            not torch.compiler.is_compiling() and offset.dtype == torch.int64 and \
+            offset.numel() == 1:
+        # this op has no flag row for the kernel to count a refused offset in: on CPU
+        # check the value here (it returned its output unwritten); on CUDA that would be
+        # a synchronisation, so there a refused offset tensor leaves out unwritten
+        v.check_offset(int(offset), n, device)
     seed, offset, stream = _stream(seed, offset, n, device)
     out = _output(out, "out", n, torch.float32, device)
     _run("philox_uniform", device, None, out, seed, offset, stream, out)
@@ -118,7 +150,8 @@ def philox_uniform(n: int, seed: SeedLike, offset: SeedLike = 0, device=None, *,
 
 def pack_bits(codes: torch.Tensor, bits: int, *, out: Optional[torch.Tensor] = None
               ) -> torch.Tensor:
-    """Pack codes (any integer dtype, values in [0, 2^bits)) into the wire layout.
+    """Pack codes (uint8, int8, int16, int32 or int64, values in [0, 2^bits)) into the
+    wire layout.
 
     Byte j holds codes j*(8/b) .. j*(8/b) + 8/b - 1, least significant first:
     >>> pack_bits(torch.tensor([1, 2, 3, 0, 3], dtype=torch.uint8), 2).tolist()
@@ -132,6 +165,9 @@ def pack_bits(codes: torch.Tensor, bits: int, *, out: Optional[torch.Tensor] = N
         raise TypeError(f"codes must be a torch.Tensor, got {type(codes).__name__}")
     if codes.is_floating_point() or codes.is_complex() or codes.dtype == torch.bool:
         raise TypeError(f"codes must have an integer dtype, got {codes.dtype}")
+    if codes.dtype in (torch.uint16, torch.uint32, torch.uint64):  # torch has no min/max
+        raise TypeError(f"codes must be uint8, int8, int16, int32 or int64, got "
+                        f"{codes.dtype}: convert them (.to(torch.int32))")
     capturing = codes.is_cuda and torch.cuda.is_current_stream_capturing()
     if codes.numel() and not torch.compiler.is_compiling() and not capturing:
         lo, hi = torch.aminmax(codes.reshape(-1))
@@ -139,7 +175,8 @@ def pack_bits(codes: torch.Tensor, bits: int, *, out: Optional[torch.Tensor] = N
         if lo < 0 or hi >= 1 << bits:
             raise ValueError(f"codes must lie in [0, {1 << bits}) for bits={bits}, "
                              f"got values in [{lo}, {hi}]")
-    out = _output(out, "out", packed_nbytes(codes.numel(), bits), torch.uint8, codes.device)
+    out = _output(out, "out", packed_nbytes(codes.numel(), bits), torch.uint8, codes.device,
+                  (("codes", codes, False),))
     _run("pack_bits", codes.device, None, codes, _flat(codes).to(torch.uint8), bits, out)
     return out
 
@@ -153,7 +190,7 @@ def unpack_bits(payload: torch.Tensor, bits: int, n: int, *,
         raise TypeError(f"payload must be a torch.Tensor, got {type(payload).__name__}")
     device = payload.device
     v.check_payload("payload", payload, n, bits, device)
-    out = _output(out, "out", n, torch.uint8, device)
+    out = _output(out, "out", n, torch.uint8, device, (("payload", payload, False),))
     flag = _flag("unpack_bits", payload, True)
     _run("unpack_bits", device, flag, payload, _flat(payload), bits, out, flag)
     return out
@@ -176,7 +213,8 @@ def moniqua_encode(x: torch.Tensor, modulus: float, bits: int = 1, rounding: str
     bits, modulus = v.check_moniqua(bits, rounding, modulus, "moniqua_encode")
     device = x.device
     seed, offset, stream = _stream(seed, offset, x.numel(), device)
-    out = _output(out, "out", packed_nbytes(x.numel(), bits), torch.uint8, device)
+    out = _output(out, "out", packed_nbytes(x.numel(), bits), torch.uint8, device,
+                  (("x", x, False),))
     flag = _flag("moniqua_encode", x, check_finite)
     _run("moniqua_encode", device, flag, x, _flat(x), modulus, bits, rounding, seed, offset,
          stream, out, flag)
@@ -199,7 +237,8 @@ def moniqua_decode(payload: torch.Tensor, reference: torch.Tensor, modulus: floa
     n = reference.numel()
     seed, offset, stream = _stream(seed, offset, n, device)
     v.check_payload("payload", payload, n, bits, device)
-    out = _output_like(out, "out", reference)
+    out = _output_like(out, "out", reference, (("payload", payload, False),
+                                               ("reference", reference, True)))
     flag = _flag("moniqua_decode", reference, check_finite)
     _run("moniqua_decode", device, flag, reference, _flat(payload), _flat(reference), modulus, bits,
          rounding, seed, offset, stream, out, flag)
@@ -267,7 +306,7 @@ def moniqua_mix_(x: torch.Tensor, payloads: Sequence[torch.Tensor], weights: Seq
                                torch.stack([_as_tensor(o, device) for o in offsets])], dim=1)
         seeds, offsets = [0] * count, [0] * count
     flag = _flag("moniqua_mix_", x, check_finite)
-    work = x if x.is_contiguous() else x.contiguous()
+    work = _written(x) if x.is_contiguous() else x.contiguous()  # (else copy_ bumps it)
     _run("moniqua_mix_", device, flag, x, work, [_flat(p) for p in payloads], weights,
          _flat(own_payload), modulus, bits, rounding, gamma, seeds, offsets, streams,
          flag)
@@ -284,20 +323,22 @@ def qsgd_encode(x: torch.Tensor, bits: int = 4, bucket_size: int = 512, norm: st
     v.check_float_tensor("x", x)
     bits = v.check_qsgd(bits, bucket_size, norm)
     device, n = x.device, x.numel()
+    bucket_size = v.qsgd_bucket(bucket_size, n)
     seed, offset, stream = _stream(seed, offset, n, device)
     scales_out, payload_out = out if out is not None else (None, None)
     scales = _output(scales_out, "out[0] (scales)", (n + bucket_size - 1) // bucket_size,
-                     torch.float32, device)
+                     torch.float32, device, (("x", x, False),))
     payload = _output(payload_out, "out[1] (payload)", packed_nbytes(n, bits), torch.uint8,
-                      device)
+                      device, (("x", x, False), ("out[0] (scales)", scales, False)))
     flag = _flag("qsgd_encode", x, check_finite)
     _run("qsgd_encode", device, flag, x, _flat(x), bits, bucket_size, norm, seed, offset, stream,
          scales, payload, flag)
     return scales, payload
 
 
-def _check_qsgd_decode(scales, n, bits, bucket_size) -> tuple[int, int]:
-    """bits and n of a QSGD decode, checked with its scales (one float32 per bucket)."""
+def _check_qsgd_decode(scales, n, bits, bucket_size) -> tuple[int, int, int]:
+    """bits, n and the kernels' bucket size of a QSGD decode, checked with its scales
+    (one float32 per bucket)."""
     bits = v.check_qsgd(bits, bucket_size)
     n = v.check_int("n", n, low=0)
     if not isinstance(scales, torch.Tensor) or scales.dtype != torch.float32:
@@ -306,16 +347,17 @@ def _check_qsgd_decode(scales, n, bits, bucket_size) -> tuple[int, int]:
     if scales.numel() != nb:
         raise ValueError(f"scales has {scales.numel()} entries but n={n} in buckets of "
                          f"{bucket_size} needs {nb}")
-    return bits, n
+    return bits, n, v.qsgd_bucket(bucket_size, n)
 
 
 def qsgd_decode(scales: torch.Tensor, payload: torch.Tensor, n: int, bits: int = 4,
                 bucket_size: int = 512, *, out: Optional[torch.Tensor] = None) -> torch.Tensor:
     """float32 values N * (-1)^sign * l / s, flat, n elements."""
-    bits, n = _check_qsgd_decode(scales, n, bits, bucket_size)
+    bits, n, bucket_size = _check_qsgd_decode(scales, n, bits, bucket_size)
     device = scales.device
     v.check_payload("payload", payload, n, bits, device)
-    out = _output(out, "out", n, torch.float32, device)
+    out = _output(out, "out", n, torch.float32, device,
+                  (("scales", scales, False), ("payload", payload, False)))
     flag = _flag("qsgd_decode", payload, True)
     _run("qsgd_decode", device, flag, payload, _flat(scales), _flat(payload), bits, bucket_size, out,
          flag)
@@ -332,9 +374,10 @@ def qsgd_elias_encode(x: torch.Tensor, bits: int = 4, bucket_size: int = 512,
     v.check_float_tensor("x", x)
     bits = v.check_qsgd(bits, bucket_size, norm)
     device, n = x.device, x.numel()
+    bucket_size = v.qsgd_bucket(bucket_size, n)
     seed, offset, stream = _stream(seed, offset, n, device)
     scales = _output(out_scales, "out_scales", (n + bucket_size - 1) // bucket_size,
-                     torch.float32, device)
+                     torch.float32, device, (("x", x, False),))
     flag = _flag("qsgd_elias_encode", x, check_finite)
     codes = _run("qsgd_elias_encode", device, flag, x, _flat(x), bits, bucket_size, norm, seed,
                  offset, stream, scales, flag)
@@ -346,13 +389,14 @@ def qsgd_elias_decode(scales: torch.Tensor, payload: torch.Tensor, n: int, bits:
                       ) -> torch.Tensor:
     """float32 values N * (-1)^sign * l / s of an Elias-coded stream, flat, n elements
     (+0 where no code); a stream that does not parse raises."""
-    bits, n = _check_qsgd_decode(scales, n, bits, bucket_size)
+    bits, n, bucket_size = _check_qsgd_decode(scales, n, bits, bucket_size)
     if not isinstance(payload, torch.Tensor) or payload.dtype != torch.uint8:
         raise TypeError("payload must be a uint8 tensor (the Elias bit stream)")
     device = scales.device
     if payload.device != device:
         raise ValueError(f"payload is on {payload.device}, scales on {device}")
-    out = _output(out, "out", n, torch.float32, device)
+    out = _output(out, "out", n, torch.float32, device,
+                  (("scales", scales, False), ("payload", payload, False)))
     flag = _flag("qsgd_elias_decode", payload, True)
     _run("qsgd_elias_decode", device, flag, payload, _flat(scales), _flat(payload), bits,
          bucket_size, out, flag)
@@ -365,9 +409,9 @@ def sign_encode(x: torch.Tensor, *, out: Optional[tuple[torch.Tensor, torch.Tens
     v.check_float_tensor("x", x)
     device = x.device
     scale_out, payload_out = out if out is not None else (None, None)
-    scale = _output(scale_out, "out[0] (scale)", (), torch.float32, device)
+    scale = _output(scale_out, "out[0] (scale)", (), torch.float32, device, (("x", x, False),))
     payload = _output(payload_out, "out[1] (payload)", packed_nbytes(x.numel(), 1),
-                      torch.uint8, device)
+                      torch.uint8, device, (("x", x, False), ("out[0] (scale)", scale, False)))
     flag = _flag("sign_encode", x, check_finite)
     _run("sign_encode", device, flag, x, _flat(x), scale, payload, flag)
     return scale, payload
@@ -381,7 +425,8 @@ def sign_decode(scale: torch.Tensor, payload: torch.Tensor, n: int, *,
         raise TypeError("scale must be a float32 tensor with one element")
     device = scale.device
     v.check_payload("payload", payload, n, 1, device)
-    out = _output(out, "out", n, torch.float32, device)
+    out = _output(out, "out", n, torch.float32, device,
+                  (("scale", scale, False), ("payload", payload, False)))
     flag = _flag("sign_decode", payload, True)
     _run("sign_decode", device, flag, payload, scale.reshape(()), _flat(payload), out, flag)
     return out
@@ -393,8 +438,7 @@ def randomk_count(n: int, ratio: float, seed: SeedLike = 0, offset: SeedLike = 0
     n = v.check_int("n", n, low=0)
     ratio = v.check_ratio(ratio)
     device = v.device_of(device)
-    seed = _host_int(v.check_seed(seed, device))
-    offset = _host_int(v.check_offset(offset, n, device))
+    seed, offset = _host_stream(seed, offset, n, device)
     out = torch.empty((), dtype=torch.int64, device=device)
     _run("randomk_count", device, None, out, n, ratio, seed, offset, out)
     return int(out)
@@ -411,8 +455,7 @@ def randomk_encode(x: torch.Tensor, ratio: float, seed: SeedLike = 0, offset: Se
     v.check_float_tensor("x", x)
     ratio = v.check_ratio(ratio)
     device = x.device
-    seed = _host_int(v.check_seed(seed, device))
-    offset = _host_int(v.check_offset(offset, x.numel(), device))
+    seed, offset = _host_stream(seed, offset, x.numel(), device)
     flag = _flag("randomk_encode", x, check_finite)
     values = _run("randomk_encode", device, flag, x, _flat(x), ratio, seed, offset, flag)
     if out is None:
@@ -429,15 +472,14 @@ def randomk_decode(values: torch.Tensor, n: int, ratio: float, seed: SeedLike = 
     n = v.check_int("n", n, low=0)
     ratio = v.check_ratio(ratio)
     device = values.device
-    seed = _host_int(v.check_seed(seed, device))
-    offset = _host_int(v.check_offset(offset, n, device))
+    seed, offset = _host_stream(seed, offset, n, device)
     if not torch.compiler.is_compiling():
         kept = randomk_count(n, ratio, seed, offset, device)
         if values.numel() != kept:
             raise ValueError(f"values has {values.numel()} elements but stream (seed={seed}, "
                              f"offset={offset}) keeps {kept} of n={n} at ratio={ratio}; "
                              "use the sender's seed, offset and ratio")
-    out = _output(out, "out", n, values.dtype, device)
+    out = _output(out, "out", n, values.dtype, device, (("values", values, False),))
     _run("randomk_decode", device, None, values, _flat(values), ratio, seed, offset, bool(rescale), out)
     return out
 
@@ -451,8 +493,10 @@ def topk_encode(x: torch.Tensor, ratio: float, *,
     device, n = x.device, x.numel()
     k = topk_count(n, ratio)
     idx_out, val_out = out if out is not None else (None, None)
-    indices = _output(idx_out, "out[0] (indices)", k, topk_index_dtype(n), device)
-    values = _output(val_out, "out[1] (values)", k, x.dtype, device)
+    indices = _output(idx_out, "out[0] (indices)", k, topk_index_dtype(n), device,
+                      (("x", x, False),))
+    values = _output(val_out, "out[1] (values)", k, x.dtype, device,
+                     (("x", x, False), ("out[0] (indices)", indices, False)))
     flag = _flag("topk_encode", x, check_finite)
     _run("topk_encode", device, flag, x, _flat(x), ratio, indices, values, flag)
     return indices, values
@@ -474,6 +518,7 @@ def topk_decode(indices: torch.Tensor, values: torch.Tensor, n: int, *,
         lo, hi = int(indices.min()), int(indices.max())
         if lo < 0 or hi >= n:
             raise ValueError(f"indices must lie in [0, {n}), got values in [{lo}, {hi}]")
-    out = _output(out, "out", n, values.dtype, device)
+    out = _output(out, "out", n, values.dtype, device,
+                  (("indices", indices, False), ("values", values, False)))
     _run("topk_decode", device, None, values, _flat(indices), _flat(values), out)
     return out

@@ -30,11 +30,16 @@ def _count(flag, bad: torch.Tensor) -> None:
         flag[0] += bad.sum()
 
 
-def _padding(flag, payload: torch.Tensor, n: int, bits: int) -> None:
-    """Flag a payload whose last byte has non-zero bits above its n*bits % 8 used ones."""
+def _bad_padding(flag, payload: torch.Tensor, n: int, bits: int) -> bool:
+    """Flag a payload whose last byte has non-zero bits above its n*bits % 8 used ones.
+    True, on CPU, when it was flagged: the op then writes nothing (as the native CPU
+    kernels; on CUDA the count stays on the device and the op runs, no sync)."""
     used = (n * bits) % 8
-    if flag is not None and used and payload.numel():
-        flag[2] += (payload[-1].to(torch.int32) >> used) != 0
+    if flag is None or not used or not payload.numel():
+        return False
+    bad = (payload[-1].to(torch.int32) >> used) != 0
+    flag[2] += bad
+    return payload.device.type == "cpu" and bool(bad)
 
 
 def philox_uniform(seed, offset, stream, out):
@@ -48,7 +53,8 @@ def pack_bits(codes, bits, out):
 
 
 def unpack_bits(payload, bits, out, flag):
-    _padding(flag, payload, out.numel(), bits)
+    if _bad_padding(flag, payload, out.numel(), bits):
+        return
     out.copy_(packing.unpack_bits(payload, bits, out.numel()))
 
 
@@ -68,7 +74,8 @@ def moniqua_decode(payload, reference, modulus, bits, rounding, seed, offset, st
     st = _stream(seed, offset, stream, flag)
     if st is None:
         return
-    _padding(flag, payload, reference.numel(), bits)
+    if _bad_padding(flag, payload, reference.numel(), bits):
+        return
     xh = moniqua.moniqua_decode(payload, reference, modulus, bits, rounding, *st)
     _count(flag, ~torch.isfinite(xh))
     out.copy_(xh)
@@ -81,8 +88,8 @@ def moniqua_mix_(x, payloads, weights, own_payload, modulus, bits, rounding, gam
         if any(r is None for r in rows):
             return
         seeds, offsets = [r[0] for r in rows], [r[1] for r in rows]
-    for p in list(payloads) + [own_payload]:
-        _padding(flag, p, x.numel(), bits)
+    if any([_bad_padding(flag, p, x.numel(), bits) for p in list(payloads) + [own_payload]]):
+        return
     new = x.clone()
     moniqua.moniqua_mix_(new, list(payloads), list(weights), own_payload, modulus, bits,
                          rounding, gamma, [int(s) for s in seeds], [int(o) for o in offsets])
@@ -107,7 +114,8 @@ def qsgd_encode(x, bits, bucket_size, norm, seed, offset, stream, scales, payloa
 
 
 def qsgd_decode(scales, payload, bits, bucket_size, out, flag):
-    _padding(flag, payload, out.numel(), bits)
+    if _bad_padding(flag, payload, out.numel(), bits):
+        return
     out.copy_(qsgd.qsgd_decode(scales, payload, out.numel(), bits, bucket_size))
 
 
@@ -138,7 +146,8 @@ def sign_encode(x, scale, payload, flag):
 
 
 def sign_decode(scale, payload, out, flag):
-    _padding(flag, payload, out.numel(), 1)
+    if _bad_padding(flag, payload, out.numel(), 1):
+        return
     out.copy_(sign.sign_decode(scale.reshape(()), payload, out.numel()))
 
 
