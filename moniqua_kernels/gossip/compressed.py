@@ -9,6 +9,10 @@ decodes what its in-peers sent.
 
 Streams: the payload of (sender, step) uses stream_seed(seed, sender, step) at the
 bucket's offset, so receivers regenerate random-k masks and buffer sizes.
+
+State (replicas, running sums, error feedback) is float32 for float16 and bfloat16
+models (``_buffers``), twice their memory: in the model's dtype the sums rounded apart
+between workers.  Payloads travel in the model's dtype.
 """
 from __future__ import annotations
 
