@@ -1,4 +1,6 @@
 """Compressor objects: exact nbytes, wire round trip, decode shapes, bounds."""
+import re
+
 import pytest
 import torch
 
@@ -104,3 +106,28 @@ def test_from_spec():
         from_spec("gzip")
     with pytest.raises(ValueError, match="bad compressor spec"):
         from_spec("topk")
+    assert from_spec("randomk:0.1:rescale").rescale
+    # a field more than the form takes was ignored: 'randomk:0.1:rescaled' gave a biased
+    # compressor; and a composition's errors name the whole spec
+    for spec, says in [("randomk:0.1:rescaled", "second field is 'rescale'"),
+                       ("randomk:0.1:rescale:x", "at most 2 field"),
+                       ("sign:7", "sign takes no fields"),
+                       ("qsgd:4:512:max:elias:x", "at most 4 field"),
+                       ("sign+qsgd:4", "sparsifier must be TopK or RandomK"),
+                       ("topk:0.1+qsgd:4+sign", "one SPARSIFIER+QUANTIZER pair"),
+                       ("randomk:0.5+qsgd:2:8:l2:elias", "fixed-size quantizer")]:
+        with pytest.raises(ValueError, match=f"bad compressor spec '{re.escape(spec)}'.*"
+                                             f"{re.escape(says)}"):
+            from_spec(spec)
+
+
+def test_unbiased_flags_tell_the_truth():
+    # the contractive composition shrinks its decode by 1 / (1 + beta) on purpose
+    assert not Compose(RandomK(1.0, True), QSGD(2, 8), contractive=True).unbiased
+    assert Compose(RandomK(1.0, True), QSGD(2, 8)).unbiased
+    ones = torch.ones(8)
+    c = Compose(RandomK(1.0, True), QSGD(2, 8), contractive=True)
+    assert float(c.decode(c.encode(ones)).mean()) < 0.5
+    # random-k keeps with probability ratio rounded up to 2^-24: below it, refused
+    with pytest.raises(ValueError, match="below it"):
+        RandomK(1e-9, rescale=True)

@@ -327,6 +327,17 @@ def test_checkpoint_resumes_bit_for_bit(ddp_runs):
         assert names == ["0.bias", "0.weight", "2.bias", "2.weight"]
 
 
+def test_a_parameter_without_a_residual_keeps_the_others():
+    # after a checkpoint that lacked one parameter's residual, the whole bucket's were
+    # dropped (already taken from the checkpoint's pending entries)
+    from moniqua_kernels.gossip import CompressedHookState
+    layer = torch.nn.Linear(3, 2)
+    state = CompressedHookState("sign", error_feedback=True).bind(layer)
+    state._pending = {"weight": torch.full((2, 3), 5.0)}
+    got = state._residual(0, [layer.weight, layer.bias], torch.zeros(8))
+    assert got.tolist() == [5.0] * 6 + [0.0, 0.0]
+
+
 def test_mismatched_ranks_raise_naming_the_field(ddp_runs):
     for r in range(2):
         for msg, (mine, other) in zip(ddp_runs[r]["mismatch"],

@@ -113,7 +113,9 @@ class CompressedHookState:
                     ScaledSign, False otherwise)
 
     Counters: ``step`` (completed steps), ``bytes_sent`` (this rank, cumulative),
-    ``last_bytes_sent`` (in the last step).
+    ``last_bytes_sent`` (in the last step): the gradients' payloads and their sizes.  The
+    configuration check (1 KB to every other rank at the first step and after
+    load_state_dict) is a handshake and, like the gossip algorithms', not counted.
     """
 
     def __init__(self, compressor="qsgd:8", error_feedback: bool = True,
@@ -200,15 +202,20 @@ class CompressedHookState:
         entry = self._flat.get(idx)
         if entry is not None and entry[0] == ids and entry[1].shape == grad.shape:
             return entry[1]
-        parts = []
+        parts, found = [], 0
         for p in params:  # after a bucket rebuild, or from a checkpoint
             e = self._residuals.get(id(p))
             if e is None and self._names.get(id(p)) in self._pending:
                 e = self._pending.pop(self._names[id(p)])
             if e is None or e.numel() != p.numel():
-                return None  # this bucket starts without feedback (first step)
+                # no residual yet for this parameter (first step, or one the checkpoint
+                # did not have): zero for it alone (one such parameter once dropped the
+                # residuals of the whole bucket, already taken from _pending)
+                e = torch.zeros(p.numel())
+            else:
+                found += 1
             parts.append(e.reshape(-1).to(grad.device, grad.dtype))
-        return torch.cat(parts) if params else None
+        return torch.cat(parts) if found else None  # none: the bucket starts without
 
     def _keep_residual(self, idx: int, params, sizes, residual: torch.Tensor) -> None:
         self._flat[idx] = (tuple(id(p) for p in params), residual)
