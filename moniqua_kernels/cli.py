@@ -37,14 +37,19 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _positive_float(text: str) -> float:
+def _positive_float(text: str, low_ok: bool = False) -> float:
+    what = "a number >= 0" if low_ok else "a positive number"
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+    if not (value >= 0 if low_ok else value > 0) or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected {what}, got {value}")
     return value
+
+
+def _non_negative_float(text: str) -> float:
+    return _positive_float(text, low_ok=True)
 
 
 # ------------------------------------------------------------------------------- demo
@@ -71,7 +76,7 @@ def _add_demo(sub) -> None:
                    help="a short run: 150 steps instead of 600 (about 30 s on 2 cores)")
     p.add_argument("--link-gbps", type=_positive_float, default=1.0,
                    help="link bandwidth for the communication-time estimate (Gbit/s)")
-    p.add_argument("--latency-us", type=float, default=50.0,
+    p.add_argument("--latency-us", type=_non_negative_float, default=50.0,
                    help="per-message latency for the estimate (microseconds)")
     p.add_argument("--json", metavar="PATH", help="write the results table as JSON")
     p.add_argument("--plot", metavar="PATH", default="moniqua_demo.png",
@@ -94,6 +99,10 @@ def _demo(args) -> int:
     if unknown or not names:
         raise UsageError(f"unknown configuration(s) {', '.join(unknown) or '(none)'}; "
                          f"choose from {', '.join(configs)} (see demo --list)")
+    try:
+        topology.make(args.topology, args.workers)
+    except ValueError as exc:   # TopologyError: before any worker starts
+        raise UsageError(f"--topology {args.topology!r}: {exc}") from None
     from .train import unwritable
     for flag, path in (("--json", args.json), ("--plot", args.plot)):
         problem = unwritable(path) if path else None

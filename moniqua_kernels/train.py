@@ -11,7 +11,11 @@ trains on its own shard; after each local SGD step the chosen algorithm communic
 with the neighbours of --topology.  Rank 0 shows its progress, writes the per-step
 log (--log-file, JSON lines) and prints a summary (--json writes it).  With --checkpoint-dir
 every rank saves its model, optimizer, algorithm state and sampler every
---checkpoint-every steps; --resume continues from the newest checkpoint bit for bit.
+--checkpoint-every steps; --resume continues from the newest checkpoint bit for bit,
+except --algorithm ddp with a compressor that scales or draws per DDP bucket (qsgd,
+randomk, powersgd): a fresh DDP's first step has its initial buckets, not the
+rebuilt ones of the run it continues, so that step compresses differently (measured:
+losses differ from the first resumed step on; sign and the gossip algorithms match).
 """
 from __future__ import annotations
 
@@ -178,6 +182,15 @@ def _check_args(p: argparse.ArgumentParser, args) -> None:
                 "(adpsgd, ddp)")
     if args.nesterov and args.algorithm != "squarm" and not args.momentum:
         p.error("--nesterov needs --momentum > 0")
+    if args.per_layer and args.algorithm not in COMPRESSED:
+        # a scale per layer means nothing to the others (it was accepted and changed
+        # nothing: identical runs with and without it)
+        p.error(f"--per-layer applies to --algorithm {', '.join(COMPRESSED)} (the "
+                "compressors' scales)")
+    if args.timing and args.algorithm == "ddp":
+        p.error("--timing times the gossip algorithms' steps; with --algorithm ddp the "
+                "exchange runs inside backward, where it cannot be taken apart")
+    _check_specs(p, args)
     for flag, path in (("--log-file", args.log_file), ("--json", args.json)):
         if path is not None:
             problem = unwritable(path)
@@ -195,6 +208,36 @@ def _check_args(p: argparse.ArgumentParser, args) -> None:
         p.error("train runs one process per worker under torchrun, e.g. "
                 "`torchrun --nproc_per_node 4 -m moniqua_kernels train ...` "
                 "(RANK and WORLD_SIZE are not set)")
+
+
+def _check_specs(p: argparse.ArgumentParser, args) -> None:
+    """The values the gossip objects would refuse only after the ranks had started:
+    bits, rounding, compressor and topology (the topology for WORLD_SIZE workers)."""
+    from .compressors import from_spec
+    from .gossip.ddp import TORCH_HOOKS
+    from .ops import _validate
+    try:
+        if args.bits is not None:
+            _validate.check_bits(args.bits, _validate.MONIQUA_BITS, "--bits")
+        if args.rounding is not None:
+            _validate.check_rounding(args.rounding, 1 if args.bits is None else args.bits)
+        if args.compressor is not None:
+            torch_hook = args.algorithm == "ddp" and (
+                args.compressor in ("none", "fp16") or args.compressor.startswith("powersgd"))
+            if torch_hook and args.error_feedback is not None:
+                raise ValueError(f"--error-feedback applies to this package's compressors, "
+                                 f"not to torch's {args.compressor!r} hook")
+            if not torch_hook:
+                from_spec(args.compressor)
+    except (TypeError, ValueError) as exc:
+        p.error(str(exc) + ("" if args.algorithm != "ddp" else
+                            f" (ddp also takes torch's hooks: {', '.join(TORCH_HOOKS)})"))
+    world = os.environ.get("WORLD_SIZE", "")
+    if world.isdigit() and args.algorithm not in ("allreduce", "ddp"):
+        try:
+            topology.make(args.topology, int(world))
+        except ValueError as exc:   # TopologyError
+            p.error(f"--topology {args.topology!r}: {exc}")
 
 
 def unwritable(path: str) -> Optional[str]:
@@ -264,7 +307,7 @@ def _algorithm(args, model, optimizer):
     if args.algorithm == "ddp":
         return gossip.DataParallel(
             model, args.compressor or "none", error_feedback=args.error_feedback,
-            seed=args.seed, device_ids=[next(model.parameters()).device] if args.device == "cuda" else None)
+            seed=args.seed, per_tensor=args.per_layer or None, device_ids=[next(model.parameters()).device] if args.device == "cuda" else None)
     kwargs = {"topology": args.topology, "seed": args.seed, "timeout": args.timeout,
               "per_layer": args.per_layer}
     for name in ("variant", "bits", "rounding", "compressor", "gamma", "H", "threshold"):
@@ -467,7 +510,10 @@ def _run(args, rank, world, device) -> dict:
         start, history = _resume(args, rank, world, model, optimizer, algorithm, sampler)
     progress = Progress(args.steps, rank == 0 and not args.no_progress, initial=start,
                         label=f"{args.algorithm} x{world}")
-    log = open(args.log_file, "a") if (rank == 0 and args.log_file) else None
+    log = None
+    if rank == 0 and args.log_file:
+        os.makedirs(os.path.dirname(os.path.abspath(args.log_file)), exist_ok=True)
+        log = open(args.log_file, "a" if args.resume else "w")  # a fresh run starts it
     timer = algorithm.enable_timing() if args.timing else None
     paused = 0.0  # seconds spent on --eval-every evaluations, kept off the clock
 
@@ -576,21 +622,21 @@ def _run(args, rank, world, device) -> dict:
             for p, t in zip(state, original):
                 p.copy_(t)
         n_params = sum(p.numel() for p in model.parameters())
-        steps_run = max(args.steps - start, 1)
         summary = {"algorithm": args.algorithm, "workers": world, "topology": args.topology,
                    "dataset": args.dataset, "model": args.model, "steps": args.steps,
                    "resumed_from": start, "n_params": n_params,
                    "test_accuracy_averaged_model": avg_acc, "test_loss_averaged_model": avg_loss,
                    "test_accuracy_workers_mean": workers_acc,
                    "bytes_sent_rank0": algorithm.bytes_sent,
-                   "bits_per_param_per_step": 8 * algorithm.bytes_sent / n_params / steps_run
-                   if start == 0 else None,
+                   # bytes_sent resumes from the checkpoint: it covers every step
+                   "bits_per_param_per_step": 8 * algorithm.bytes_sent / n_params / args.steps,
                    "wall_time_s": wall, "eval_time_s": paused, "timing_s": timing}
         print(f"\n{args.algorithm} on {world} workers ({args.topology}), {args.dataset}/"
               f"{args.model}, {args.steps} steps: test accuracy {100 * avg_acc:.2f}% "
               f"(averaged model), {100 * workers_acc:.2f}% (mean over workers); "
               f"rank 0 sent {algorithm.bytes_sent / 1e6:.3f} MB; {wall:.1f} s")
         if args.json:
+            os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
             with open(args.json, "w") as f:
                 json.dump({"summary": summary, "history": history}, f, indent=2)
     return summary or {}

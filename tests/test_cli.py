@@ -122,6 +122,13 @@ def test_train_bad_flags_exit_2():
     (["--log-file", "/"], "is a folder"),
     (["--algorithm", "choco", "--overlap"], "--overlap applies to --algorithm dpsgd and moniqua"),
     (["--variant", "d2", "--overlap"], "--overlap applies to --algorithm dpsgd and moniqua"),
+    # refused only once the ranks had started, or (ddp --timing) crashed
+    (["--algorithm", "ddp", "--timing"], "--timing times the gossip algorithms' steps"),
+    (["--algorithm", "moniqua", "--bits", "3"], "--bits: bits=3 is not supported"),
+    (["--algorithm", "moniqua", "--rounding", "stochastic"], "needs bits >= 2"),
+    (["--algorithm", "choco", "--compressor", "randomk:0.1:rescaled"], "'rescale'"),
+    (["--algorithm", "ddp", "--compressor", "fp16", "--error-feedback"], "torch's 'fp16'"),
+    (["--algorithm", "dpsgd", "--per-layer"], "--per-layer applies to --algorithm choco"),
 ])
 def test_train_refuses_bad_values_before_any_work(argv, needle, capsys, monkeypatch):
     """Checked right after parsing: one line on stderr, exit 2, nothing started (no
@@ -134,6 +141,18 @@ def test_train_refuses_bad_values_before_any_work(argv, needle, capsys, monkeypa
     assert info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert needle in err, err
+
+
+def test_train_and_demo_refuse_a_bad_topology_before_any_work(capsys, monkeypatch):
+    from moniqua_kernels import train
+    monkeypatch.delenv("RANK", raising=False)
+    monkeypatch.setenv("WORLD_SIZE", "5")     # torchrun sets it; the odd ring is fine here
+    for run in (lambda: train.main(["--topology", "torus:2x2"]),
+                lambda: main(["demo", "--topology", "bogus", "--no-progress"])):
+        with pytest.raises(SystemExit) as info:
+            run()
+        assert info.value.code == 2
+        assert "--topology '" in capsys.readouterr().err
 
 
 def test_demo_refuses_an_unwritable_json_before_running(capsys):
@@ -167,24 +186,31 @@ def test_train_two_process_gloo_and_resume(tmp_path):
               "--dataset", "digits", "--batch-size", "16", "--lr", "0.1", "--seed", "3",
               "--log-every", "5"]
     ckpt = tmp_path / "ckpt"
-    # One run of 40 steps straight through ...
-    _train_2_ranks(common + ["--steps", "40", "--json", str(tmp_path / "full.json")], tmp_path)
-    # ... equals 20 steps, a stop, and 20 more resumed from the checkpoint.
+    # One run of 40 steps straight through (its --json in a folder made for it) ...
+    full_json = tmp_path / "new" / "folder" / "full.json"
+    _train_2_ranks(common + ["--steps", "40", "--json", str(full_json)], tmp_path)
+    # ... equals 20 steps, a stop, and 20 more resumed from the checkpoint.  The fresh
+    # run starts its --log-file (it appended to an old one), the resumed run appends.
+    (tmp_path / "log.jsonl").write_text("stale line of an earlier run\n")
     _train_2_ranks(common + ["--steps", "20", "--checkpoint-dir", str(ckpt),
-                             "--checkpoint-every", "10"], tmp_path)
+                             "--checkpoint-every", "10",
+                             "--log-file", str(tmp_path / "log.jsonl")], tmp_path)
     assert (ckpt / "rank0.pt").exists() and (ckpt / "rank1.pt").exists()
     _train_2_ranks(common + ["--steps", "40", "--checkpoint-dir", str(ckpt), "--resume",
                              "--json", str(tmp_path / "resumed.json"),
                              "--log-file", str(tmp_path / "log.jsonl")], tmp_path)
-    full = json.loads((tmp_path / "full.json").read_text())
+    full = json.loads(full_json.read_text())
     resumed = json.loads((tmp_path / "resumed.json").read_text())
     assert resumed["summary"]["resumed_from"] == 20
+    # bytes_sent resumes from the checkpoint, so the resumed run has the rate too
+    assert resumed["summary"]["bits_per_param_per_step"] == \
+        full["summary"]["bits_per_param_per_step"] > 0
     assert resumed["summary"]["test_accuracy_averaged_model"] == \
         full["summary"]["test_accuracy_averaged_model"]
     assert resumed["history"] == full["history"]  # every logged step identical
     assert full["summary"]["test_accuracy_averaged_model"] > 0.5
     lines = (tmp_path / "log.jsonl").read_text().splitlines()
-    assert json.loads(lines[-1])["step"] == 40
+    assert [json.loads(line)["step"] for line in lines] == list(range(5, 41, 5))
 
 
 def test_train_overlap_is_mix_of_x_t_minus_its_gradient(tmp_path):

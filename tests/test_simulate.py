@@ -79,3 +79,15 @@ def test_digits_dataset():
     d = data.digits(seed=0)
     assert d.n_features == 64 and d.n_classes == 10
     assert d.x_train.shape[0] + d.x_test.shape[0] == 1797
+
+
+def test_learning_rate_scaled_settings_follow_the_schedule():
+    # ("lr*", c) was resolved once to a number: SQuARM's trigger compared against the
+    # first step's lr under any schedule, where train passes the optimizer
+    from moniqua_kernels.simulate.worker import _resolve
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    assert _resolve(("lr*", 1.0), opt) is opt
+    scaled = _resolve(("lr*", 2.0), opt)
+    opt.param_groups[0]["lr"] = 0.05
+    assert scaled(7) == pytest.approx(0.1)
+    assert _resolve(0.3, opt) == 0.3

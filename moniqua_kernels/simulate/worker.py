@@ -68,9 +68,13 @@ class Result:
 
 # --------------------------------------------------------------------------- one worker
 
-def _resolve(value, lr):
+def _resolve(value, opt: torch.optim.Optimizer):
+    """A config value; ("lr*", c) is c times the optimizer's learning rate, read when
+    used (as train passes the optimizer): a fixed number once ignored the schedule, and
+    SQuARM's trigger then compared against the first step's lr."""
     if isinstance(value, tuple) and len(value) == 2 and value[0] == "lr*":
-        return value[1] * lr
+        c = float(value[1])
+        return opt if c == 1.0 else (lambda step: c * float(opt.param_groups[0]["lr"]))
     return value
 
 
@@ -79,7 +83,7 @@ def _build(spec: RunSpec, rank: int, transport, ds: data_mod.Dataset):
     cfg = spec.config
     opt = torch.optim.SGD(model.parameters(), lr=spec.lr, momentum=cfg.momentum,
                           nesterov=cfg.nesterov)
-    kwargs = {k: _resolve(v, spec.lr) for k, v in cfg.kwargs.items()}
+    kwargs = {k: _resolve(v, opt) for k, v in cfg.kwargs.items()}
     cls = gossip.ALGORITHMS[cfg.algorithm]
     topology = "complete" if cfg.algorithm == "allreduce" else spec.topology
     alg = cls(model, topology, transport=transport, seed=spec.seed, timeout=spec.timeout,
