@@ -214,7 +214,7 @@ def _check_specs(p: argparse.ArgumentParser, args) -> None:
     """The values the gossip objects would refuse only after the ranks had started:
     bits, rounding, compressor and topology (the topology for WORLD_SIZE workers)."""
     from .compressors import from_spec
-    from .gossip.ddp import TORCH_HOOKS
+    from .gossip.ddp import TORCH_HOOKS, is_torch_hook
     from .ops import _validate
     try:
         if args.bits is not None:
@@ -222,8 +222,7 @@ def _check_specs(p: argparse.ArgumentParser, args) -> None:
         if args.rounding is not None:
             _validate.check_rounding(args.rounding, 1 if args.bits is None else args.bits)
         if args.compressor is not None:
-            torch_hook = args.algorithm == "ddp" and (
-                args.compressor in ("none", "fp16") or args.compressor.startswith("powersgd"))
+            torch_hook = args.algorithm == "ddp" and is_torch_hook(args.compressor)
             if torch_hook and args.error_feedback is not None:
                 raise ValueError(f"--error-feedback applies to this package's compressors, "
                                  f"not to torch's {args.compressor!r} hook")

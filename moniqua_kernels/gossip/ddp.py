@@ -47,6 +47,12 @@ __all__ = ["DataParallel", "TORCH_HOOKS"]
 TORCH_HOOKS = ("none", "fp16", "powersgd:R[:START]")
 
 
+def is_torch_hook(compressor) -> bool:
+    """A spec DataParallel serves with torch's hooks (TORCH_HOOKS), not a compressor."""
+    return isinstance(compressor, str) and (compressor in ("none", "fp16")
+                                            or compressor.startswith("powersgd"))
+
+
 def _parse_powersgd(spec: str) -> tuple[int, int]:
     _, *args = spec.split(":")
     try:
@@ -122,8 +128,7 @@ class DataParallel:
             raise RuntimeError("DataParallel needs torch.distributed: call "
                                "dist.init_process_group(...) first")
         spec = compressor if isinstance(compressor, str) else None
-        if error_feedback is not None and spec is not None and (
-                spec in ("none", "fp16") or spec.startswith("powersgd")):
+        if error_feedback is not None and is_torch_hook(compressor):
             raise ValueError(f"error_feedback applies to this package's compressors, not "
                              f"to {spec!r}")
         self.world_size = dist.get_world_size(process_group)

@@ -20,6 +20,8 @@ from typing import Optional
 
 import torch
 
+from ..ops._validate import byte_range
+
 __all__ = ["Bucket", "FlatParams", "as_params"]
 
 ALIGN_BYTES = 16  # a bucket's start: the width of the kernels' vector loads
@@ -61,15 +63,7 @@ def _refuse_overlaps(params: list) -> None:
     """Two Parameter objects over the same memory (a weight tied by sharing ``.data``,
     or one a view of the other) would each get a slot of their own in the flat buffer,
     untying them silently; refuse, saying how to tie them."""
-    spans = []
-    for i, p in enumerate(params):
-        if p.numel() == 0:
-            continue
-        extent = 1 + sum((n - 1) * st for n, st in zip(p.shape, p.stride()))
-        start = p.storage_offset() * p.element_size()
-        end = start + extent * p.element_size()
-        spans.append((p.untyped_storage().data_ptr(), start, end, i))
-    spans.sort()
+    spans = sorted((*byte_range(p), i) for i, p in enumerate(params) if p.numel())
     for (mem_a, _, end_a, i), (mem_b, start_b, _, j) in zip(spans, spans[1:]):
         if mem_a == mem_b and start_b < end_a:
             i, j = sorted((i, j))

@@ -246,7 +246,8 @@ def check_out(name: str, out, shape, dtype: torch.dtype, device: torch.device) -
     check_in_place(name, out)
 
 
-def _byte_range(t: torch.Tensor) -> tuple:
+def byte_range(t: torch.Tensor) -> tuple:
+    """(storage address, first byte, one past the last byte) that t's elements span."""
     extent = 1 + sum((n - 1) * st for n, st in zip(t.shape, t.stride()))
     start = t.storage_offset() * t.element_size()
     return t.untyped_storage().data_ptr(), start, start + extent * t.element_size()
@@ -259,11 +260,11 @@ def check_disjoint(name: str, out: torch.Tensor, reads) -> None:
     same_ok) triples; same_ok allows the very same elements (an elementwise op's input)."""
     if torch.compiler.is_compiling() or out.numel() == 0:
         return
-    mem, lo, hi = _byte_range(out)
+    mem, lo, hi = byte_range(out)
     for other, t, same_ok in reads:
         if not isinstance(t, torch.Tensor) or t.numel() == 0 or t.device != out.device:
             continue
-        t_mem, t_lo, t_hi = _byte_range(t)
+        t_mem, t_lo, t_hi = byte_range(t)
         if t_mem != mem or t_hi <= lo or hi <= t_lo:
             continue
         if same_ok and (t_lo, t_hi, t.dtype, t.stride()) == (lo, hi, out.dtype, out.stride()):
